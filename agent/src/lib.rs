@@ -1,0 +1,23 @@
+//! berth-agent: a node agent (kubelet) that runs pods on containerd over CRI.
+//!
+//! A pod's path from manifest to running container, by module:
+//! [`source`] (manifest files → desired pods) → [`workers`] (one sync at a time
+//! per pod UID) → [`runtime`] (compare desired with [`observed`] runtime state and
+//! act over CRI) → [`pleg`] (relist: notice what changed) → [`status`] (pod status
+//! from what the runtime reports) → [`server`] (`/pods`, `/healthz`, `/metrics`).
+
+pub mod agent;
+pub mod backoff;
+pub mod config;
+pub mod metrics;
+pub mod notify;
+pub mod observed;
+pub mod pleg;
+pub mod runtime;
+pub mod server;
+pub mod source;
+pub mod status;
+pub mod workers;
+
+/// A pod's UID, as a string (the key of everything per pod).
+pub type Uid = String;

@@ -1,0 +1,223 @@
+//! What the runtime reports about a pod: its sandboxes and containers, read
+//! from CRI List*/Status calls and the kubelet's labels and annotations.
+//!
+//! Everything the agent needs to resume after a restart is here: the pod a
+//! sandbox belongs to (labels), a container's spec hash and restart count
+//! (annotations). Nothing about a pod's runtime state lives only in memory.
+
+use std::collections::BTreeMap;
+
+use berth_cri::api;
+
+use crate::Uid;
+
+/// Label and annotation keys, named as the kubelet names them.
+pub mod keys {
+    pub const POD_NAME: &str = "io.kubernetes.pod.name";
+    pub const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+    pub const POD_UID: &str = "io.kubernetes.pod.uid";
+    pub const CONTAINER_NAME: &str = "io.kubernetes.container.name";
+    pub const CONTAINER_HASH: &str = "io.kubernetes.container.hash";
+    pub const CONTAINER_RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
+    pub const CONTAINER_TERMINATION_MESSAGE_PATH: &str =
+        "io.kubernetes.container.terminationMessagePath";
+    pub const CONTAINER_TERMINATION_MESSAGE_POLICY: &str =
+        "io.kubernetes.container.terminationMessagePolicy";
+    pub const CONTAINER_PORTS: &str = "io.kubernetes.container.ports";
+    pub const POD_TERMINATION_GRACE_PERIOD: &str = "io.kubernetes.pod.terminationGracePeriod";
+    pub const POD_DELETION_GRACE_PERIOD: &str = "io.kubernetes.pod.deletionGracePeriod";
+    /// berth's own label: whether a container is an init container (the kubelet
+    /// tells them apart by its in-memory spec; berth keeps it in the runtime so a
+    /// restarted agent reads it back).
+    pub const CONTAINER_TYPE: &str = "io.berth.container.type";
+    pub const CONTAINER_TYPE_INIT: &str = "init";
+    pub const CONTAINER_TYPE_APP: &str = "app";
+}
+
+/// A pod sandbox as the runtime reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedSandbox {
+    pub id: String,
+    pub uid: Uid,
+    pub name: String,
+    pub namespace: String,
+    pub attempt: u32,
+    pub ready: bool,
+    /// Nanoseconds since the epoch.
+    pub created_at: i64,
+    /// Primary pod IP and any others, from PodSandboxStatus (empty when stopped
+    /// or hostNetwork).
+    pub ips: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The state of a container, as CRI names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Exited,
+    Unknown,
+}
+
+impl From<i32> for ContainerState {
+    fn from(value: i32) -> Self {
+        match api::ContainerState::try_from(value) {
+            Ok(api::ContainerState::ContainerCreated) => ContainerState::Created,
+            Ok(api::ContainerState::ContainerRunning) => ContainerState::Running,
+            Ok(api::ContainerState::ContainerExited) => ContainerState::Exited,
+            _ => ContainerState::Unknown,
+        }
+    }
+}
+
+/// A container as the runtime reports it (ListContainers + ContainerStatus).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedContainer {
+    pub id: String,
+    pub sandbox_id: String,
+    pub name: String,
+    pub attempt: u32,
+    pub state: ContainerState,
+    /// From the `io.kubernetes.container.hash` annotation.
+    pub hash: String,
+    /// From the `io.kubernetes.container.restartCount` annotation.
+    pub restart_count: i32,
+    /// True for init containers (the `io.berth.container.type` label).
+    pub init: bool,
+    /// Nanoseconds since the epoch (0 when unknown).
+    pub created_at: i64,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    /// The runtime's reason (e.g. "Completed", "Error", "OOMKilled") and message.
+    pub reason: String,
+    pub message: String,
+    /// The image as the user wrote it and the resolved image reference.
+    pub image: String,
+    pub image_ref: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Everything the runtime holds for one pod UID.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ObservedPod {
+    pub uid: Uid,
+    /// Newest first (by `created_at`).
+    pub sandboxes: Vec<ObservedSandbox>,
+    /// Newest first (by `created_at`).
+    pub containers: Vec<ObservedContainer>,
+}
+
+impl ObservedPod {
+    /// The newest sandbox, ready or not.
+    pub fn latest_sandbox(&self) -> Option<&ObservedSandbox> {
+        self.sandboxes.first()
+    }
+
+    /// The newest ready sandbox.
+    pub fn ready_sandbox(&self) -> Option<&ObservedSandbox> {
+        self.sandboxes.iter().find(|s| s.ready)
+    }
+
+    /// The newest container of this name (any sandbox, any state).
+    pub fn latest_container(&self, name: &str, init: bool) -> Option<&ObservedContainer> {
+        self.containers
+            .iter()
+            .find(|c| c.name == name && c.init == init)
+    }
+
+    /// True when nothing of the pod is left in the runtime.
+    pub fn is_empty(&self) -> bool {
+        self.sandboxes.is_empty() && self.containers.is_empty()
+    }
+}
+
+/// Build an [`ObservedSandbox`] from a ListPodSandbox entry and, when known, its status.
+pub fn sandbox_from_cri(
+    sb: &api::PodSandbox,
+    status: Option<&api::PodSandboxStatus>,
+) -> Option<ObservedSandbox> {
+    let labels: BTreeMap<String, String> = sb.labels.clone().into_iter().collect();
+    let uid = labels.get(keys::POD_UID)?.clone();
+    let meta = sb.metadata.clone().unwrap_or_default();
+    let mut ips = Vec::new();
+    if let Some(net) = status.and_then(|s| s.network.as_ref()) {
+        if !net.ip.is_empty() {
+            ips.push(net.ip.clone());
+        }
+        ips.extend(net.additional_ips.iter().map(|ip| ip.ip.clone()));
+    }
+    Some(ObservedSandbox {
+        id: sb.id.clone(),
+        uid,
+        name: meta.name,
+        namespace: meta.namespace,
+        attempt: meta.attempt,
+        ready: sb.state == api::PodSandboxState::SandboxReady as i32,
+        created_at: sb.created_at,
+        ips,
+        labels,
+        annotations: sb.annotations.clone().into_iter().collect(),
+    })
+}
+
+/// Build an [`ObservedContainer`] from a ListContainers entry and, when known, its status.
+pub fn container_from_cri(
+    c: &api::Container,
+    status: Option<&api::ContainerStatus>,
+) -> Option<ObservedContainer> {
+    let labels: BTreeMap<String, String> = c.labels.clone().into_iter().collect();
+    // Only containers created by a kubelet-shaped agent carry these.
+    labels.get(keys::POD_UID)?;
+    let annotations: BTreeMap<String, String> = c.annotations.clone().into_iter().collect();
+    let meta = c.metadata.clone().unwrap_or_default();
+    let name = labels
+        .get(keys::CONTAINER_NAME)
+        .cloned()
+        .unwrap_or(meta.name);
+    let state = status
+        .map(|s| ContainerState::from(s.state))
+        .unwrap_or_else(|| ContainerState::from(c.state));
+    Some(ObservedContainer {
+        id: c.id.clone(),
+        sandbox_id: c.pod_sandbox_id.clone(),
+        name,
+        attempt: meta.attempt,
+        state,
+        hash: annotations
+            .get(keys::CONTAINER_HASH)
+            .cloned()
+            .unwrap_or_default(),
+        restart_count: annotations
+            .get(keys::CONTAINER_RESTART_COUNT)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        init: labels.get(keys::CONTAINER_TYPE).map(String::as_str) == Some(keys::CONTAINER_TYPE_INIT),
+        created_at: c.created_at,
+        started_at: status.map(|s| s.started_at).unwrap_or(0),
+        finished_at: status.map(|s| s.finished_at).unwrap_or(0),
+        exit_code: status.map(|s| s.exit_code).unwrap_or(0),
+        reason: status.map(|s| s.reason.clone()).unwrap_or_default(),
+        message: status.map(|s| s.message.clone()).unwrap_or_default(),
+        image: c
+            .image
+            .as_ref()
+            .map(|i| {
+                if i.user_specified_image.is_empty() {
+                    i.image.clone()
+                } else {
+                    i.user_specified_image.clone()
+                }
+            })
+            .unwrap_or_default(),
+        image_ref: status
+            .map(|s| s.image_ref.clone())
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| c.image_ref.clone()),
+        labels,
+        annotations,
+    })
+}

@@ -1,0 +1,1 @@
+//! Test harness: a private containerd per test and the berth-agent binary.

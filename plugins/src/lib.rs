@@ -1,0 +1,1 @@
+//! kubelet-style plugins behind traits.
