@@ -1,0 +1,1 @@
+//! The manifest directory source (skeleton; filled in by the source work).
