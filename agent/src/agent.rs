@@ -1,1 +1,225 @@
-//! TODO(skeleton)
+//! Wiring: start the parts in order and stop them together.
+//!
+//! Order: status server (so `/healthz` explains a wait) → reach the runtime
+//! (retrying with back-off) → manifests → PLEG + workers → `READY=1`. Shutdown
+//! (SIGTERM/SIGINT) cancels one token; pods keep running, as with the kubelet.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pleg::{Pleg, RuntimeCache};
+use crate::runtime::{RuntimeManager, Settings};
+use crate::server::NodeView;
+use crate::source::{ManifestError, PodConfig, pod_key, uid_of};
+use crate::workers::{PodWorkers, TransientStore};
+
+/// What the status server reads: desired pods, observed state, health.
+struct View {
+    config: Arc<PodConfig>,
+    cache: Arc<RuntimeCache>,
+    transient: Arc<TransientStore>,
+    node_name: String,
+    node_ip: String,
+    endpoint: String,
+}
+
+impl NodeView for View {
+    fn pods(&self) -> Vec<Pod> {
+        let runtime_name = self
+            .cache
+            .runtime_version()
+            .map(|v| v.runtime_name)
+            .unwrap_or_else(|| "containerd".into());
+        self.config
+            .pods()
+            .into_iter()
+            .map(|sp| {
+                let uid = uid_of(&sp.pod);
+                let mut pod = sp.pod;
+                pod.status = Some(crate::status::compute_pod_status(
+                    &pod,
+                    &self.cache.get(&uid),
+                    &self.transient.get(&uid),
+                    &self.node_ip,
+                    &runtime_name,
+                ));
+                pod
+            })
+            .collect()
+    }
+
+    fn manifest_errors(&self) -> Vec<ManifestError> {
+        self.config.errors()
+    }
+
+    fn pod_warnings(&self) -> Vec<(String, Vec<String>)> {
+        self.config
+            .pods()
+            .into_iter()
+            .filter(|sp| !sp.warnings.is_empty())
+            .map(|sp| (pod_key(&sp.pod), sp.warnings))
+            .collect()
+    }
+
+    fn health(&self) -> Result<(), String> {
+        self.cache.health()
+    }
+
+    fn runtime_info(&self) -> serde_json::Value {
+        let v = self.cache.runtime_version();
+        serde_json::json!({
+            "endpoint": self.endpoint,
+            "name": v.as_ref().map(|v| v.runtime_name.clone()),
+            "version": v.as_ref().map(|v| v.runtime_version.clone()),
+            "apiVersion": v.as_ref().map(|v| v.runtime_api_version.clone()),
+        })
+    }
+
+    fn node_name(&self) -> String {
+        self.node_name.clone()
+    }
+}
+
+/// Run the agent until `cancel` fires.
+pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let client = berth_cri::RuntimeClient::lazy(
+        &config.container_runtime_endpoint,
+        berth_cri::ConnectOptions::default(),
+    )
+    .context("--container-runtime-endpoint")?
+    .with_observer(metrics.clone());
+
+    let (trigger_tx, mut trigger_rx) = mpsc::unbounded_channel();
+    let pod_config = PodConfig::new(trigger_tx.clone());
+    let cache = RuntimeCache::new();
+    let transient = Arc::new(TransientStore::default());
+
+    // The status server comes first, so /healthz can say what the agent waits for.
+    let listener = tokio::net::TcpListener::bind(config.status_address)
+        .await
+        .with_context(|| format!("cannot listen on --status-address {}", config.status_address))?;
+    tracing::info!(address = %config.status_address, "status server listening");
+    let view: Arc<dyn NodeView> = Arc::new(View {
+        config: pod_config.clone(),
+        cache: cache.clone(),
+        transient: transient.clone(),
+        node_name: config.node_name.clone(),
+        node_ip: config.node_ip.clone(),
+        endpoint: config.container_runtime_endpoint.clone(),
+    });
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        view,
+        metrics.clone(),
+        cancel.clone(),
+    ));
+
+    // Reach the runtime; a missing runtime is waited for, not fatal.
+    crate::notify::status("waiting for the container runtime");
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match client.check_version().await {
+            Ok(v) => {
+                tracing::info!(runtime = %v.runtime_name, version = %v.runtime_version, api = %v.runtime_api_version, "container runtime reached");
+                cache.set_runtime_version(v);
+                break;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, retry_in = ?wait, "container runtime not reachable");
+                cache.set_error(e.to_string());
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+
+    let manager = Arc::new(RuntimeManager::new(
+        client.clone(),
+        Settings {
+            node_name: config.node_name.clone(),
+            node_ip: config.node_ip.clone(),
+            root_dir: config.root_dir.clone(),
+            pod_logs_dir: config.pod_logs_dir.clone(),
+            cgroup_root: config.cgroup_root.clone(),
+        },
+        metrics.clone(),
+    ));
+    let relist_poke = Arc::new(Notify::new());
+    let workers = PodWorkers::new(
+        manager,
+        pod_config.clone(),
+        transient,
+        metrics.clone(),
+        config.sync_frequency,
+        relist_poke.clone(),
+        cancel.clone(),
+    );
+
+    let source = crate::source::file::spawn(
+        config.pod_manifest_path.clone(),
+        config.node_name.clone(),
+        config.file_check_frequency,
+        pod_config.clone(),
+        cancel.clone(),
+    );
+    pod_config.wait_loaded().await;
+    tracing::info!(pods = pod_config.uids().len(), errors = pod_config.errors().len(), dir = %config.pod_manifest_path.display(), "manifests loaded");
+
+    // The first relist adopts what is running (including pods whose manifest
+    // went away while the agent was down: their workers remove them).
+    let pleg = Pleg::new(client.clone(), cache.clone(), metrics.clone());
+    let pleg_task = {
+        let workers = workers.clone();
+        let cancel = cancel.clone();
+        let period = config.relist_period;
+        tokio::spawn(async move {
+            pleg.run(period, relist_poke, cancel, |uid| workers.trigger(uid))
+                .await
+        })
+    };
+    let events_task = {
+        let workers = workers.clone();
+        tokio::spawn(crate::pleg::watch_container_events(
+            client.clone(),
+            cancel.clone(),
+            move |uid| workers.trigger(uid),
+        ))
+    };
+
+    crate::notify::ready(&format!(
+        "running {} pods from {}",
+        pod_config.uids().len(),
+        config.pod_manifest_path.display()
+    ));
+
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            uid = trigger_rx.recv() => match uid {
+                Some(uid) => workers.trigger(uid),
+                None => break,
+            },
+        }
+    }
+    crate::notify::stopping();
+    tracing::info!("shutting down; pods keep running");
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = source.await;
+        let _ = pleg_task.await;
+        let _ = events_task.await;
+        let _ = server.await;
+    })
+    .await;
+    Ok(())
+}

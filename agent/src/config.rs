@@ -1,1 +1,319 @@
-//! TODO(skeleton)
+//! The agent's settings: kubelet-named flags, and a YAML config file (`--config`)
+//! carrying the same settings. A flag given on the command line wins over the
+//! file; the file wins over the defaults (as with the kubelet).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde::Deserialize;
+
+/// berth-agent: a Kubernetes node agent that runs pods on containerd over CRI.
+#[derive(Debug, Clone, Parser, Default)]
+#[command(name = "berth-agent", version, about)]
+pub struct Flags {
+    /// A YAML file with the settings below (camelCase keys, e.g. `podManifestPath`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The CRI endpoint of the container runtime [default: unix:///run/containerd/containerd.sock].
+    #[arg(long)]
+    pub container_runtime_endpoint: Option<String>,
+    /// The directory of static pod manifests [default: /etc/berth/manifests].
+    #[arg(long)]
+    pub pod_manifest_path: Option<PathBuf>,
+    /// Where the agent keeps per-pod state (volumes, termination messages) [default: /var/lib/berth].
+    #[arg(long)]
+    pub root_dir: Option<PathBuf>,
+    /// Where container logs go: <dir>/<namespace>_<pod>_<uid>/<container>/<restart>.log [default: /var/log/pods].
+    #[arg(long)]
+    pub pod_logs_dir: Option<PathBuf>,
+    /// The node's name [default: the hostname].
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The node's IP, reported as status.hostIP [default: the address of the default route].
+    #[arg(long)]
+    pub node_ip: Option<String>,
+    /// Address of the HTTP status server (/healthz, /pods, /metrics) [default: 127.0.0.1:10255].
+    #[arg(long)]
+    pub status_address: Option<SocketAddr>,
+    /// How often the manifest directory is rescanned, on top of inotify [default: 20s].
+    #[arg(long, value_parser = parse_duration)]
+    pub file_check_frequency: Option<Duration>,
+    /// How often every pod is synced even when nothing changed [default: 1m].
+    #[arg(long, value_parser = parse_duration)]
+    pub sync_frequency: Option<Duration>,
+    /// How often the runtime is relisted to notice container changes [default: 1s].
+    #[arg(long, value_parser = parse_duration)]
+    pub relist_period: Option<Duration>,
+    /// The parent cgroup of pod cgroups (cgroupfs driver) [default: /kubepods].
+    #[arg(long)]
+    pub cgroup_root: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The config file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileConfig {
+    container_runtime_endpoint: Option<String>,
+    pod_manifest_path: Option<PathBuf>,
+    root_dir: Option<PathBuf>,
+    pod_logs_dir: Option<PathBuf>,
+    node_name: Option<String>,
+    node_ip: Option<String>,
+    status_address: Option<SocketAddr>,
+    file_check_frequency: Option<String>,
+    sync_frequency: Option<String>,
+    relist_period: Option<String>,
+    cgroup_root: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+/// The settings the agent runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub container_runtime_endpoint: String,
+    pub pod_manifest_path: PathBuf,
+    pub root_dir: PathBuf,
+    pub pod_logs_dir: PathBuf,
+    pub node_name: String,
+    pub node_ip: String,
+    pub status_address: SocketAddr,
+    pub file_check_frequency: Duration,
+    pub sync_frequency: Duration,
+    pub relist_period: Duration,
+    pub cgroup_root: String,
+    pub log_format: LogFormat,
+}
+
+/// Parse a Go-style duration such as `20s`, `1m`, `1m30s`, `500ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+impl Config {
+    /// Merge flags, the config file they name (if any), and the defaults.
+    pub fn load(flags: Flags) -> anyhow::Result<Self> {
+        let file = match &flags.config {
+            Some(path) => read_file_config(path)?,
+            None => FileConfig::default(),
+        };
+        let dur = |flag: Option<Duration>,
+                   file: &Option<String>,
+                   key: &str,
+                   default: Duration|
+         -> anyhow::Result<Duration> {
+            if let Some(d) = flag {
+                return Ok(d);
+            }
+            match file {
+                Some(s) => parse_duration(s).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: {key}: {e}",
+                        flags
+                            .config
+                            .as_deref()
+                            .unwrap_or(Path::new("config"))
+                            .display()
+                    )
+                }),
+                None => Ok(default),
+            }
+        };
+        let node_name = match flags.node_name.or(file.node_name) {
+            Some(n) => n,
+            None => hostname::get()
+                .context("cannot read the hostname for --node-name")?
+                .to_string_lossy()
+                .into_owned(),
+        }
+        .to_lowercase();
+        if node_name.is_empty() {
+            bail!("--node-name: must not be empty");
+        }
+        let config = Config {
+            container_runtime_endpoint: flags
+                .container_runtime_endpoint
+                .or(file.container_runtime_endpoint)
+                .unwrap_or_else(|| berth_cri::DEFAULT_ENDPOINT.to_string()),
+            pod_manifest_path: flags
+                .pod_manifest_path
+                .or(file.pod_manifest_path)
+                .unwrap_or_else(|| "/etc/berth/manifests".into()),
+            root_dir: flags
+                .root_dir
+                .or(file.root_dir)
+                .unwrap_or_else(|| "/var/lib/berth".into()),
+            pod_logs_dir: flags
+                .pod_logs_dir
+                .or(file.pod_logs_dir)
+                .unwrap_or_else(|| "/var/log/pods".into()),
+            node_ip: flags
+                .node_ip
+                .or(file.node_ip)
+                .unwrap_or_else(default_node_ip),
+            node_name,
+            status_address: flags
+                .status_address
+                .or(file.status_address)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 10255))),
+            file_check_frequency: dur(
+                flags.file_check_frequency,
+                &file.file_check_frequency,
+                "fileCheckFrequency",
+                Duration::from_secs(20),
+            )?,
+            sync_frequency: dur(
+                flags.sync_frequency,
+                &file.sync_frequency,
+                "syncFrequency",
+                Duration::from_secs(60),
+            )?,
+            relist_period: dur(
+                flags.relist_period,
+                &file.relist_period,
+                "relistPeriod",
+                Duration::from_secs(1),
+            )?,
+            cgroup_root: flags
+                .cgroup_root
+                .or(file.cgroup_root)
+                .unwrap_or_else(|| "/kubepods".into()),
+            log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
+        };
+        berth_cri::parse_endpoint(&config.container_runtime_endpoint)
+            .context("--container-runtime-endpoint")?;
+        for (name, path) in [
+            ("--pod-manifest-path", &config.pod_manifest_path),
+            ("--root-dir", &config.root_dir),
+            ("--pod-logs-dir", &config.pod_logs_dir),
+        ] {
+            if !path.is_absolute() {
+                bail!("{name}: {} must be an absolute path", path.display());
+            }
+        }
+        if !config.cgroup_root.starts_with('/') {
+            bail!("--cgroup-root: {:?} must start with '/'", config.cgroup_root);
+        }
+        if config.relist_period.is_zero() || config.sync_frequency.is_zero() {
+            bail!("--relist-period and --sync-frequency must be greater than zero");
+        }
+        Ok(config)
+    }
+}
+
+fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// The source address of the default IPv4 route (what the kubelet reports as the
+/// node IP when none is given), or 127.0.0.1.
+fn default_node_ip() -> String {
+    // Connecting a UDP socket sends nothing; it only asks the kernel which source
+    // address it would route from. The destination is never contacted.
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("192.0.2.1:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| "127.0.0.1".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_kubelet() {
+        let c = Config::load(Flags {
+            node_name: Some("Node-A".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.container_runtime_endpoint, berth_cri::DEFAULT_ENDPOINT);
+        assert_eq!(c.pod_manifest_path, PathBuf::from("/etc/berth/manifests"));
+        assert_eq!(c.root_dir, PathBuf::from("/var/lib/berth"));
+        assert_eq!(c.pod_logs_dir, PathBuf::from("/var/log/pods"));
+        assert_eq!(c.node_name, "node-a");
+        assert_eq!(c.status_address.to_string(), "127.0.0.1:10255");
+        assert_eq!(c.file_check_frequency, Duration::from_secs(20));
+        assert_eq!(c.sync_frequency, Duration::from_secs(60));
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "podManifestPath: /srv/manifests\nfileCheckFrequency: 5s\nstatusAddress: 127.0.0.1:9999\nlogFormat: json\nnodeName: file-node\n",
+        )
+        .unwrap();
+        let c = Config::load(Flags {
+            config: Some(path),
+            status_address: Some("127.0.0.1:1234".parse().unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.pod_manifest_path, PathBuf::from("/srv/manifests"));
+        assert_eq!(c.file_check_frequency, Duration::from_secs(5));
+        assert_eq!(c.status_address.to_string(), "127.0.0.1:1234");
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.node_name, "file-node");
+    }
+
+    #[test]
+    fn bad_file_names_file_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "syncFrequency: soon\n").unwrap();
+        let err = Config::load(Flags {
+            config: Some(path.clone()),
+            node_name: Some("n".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("config.yaml") && err.contains("syncFrequency"), "{err}");
+
+        std::fs::write(&path, "podManifestPat: /x\n").unwrap();
+        let err = format!(
+            "{:#}",
+            Config::load(Flags {
+                config: Some(path),
+                node_name: Some("n".into()),
+                ..Default::default()
+            })
+            .unwrap_err()
+        );
+        assert!(err.contains("podManifestPat"), "{err}");
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_duration("20s").unwrap(), Duration::from_secs(20));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("soon").is_err());
+    }
+}

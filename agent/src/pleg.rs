@@ -1,1 +1,337 @@
-//! TODO(skeleton)
+//! The pod lifecycle event generator: relist the runtime every period, keep the
+//! observed state of every pod, and wake the worker of each pod whose state
+//! changed. Where the runtime streams container events (`GetContainerEvents`,
+//! containerd 1.7+ and CRI-O), those wake workers at once and the relist stays
+//! as the safety net; containerd 1.6 does not offer it, so relist alone drives.
+//!
+//! Status calls are made only for sandboxes and containers whose state changed
+//! since the last relist, so a quiet node costs two List calls per period.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use berth_cri::{RuntimeClient, api};
+use tokio_util::sync::CancellationToken;
+
+use crate::Uid;
+use crate::metrics::Metrics;
+use crate::observed::{self, ObservedPod, keys};
+
+/// The kubelet's PLEG health threshold: no relist for this long is unhealthy.
+pub const RELIST_THRESHOLD: Duration = Duration::from_secs(180);
+
+#[derive(Debug, Default)]
+struct Health {
+    last_relist: Option<Instant>,
+    last_error: Option<String>,
+    runtime: Option<api::VersionResponse>,
+}
+
+/// The observed state of every pod, as of the last relist.
+#[derive(Debug, Default)]
+pub struct RuntimeCache {
+    pods: RwLock<HashMap<Uid, ObservedPod>>,
+    health: RwLock<Health>,
+}
+
+impl RuntimeCache {
+    /// A fresh, empty cache.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The observed state of pod `uid` (empty if the runtime holds nothing of it).
+    pub fn get(&self, uid: &str) -> ObservedPod {
+        let pods = self.pods.read().unwrap_or_else(|e| e.into_inner());
+        pods.get(uid).cloned().unwrap_or_else(|| ObservedPod {
+            uid: uid.to_string(),
+            ..Default::default()
+        })
+    }
+
+    /// UIDs of every pod the runtime holds something of.
+    pub fn uids(&self) -> Vec<Uid> {
+        let pods = self.pods.read().unwrap_or_else(|e| e.into_inner());
+        pods.keys().cloned().collect()
+    }
+
+    /// `Ok` when the runtime answered the last relist and relists keep coming;
+    /// otherwise why not.
+    pub fn health(&self) -> Result<(), String> {
+        let h = self.health.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(err) = &h.last_error {
+            return Err(format!("container runtime is unreachable: {err}"));
+        }
+        match h.last_relist {
+            None => Err("container runtime not reached yet".to_string()),
+            Some(at) if at.elapsed() > RELIST_THRESHOLD => Err(format!(
+                "PLEG is not healthy: pleg was last seen active {}s ago; threshold is {}s",
+                at.elapsed().as_secs(),
+                RELIST_THRESHOLD.as_secs()
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The runtime's name and version, once reached.
+    pub fn runtime_version(&self) -> Option<api::VersionResponse> {
+        let h = self.health.read().unwrap_or_else(|e| e.into_inner());
+        h.runtime.clone()
+    }
+
+    /// Record the runtime's version (after a successful Version call).
+    pub fn set_runtime_version(&self, v: api::VersionResponse) {
+        let mut h = self.health.write().unwrap_or_else(|e| e.into_inner());
+        h.runtime = Some(v);
+    }
+
+    /// Record that the runtime could not be reached.
+    pub fn set_error(&self, err: String) {
+        let mut h = self.health.write().unwrap_or_else(|e| e.into_inner());
+        h.last_error = Some(err);
+    }
+}
+
+/// Relists the runtime and announces pods whose observed state changed.
+pub struct Pleg {
+    client: RuntimeClient,
+    cache: Arc<RuntimeCache>,
+    metrics: Arc<Metrics>,
+    /// Status calls are cached by id and state: only a change asks again.
+    sandbox_status: HashMap<String, (i32, Option<api::PodSandboxStatus>)>,
+    container_status: HashMap<String, (i32, Option<api::ContainerStatus>)>,
+}
+
+impl Pleg {
+    /// A PLEG over `client`, filling `cache`.
+    pub fn new(client: RuntimeClient, cache: Arc<RuntimeCache>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            client,
+            cache,
+            metrics,
+            sandbox_status: HashMap::new(),
+            container_status: HashMap::new(),
+        }
+    }
+
+    /// One relist: returns the UIDs whose observed state changed, or why the
+    /// runtime could not be listed (the cache then keeps the last known state).
+    pub async fn relist(&mut self) -> Result<Vec<Uid>, berth_cri::Error> {
+        let started = Instant::now();
+        let sandboxes = self
+            .client
+            .list_pod_sandbox(api::ListPodSandboxRequest { filter: None })
+            .await?
+            .items;
+        let containers = self
+            .client
+            .list_containers(api::ListContainersRequest { filter: None })
+            .await?
+            .containers;
+
+        let mut pods: HashMap<Uid, ObservedPod> = HashMap::new();
+        let mut live: HashSet<String> = HashSet::new();
+        for sb in &sandboxes {
+            if !sb.labels.contains_key(keys::POD_UID) {
+                continue;
+            }
+            live.insert(sb.id.clone());
+            let status = self.sandbox_status_cached(sb).await?;
+            if let Some(o) = observed::sandbox_from_cri(sb, status.as_ref()) {
+                pods.entry(o.uid.clone())
+                    .or_insert_with(|| ObservedPod {
+                        uid: o.uid.clone(),
+                        ..Default::default()
+                    })
+                    .sandboxes
+                    .push(o);
+            }
+        }
+        for c in &containers {
+            let Some(uid) = c.labels.get(keys::POD_UID).cloned() else {
+                continue;
+            };
+            live.insert(c.id.clone());
+            let status = self.container_status_cached(c).await?;
+            if let Some(o) = observed::container_from_cri(c, status.as_ref()) {
+                pods.entry(uid.clone())
+                    .or_insert_with(|| ObservedPod {
+                        uid,
+                        ..Default::default()
+                    })
+                    .containers
+                    .push(o);
+            }
+        }
+        self.sandbox_status.retain(|id, _| live.contains(id));
+        self.container_status.retain(|id, _| live.contains(id));
+        for pod in pods.values_mut() {
+            pod.sandboxes.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+            pod.containers.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        }
+
+        let changed = {
+            let mut cached = self.cache.pods.write().unwrap_or_else(|e| e.into_inner());
+            let mut changed: Vec<Uid> = pods
+                .iter()
+                .filter(|(uid, pod)| cached.get(*uid) != Some(*pod))
+                .map(|(uid, _)| uid.clone())
+                .collect();
+            changed.extend(cached.keys().filter(|uid| !pods.contains_key(*uid)).cloned());
+            *cached = pods;
+            changed
+        };
+        {
+            let mut h = self.cache.health.write().unwrap_or_else(|e| e.into_inner());
+            h.last_relist = Some(Instant::now());
+            h.last_error = None;
+        }
+        self.metrics.observe_relist(started.elapsed());
+        Ok(changed)
+    }
+
+    async fn sandbox_status_cached(
+        &mut self,
+        sb: &api::PodSandbox,
+    ) -> Result<Option<api::PodSandboxStatus>, berth_cri::Error> {
+        if let Some((state, status)) = self.sandbox_status.get(&sb.id) {
+            if *state == sb.state {
+                return Ok(status.clone());
+            }
+        }
+        let status = match self
+            .client
+            .pod_sandbox_status(api::PodSandboxStatusRequest {
+                pod_sandbox_id: sb.id.clone(),
+                verbose: false,
+            })
+            .await
+        {
+            Ok(r) => r.status,
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e),
+        };
+        self.sandbox_status
+            .insert(sb.id.clone(), (sb.state, status.clone()));
+        Ok(status)
+    }
+
+    async fn container_status_cached(
+        &mut self,
+        c: &api::Container,
+    ) -> Result<Option<api::ContainerStatus>, berth_cri::Error> {
+        if let Some((state, status)) = self.container_status.get(&c.id) {
+            if *state == c.state {
+                return Ok(status.clone());
+            }
+        }
+        let status = match self
+            .client
+            .container_status(api::ContainerStatusRequest {
+                container_id: c.id.clone(),
+                verbose: false,
+            })
+            .await
+        {
+            Ok(r) => r.status,
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e),
+        };
+        self.container_status
+            .insert(c.id.clone(), (c.state, status.clone()));
+        Ok(status)
+    }
+
+    /// Relist every `period` (or at once when `poke` fires) until cancelled,
+    /// calling `on_change` with every UID whose state changed. When the runtime
+    /// comes back after an outage, every known pod is announced.
+    pub async fn run(
+        mut self,
+        period: Duration,
+        poke: Arc<tokio::sync::Notify>,
+        cancel: CancellationToken,
+        on_change: impl Fn(Uid),
+    ) {
+        let mut was_down = false;
+        loop {
+            match self.relist().await {
+                Ok(changed) => {
+                    if was_down {
+                        tracing::info!("container runtime is reachable again; resyncing every pod");
+                        for uid in self.cache.uids() {
+                            on_change(uid);
+                        }
+                        was_down = false;
+                    }
+                    for uid in changed {
+                        on_change(uid);
+                    }
+                }
+                Err(e) => {
+                    if !was_down {
+                        tracing::error!(error = %e, "relist failed; keeping the last known state");
+                    }
+                    was_down = true;
+                    self.cache.set_error(e.to_string());
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+                _ = poke.notified() => {}
+            }
+        }
+    }
+}
+
+/// Follow the runtime's container event stream, where it has one, calling
+/// `on_event` with the pod UID of every event. Returns when the runtime does
+/// not implement it (relist alone then drives) or on cancel.
+pub async fn watch_container_events(
+    client: RuntimeClient,
+    cancel: CancellationToken,
+    on_event: impl Fn(Uid),
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => return,
+            s = client.get_container_events() => s,
+        };
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) if e.is_unimplemented() => {
+                tracing::info!("runtime does not stream container events (GetContainerEvents); relist alone notices changes");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "container event stream unavailable; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                }
+            }
+        };
+        tracing::info!("following the runtime's container events");
+        loop {
+            let msg = tokio::select! {
+                _ = cancel.cancelled() => return,
+                m = stream.message() => m,
+            };
+            match msg {
+                Ok(Some(ev)) => {
+                    let uid = ev
+                        .pod_sandbox_status
+                        .as_ref()
+                        .and_then(|s| s.metadata.as_ref())
+                        .map(|m| m.uid.clone())
+                        .filter(|u| !u.is_empty());
+                    if let Some(uid) = uid {
+                        on_event(uid);
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}

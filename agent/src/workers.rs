@@ -1,1 +1,185 @@
-//! TODO(skeleton)
+//! Pod workers: one task per pod UID, so a pod is never synced twice at once.
+//!
+//! A trigger (a manifest change, a PLEG event, a back-off expiring) only marks
+//! the pod dirty; however many arrive during a sync, one more sync follows
+//! (a channel of capacity one deduplicates them, as kube-runtime's runner does).
+//! Each sync is level-triggered: it reads the desired pod afresh and compares
+//! it with the runtime, so a missed trigger costs latency, never correctness.
+//! A worker ends when its pod is neither desired nor present in the runtime.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::Uid;
+use crate::metrics::Metrics;
+use crate::runtime::RuntimeManager;
+use crate::runtime::sync::SyncOutcome;
+use crate::source::{PodConfig, pod_key};
+use crate::status::Transient;
+
+/// Back-off after a failed sync: 1 s doubling to 30 s.
+const ERROR_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The workers' shared view of per-pod transient state (waiting reasons).
+#[derive(Debug, Default)]
+pub struct TransientStore {
+    inner: RwLock<HashMap<Uid, Transient>>,
+}
+
+impl TransientStore {
+    /// The transient state of `uid` (empty if none).
+    pub fn get(&self, uid: &str) -> Transient {
+        let m = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        m.get(uid).cloned().unwrap_or_default()
+    }
+
+    fn set(&self, uid: &str, t: Transient) {
+        let mut m = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        m.insert(uid.to_string(), t);
+    }
+
+    fn remove(&self, uid: &str) {
+        let mut m = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        m.remove(uid);
+    }
+}
+
+/// The pod workers.
+pub struct PodWorkers {
+    manager: Arc<RuntimeManager>,
+    config: Arc<PodConfig>,
+    transient: Arc<TransientStore>,
+    metrics: Arc<Metrics>,
+    sync_frequency: Duration,
+    /// Poked after a sync changed something, so the PLEG relists soon.
+    relist: Arc<Notify>,
+    cancel: CancellationToken,
+    workers: Mutex<HashMap<Uid, mpsc::Sender<()>>>,
+    /// When the last sync of any pod finished (for the health check).
+    last_sync: Mutex<Option<Instant>>,
+}
+
+impl PodWorkers {
+    /// Workers syncing pods from `config` through `manager`.
+    pub fn new(
+        manager: Arc<RuntimeManager>,
+        config: Arc<PodConfig>,
+        transient: Arc<TransientStore>,
+        metrics: Arc<Metrics>,
+        sync_frequency: Duration,
+        relist: Arc<Notify>,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            manager,
+            config,
+            transient,
+            metrics,
+            sync_frequency,
+            relist,
+            cancel,
+            workers: Mutex::new(HashMap::new()),
+            last_sync: Mutex::new(None),
+        })
+    }
+
+    /// Ask for a sync of pod `uid`, starting its worker if it has none.
+    pub fn trigger(self: &Arc<Self>, uid: Uid) {
+        if uid.is_empty() || self.cancel.is_cancelled() {
+            return;
+        }
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = workers.get(&uid) {
+            // Full means a sync is already pending: the trigger is deduplicated.
+            match tx.try_send(()) {
+                Ok(()) | Err(mpsc::error::TrySendError::Full(())) => return,
+                Err(mpsc::error::TrySendError::Closed(())) => {}
+            }
+        }
+        let (tx, rx) = mpsc::channel(1);
+        // The first sync runs at once.
+        let _ = tx.try_send(());
+        workers.insert(uid.clone(), tx);
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.run(uid, rx).await });
+    }
+
+    /// The number of pods with a worker.
+    pub fn len(&self) -> usize {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// True when no pod has a worker.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    async fn run(self: Arc<Self>, uid: Uid, mut rx: mpsc::Receiver<()>) {
+        let mut transient = self.transient.get(&uid);
+        let mut delay = self.sync_frequency;
+        let mut error_backoff = ERROR_BACKOFF_INITIAL;
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                msg = rx.recv() => if msg.is_none() { break },
+                _ = tokio::time::sleep(delay) => {}
+            }
+            let desired = self.config.get(&uid);
+            let pod_name = desired
+                .as_ref()
+                .map(|d| pod_key(&d.pod))
+                .unwrap_or_else(|| "(removed)".to_string());
+            let span = tracing::info_span!("sync", pod = %pod_name, pod.uid = %uid);
+            let started = Instant::now();
+            let result = self
+                .manager
+                .sync_pod(&uid, desired.as_ref(), &mut transient)
+                .instrument(span.clone())
+                .await;
+            self.metrics.observe_sync(started.elapsed(), result.is_ok());
+            *self.last_sync.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            self.relist.notify_one();
+            match result {
+                Ok(SyncOutcome::Synced { requeue }) => {
+                    self.transient.set(&uid, transient.clone());
+                    error_backoff = ERROR_BACKOFF_INITIAL;
+                    delay = requeue
+                        .map(|r| r.min(self.sync_frequency))
+                        .unwrap_or(self.sync_frequency);
+                }
+                Ok(SyncOutcome::Gone) => {
+                    // Leave only if no trigger arrived meanwhile; under the lock,
+                    // so `trigger` either sees us gone or reaches our channel.
+                    let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+                    if rx.try_recv().is_ok() || self.config.get(&uid).is_some() {
+                        drop(workers);
+                        delay = Duration::ZERO;
+                        continue;
+                    }
+                    workers.remove(&uid);
+                    self.transient.remove(&uid);
+                    span.in_scope(|| tracing::info!("pod removed"));
+                    return;
+                }
+                Err(e) => {
+                    self.transient.set(&uid, transient.clone());
+                    span.in_scope(|| {
+                        if e.is_unreachable() {
+                            tracing::warn!(error = %e, retry_in = ?error_backoff, "sync failed: runtime unreachable");
+                        } else {
+                            tracing::warn!(error = %e, retry_in = ?error_backoff, "sync failed");
+                        }
+                    });
+                    delay = error_backoff;
+                    error_backoff = (error_backoff * 2).min(ERROR_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}

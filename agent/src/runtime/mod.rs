@@ -1,1 +1,112 @@
-//! Runtime manager.
+//! The runtime manager: compares a desired pod with what the runtime holds for
+//! it and does only what differs, over CRI (the kubelet's kuberuntime manager).
+//!
+//! - [`inspect`]: read one pod's sandboxes and containers from the runtime.
+//! - [`sandbox`] / [`container`]: the CRI configs, shaped as the kubelet's.
+//! - [`images`]: `imagePullPolicy` and pulls with back-off.
+//! - [`sync`]: the per-pod reconcile (start, restart, replace, kill, clean up).
+
+pub mod container;
+pub mod images;
+pub mod inspect;
+pub mod sandbox;
+pub mod sync;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use berth_cri::RuntimeClient;
+
+use crate::backoff::Backoff;
+use crate::metrics::Metrics;
+
+/// Node-level settings the runtime manager needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_name: String,
+    pub node_ip: String,
+    pub root_dir: PathBuf,
+    pub pod_logs_dir: PathBuf,
+    /// Parent of pod cgroups (cgroupfs driver), e.g. `/kubepods`.
+    pub cgroup_root: String,
+}
+
+/// Drives the container runtime for every pod (shared by all pod workers).
+pub struct RuntimeManager {
+    pub client: RuntimeClient,
+    pub settings: Settings,
+    pub volumes: berth_plugins::VolumeManager,
+    pub(crate) crash_backoff: Backoff,
+    pub(crate) image_backoff: Backoff,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl RuntimeManager {
+    /// A manager over `client` with the kubelet's back-off settings.
+    pub fn new(client: RuntimeClient, settings: Settings, metrics: Arc<Metrics>) -> Self {
+        let volumes = berth_plugins::VolumeManager::new(settings.root_dir.clone());
+        Self {
+            client,
+            settings,
+            volumes,
+            crash_backoff: Backoff::crash_loop(),
+            image_backoff: Backoff::image_pull(),
+            metrics,
+        }
+    }
+
+    /// `<root-dir>/pods/<uid>`: the pod's own directory (volumes, termination messages, hosts file).
+    pub fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.settings.root_dir.join("pods").join(uid)
+    }
+
+    /// `<pod-logs-dir>/<namespace>_<name>_<uid>`, as the kubelet lays it out.
+    pub fn pod_log_dir(&self, namespace: &str, name: &str, uid: &str) -> PathBuf {
+        self.settings
+            .pod_logs_dir
+            .join(format!("{namespace}_{name}_{uid}"))
+    }
+}
+
+/// Errors of one pod sync.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// A CRI call failed.
+    #[error("{op}: {source}")]
+    Runtime {
+        op: String,
+        #[source]
+        source: berth_cri::Error,
+    },
+    /// Setting up or tearing down the pod's volumes or directories failed.
+    #[error("{op}: {source}")]
+    Volume {
+        op: String,
+        #[source]
+        source: berth_plugins::Error,
+    },
+    /// A filesystem operation on the pod's directories failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SyncError {
+    /// True when the runtime could not be reached (the sync will be retried when it is back).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, SyncError::Runtime { source, .. } if source.is_unreachable())
+    }
+}
+
+/// `Result` of a pod sync.
+pub type Result<T, E = SyncError> = std::result::Result<T, E>;
+
+/// Wrap a CRI error with the operation it failed in.
+pub(crate) fn cri(op: impl Into<String>) -> impl FnOnce(berth_cri::Error) -> SyncError {
+    let op = op.into();
+    move |source| SyncError::Runtime { op, source }
+}

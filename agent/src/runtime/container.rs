@@ -1,0 +1,438 @@
+//! The container config, shaped as the kubelet's `generateContainerConfig`:
+//! command and args with `$(VAR)` expansion, env (values and fieldRefs),
+//! resources, security context, and the kubelet's labels and annotations.
+
+use std::collections::{BTreeMap, HashMap};
+
+use berth_cri::api;
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
+use sha2::{Digest, Sha256};
+
+use super::RuntimeManager;
+use crate::observed::keys;
+
+/// The kubelet's default masked paths for unprivileged containers.
+const DEFAULT_MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// The kubelet's default read-only paths for unprivileged containers.
+const DEFAULT_READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Smallest CPU shares the kernel takes (the kubelet's `MinShares`).
+const MIN_SHARES: i64 = 2;
+/// CFS period the kubelet uses (100 ms).
+const QUOTA_PERIOD: i64 = 100_000;
+/// Smallest CFS quota the kubelet sets.
+const MIN_QUOTA: i64 = 1_000;
+
+/// A stable hash of a container's spec (the `io.kubernetes.container.hash`
+/// annotation). A changed hash means the running container no longer matches
+/// its spec and is replaced.
+pub fn container_hash(container: &Container) -> String {
+    // serde_json output of k8s-openapi types is deterministic (fixed field order,
+    // sorted maps), so the same spec hashes the same across agent restarts.
+    let json = serde_json::to_vec(container).unwrap_or_default();
+    let digest = Sha256::digest(&json);
+    hex::encode(&digest[..8])
+}
+
+/// Everything the container config needs besides the pod and the container.
+pub struct ContainerContext<'a> {
+    pub sandbox_id: &'a str,
+    pub pod_ips: &'a [String],
+    pub restart_count: i32,
+    pub init: bool,
+    /// The resolved image reference (image ID) to run.
+    pub image_ref: &'a str,
+    pub mounts: Vec<api::Mount>,
+}
+
+impl RuntimeManager {
+    /// The CreateContainer config of `container` of `pod`.
+    pub fn container_config(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        ctx: ContainerContext<'_>,
+    ) -> api::ContainerConfig {
+        let meta = &pod.metadata;
+        let spec = pod.spec.clone().unwrap_or_default();
+        let name = container.name.clone();
+
+        let env = self.container_env(pod, container, ctx.pod_ips);
+        let env_map: HashMap<&str, &str> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let expand_all = |list: &Option<Vec<String>>| -> Vec<String> {
+            list.iter()
+                .flatten()
+                .map(|s| expand(s, |var| env_map.get(var).map(|v| v.to_string())))
+                .collect()
+        };
+
+        let mut labels: HashMap<String, String> = HashMap::new();
+        labels.insert(keys::POD_NAME.into(), meta.name.clone().unwrap_or_default());
+        labels.insert(
+            keys::POD_NAMESPACE.into(),
+            meta.namespace.clone().unwrap_or_default(),
+        );
+        labels.insert(keys::POD_UID.into(), meta.uid.clone().unwrap_or_default());
+        labels.insert(keys::CONTAINER_NAME.into(), name.clone());
+        labels.insert(
+            keys::CONTAINER_TYPE.into(),
+            if ctx.init {
+                keys::CONTAINER_TYPE_INIT
+            } else {
+                keys::CONTAINER_TYPE_APP
+            }
+            .into(),
+        );
+
+        let mut annotations: HashMap<String, String> = HashMap::new();
+        annotations.insert(keys::CONTAINER_HASH.into(), container_hash(container));
+        annotations.insert(
+            keys::CONTAINER_RESTART_COUNT.into(),
+            ctx.restart_count.to_string(),
+        );
+        annotations.insert(
+            keys::CONTAINER_TERMINATION_MESSAGE_PATH.into(),
+            container
+                .termination_message_path
+                .clone()
+                .unwrap_or_else(|| "/dev/termination-log".into()),
+        );
+        annotations.insert(
+            keys::CONTAINER_TERMINATION_MESSAGE_POLICY.into(),
+            container
+                .termination_message_policy
+                .clone()
+                .unwrap_or_else(|| "File".into()),
+        );
+        annotations.insert(
+            keys::POD_TERMINATION_GRACE_PERIOD.into(),
+            spec.termination_grace_period_seconds
+                .unwrap_or(30)
+                .to_string(),
+        );
+        if let Some(ports) = &container.ports {
+            if let Ok(json) = serde_json::to_string(ports) {
+                annotations.insert(keys::CONTAINER_PORTS.into(), json);
+            }
+        }
+
+        api::ContainerConfig {
+            metadata: Some(api::ContainerMetadata {
+                name: name.clone(),
+                attempt: ctx.restart_count.max(0) as u32,
+            }),
+            image: Some(api::ImageSpec {
+                image: ctx.image_ref.to_string(),
+                user_specified_image: container.image.clone().unwrap_or_default(),
+                ..Default::default()
+            }),
+            command: expand_all(&container.command),
+            args: expand_all(&container.args),
+            working_dir: container.working_dir.clone().unwrap_or_default(),
+            envs: env
+                .iter()
+                .map(|(key, value)| api::KeyValue {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            mounts: ctx.mounts,
+            labels,
+            annotations,
+            log_path: format!("{name}/{}.log", ctx.restart_count),
+            stdin: container.stdin.unwrap_or(false),
+            stdin_once: container.stdin_once.unwrap_or(false),
+            tty: container.tty.unwrap_or(false),
+            linux: Some(self.linux_container_config(pod, container)),
+            ..Default::default()
+        }
+    }
+
+    /// Resources and security context of a container (cgroup v1 semantics, as the
+    /// kubelet's `generateLinuxContainerConfig`).
+    fn linux_container_config(&self, pod: &Pod, container: &Container) -> api::LinuxContainerConfig {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let resources = container.resources.clone().unwrap_or_default();
+        let quantity = |map: &Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+                        key: &str| map.as_ref().and_then(|m| m.get(key)).cloned();
+        let cpu = |q: Option<_>| {
+            q.and_then(|q| crate::source::manifest::parse_cpu_millis(&q).ok())
+                .unwrap_or(0)
+        };
+        let mem = |q: Option<_>| {
+            q.and_then(|q| crate::source::manifest::parse_memory_bytes(&q).ok())
+                .unwrap_or(0)
+        };
+        let cpu_request = cpu(quantity(&resources.requests, "cpu"));
+        let cpu_limit = cpu(quantity(&resources.limits, "cpu"));
+        let mem_request = mem(quantity(&resources.requests, "memory"));
+        let mem_limit = mem(quantity(&resources.limits, "memory"));
+
+        let cpu_shares = if cpu_request == 0 && cpu_limit > 0 {
+            milli_cpu_to_shares(cpu_limit)
+        } else {
+            milli_cpu_to_shares(cpu_request)
+        };
+        let (cpu_period, cpu_quota) = if cpu_limit > 0 {
+            (
+                QUOTA_PERIOD,
+                (cpu_limit * QUOTA_PERIOD / 1000).max(MIN_QUOTA),
+            )
+        } else {
+            (0, 0)
+        };
+        let oom_score_adj = match crate::status::qos_class(pod) {
+            "Guaranteed" => -997,
+            "BestEffort" => 1000,
+            _ => {
+                let capacity = node_memory_bytes().max(1);
+                (1000 - (1000 * mem_request) / capacity).clamp(2, 999)
+            }
+        };
+
+        let sc = container.security_context.clone().unwrap_or_default();
+        let psc = spec.security_context.clone().unwrap_or_default();
+        let privileged = sc.privileged.unwrap_or(false);
+        let capabilities = sc.capabilities.as_ref().map(|c| api::Capability {
+            add_capabilities: c.add.clone().unwrap_or_default(),
+            drop_capabilities: c.drop.clone().unwrap_or_default(),
+            ..Default::default()
+        });
+        let (masked, readonly) = if privileged {
+            (Vec::new(), Vec::new())
+        } else {
+            (
+                DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect(),
+                DEFAULT_READONLY_PATHS.iter().map(|s| s.to_string()).collect(),
+            )
+        };
+        api::LinuxContainerConfig {
+            resources: Some(api::LinuxContainerResources {
+                cpu_period,
+                cpu_quota,
+                cpu_shares,
+                memory_limit_in_bytes: mem_limit,
+                oom_score_adj,
+                ..Default::default()
+            }),
+            security_context: Some(api::LinuxContainerSecurityContext {
+                capabilities,
+                privileged,
+                namespace_options: Some(super::sandbox::namespace_options(&spec)),
+                run_as_user: sc
+                    .run_as_user
+                    .or(psc.run_as_user)
+                    .map(|value| api::Int64Value { value }),
+                run_as_group: sc
+                    .run_as_group
+                    .or(psc.run_as_group)
+                    .map(|value| api::Int64Value { value }),
+                readonly_rootfs: sc.read_only_root_filesystem.unwrap_or(false),
+                supplemental_groups: psc.supplemental_groups.clone().unwrap_or_default(),
+                no_new_privs: sc.allow_privilege_escalation == Some(false),
+                masked_paths: masked,
+                readonly_paths: readonly,
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// The container's environment, in order, with `$(VAR)` references to earlier
+    /// variables expanded and fieldRefs resolved (the kubelet's `makeEnvironmentVariables`).
+    pub fn container_env(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        pod_ips: &[String],
+    ) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        let mut defined: HashMap<String, String> = HashMap::new();
+        for EnvVar {
+            name,
+            value,
+            value_from,
+        } in container.env.iter().flatten()
+        {
+            let resolved = if let Some(v) = value {
+                Some(expand(v, |var| defined.get(var).cloned()))
+            } else if let Some(field) = value_from.as_ref().and_then(|f| f.field_ref.as_ref()) {
+                self.field_value(pod, &field.field_path, pod_ips)
+            } else {
+                // Unsupported sources (configMapKeyRef, secretKeyRef, resourceFieldRef)
+                // were warned about when the manifest was read.
+                None
+            };
+            let value = resolved.unwrap_or_default();
+            defined.insert(name.clone(), value.clone());
+            if let Some(existing) = out.iter_mut().find(|(k, _)| k == name) {
+                existing.1 = value;
+            } else {
+                out.push((name.clone(), value));
+            }
+        }
+        out
+    }
+
+    /// The value of a downward-API field path.
+    fn field_value(&self, pod: &Pod, path: &str, pod_ips: &[String]) -> Option<String> {
+        let meta = &pod.metadata;
+        let spec = pod.spec.as_ref();
+        let from_map = |map: &Option<BTreeMap<String, String>>, rest: &str| {
+            let key = rest.strip_prefix("['")?.strip_suffix("']")?;
+            map.as_ref()?.get(key).cloned()
+        };
+        match path {
+            "metadata.name" => meta.name.clone(),
+            "metadata.namespace" => meta.namespace.clone(),
+            "metadata.uid" => meta.uid.clone(),
+            "spec.nodeName" => spec.and_then(|s| s.node_name.clone()),
+            "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()),
+            "status.hostIP" | "status.hostIPs" => Some(self.settings.node_ip.clone()),
+            "status.podIP" => pod_ips.first().cloned().or_else(|| {
+                spec.and_then(|s| s.host_network)
+                    .filter(|h| *h)
+                    .map(|_| self.settings.node_ip.clone())
+            }),
+            "status.podIPs" => Some(pod_ips.join(",")),
+            p if p.starts_with("metadata.labels") => {
+                from_map(&meta.labels, &p["metadata.labels".len()..])
+            }
+            p if p.starts_with("metadata.annotations") => {
+                from_map(&meta.annotations, &p["metadata.annotations".len()..])
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The kubelet's `milliCPUToShares`.
+pub fn milli_cpu_to_shares(milli: i64) -> i64 {
+    if milli == 0 {
+        return MIN_SHARES;
+    }
+    (milli * 1024 / 1000).max(MIN_SHARES)
+}
+
+/// MemTotal from /proc/meminfo, in bytes (0 if unreadable).
+fn node_memory_bytes() -> i64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<i64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Expand `$(VAR)` references as Kubernetes does: a defined variable is replaced,
+/// an undefined one is left as written, and `$$` escapes a `$`.
+pub fn expand(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(input.len());
+    let bytes = input.as_bytes();
+    let mut i = 0;
+    let mut literal_start = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'$' && i + 1 < bytes.len() {
+            match bytes[i + 1] {
+                b'$' => {
+                    out.push_str(&input[literal_start..i]);
+                    out.push('$');
+                    i += 2;
+                    literal_start = i;
+                    continue;
+                }
+                b'(' => {
+                    if let Some(close) = input[i + 2..].find(')') {
+                        let name = &input[i + 2..i + 2 + close];
+                        out.push_str(&input[literal_start..i]);
+                        match lookup(name) {
+                            Some(v) => out.push_str(&v),
+                            None => {
+                                out.push_str("$(");
+                                out.push_str(name);
+                                out.push(')');
+                            }
+                        }
+                        i += 2 + close + 1;
+                        literal_start = i;
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    out.push_str(&input[literal_start..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn expansion_follows_kubernetes() {
+        let e = env(&[("A", "1"), ("B", "two")]);
+        assert_eq!(expand("$(A)-$(B)", &e), "1-two");
+        assert_eq!(expand("$(MISSING)", &e), "$(MISSING)");
+        assert_eq!(expand("$$(A)", &e), "$(A)");
+        assert_eq!(expand("cost: $5", &e), "cost: $5");
+        assert_eq!(expand("$(A", &e), "$(A");
+        assert_eq!(expand("tail$", &e), "tail$");
+        assert_eq!(expand("ünï$(A)cødé", &e), "ünï1cødé");
+    }
+
+    #[test]
+    fn shares_like_the_kubelet() {
+        assert_eq!(milli_cpu_to_shares(0), 2);
+        assert_eq!(milli_cpu_to_shares(1), 2);
+        assert_eq!(milli_cpu_to_shares(100), 102);
+        assert_eq!(milli_cpu_to_shares(1000), 1024);
+    }
+
+    #[test]
+    fn hash_is_stable_and_sensitive() {
+        let a = Container {
+            name: "web".into(),
+            image: Some("busybox:1.36".into()),
+            ..Default::default()
+        };
+        let mut b = a.clone();
+        assert_eq!(container_hash(&a), container_hash(&b));
+        b.args = Some(vec!["x".into()]);
+        assert_ne!(container_hash(&a), container_hash(&b));
+        assert_eq!(container_hash(&a).len(), 16);
+    }
+}

