@@ -17,13 +17,15 @@ use super::container::{ContainerContext, container_hash};
 use super::images::ImageError;
 use super::{Result, RuntimeManager, SyncError, cri};
 use crate::observed::{ContainerState, ObservedContainer, ObservedPod, ObservedSandbox, keys};
-use crate::source::{SourcedPod, pod_key};
+use crate::source::SourcedPod;
 use crate::status::{Transient, Waiting};
 
 /// A container that ran at least this long before exiting resets its back-off.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
 /// Grace period when neither the spec nor the runtime says otherwise.
 const DEFAULT_GRACE_SECONDS: i64 = 30;
+/// The cluster domain written into /etc/hosts for pods with a subdomain.
+const CLUSTER_DOMAIN: &str = "cluster.local";
 
 /// What a sync achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -650,8 +652,27 @@ impl RuntimeManager {
         init: bool,
         pod_ips: &[String],
     ) -> std::result::Result<Vec<api::Mount>, String> {
-        let _ = (pod, c, index, init, pod_ips, pod_key(pod));
-        Ok(Vec::new())
+        let vols = self.volumes.set_up_pod(pod).map_err(|e| e.to_string())?;
+        let prefix = if init {
+            "spec.initContainers"
+        } else {
+            "spec.containers"
+        };
+        let mut mounts = self
+            .volumes
+            .make_mounts(c, index, prefix, &vols)
+            .map_err(|e| e.to_string())?;
+        if let Some(hosts) =
+            berth_plugins::etc_hosts_mount(pod, c, &vols.pod_dir, pod_ips, CLUSTER_DOMAIN)
+                .map_err(|e| e.to_string())?
+        {
+            mounts.push(hosts);
+        }
+        mounts.push(
+            berth_plugins::termination_message_mount(c, &vols.pod_dir)
+                .map_err(|e| e.to_string())?,
+        );
+        Ok(mounts)
     }
 }
 
