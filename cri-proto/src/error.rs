@@ -44,6 +44,15 @@ impl Error {
     /// Map a `tonic::Status` from `method` to an error with meaning.
     pub fn from_status(endpoint: &str, method: &'static str, status: tonic::Status) -> Self {
         let message = status.message().to_string();
+        // A status raised on the client side (a broken connection: Unknown
+        // "transport error", or Cancelled when the runtime died mid-call) carries
+        // the transport error as its source; statuses the runtime sent never do.
+        if std::error::Error::source(&status).is_some() {
+            return Error::Unreachable {
+                endpoint: endpoint.to_string(),
+                reason: describe_transport(&status),
+            };
+        }
         match status.code() {
             tonic::Code::NotFound => Error::NotFound { method, message },
             tonic::Code::Unavailable => Error::Unreachable {

@@ -1,7 +1,7 @@
 //! The CRI v1 API and a client for it over a unix socket.
 //!
 //! [`api`] re-exports the generated types and services of the `k8s-cri` crate.
-//! [`RuntimeClient`] wraps one tonic [`Channel`] dialled over a unix socket and
+//! [`RuntimeClient`] wraps one tonic `Channel` dialled over a unix socket and
 //! hands out typed calls with a per-call timeout (the kubelet's
 //! `runtimeRequestTimeout`, 2 min by default, shorter for List/Status calls).
 //! Every `tonic::Status` is mapped once, here, to an [`Error`] whose variants
