@@ -6,7 +6,6 @@
 //! act over CRI) → [`pleg`] (relist: notice what changed) → [`status`] (pod status
 //! from what the runtime reports) → [`server`] (`/pods`, `/healthz`, `/metrics`).
 
-#[cfg(berth_lead_wip)]
 pub mod agent;
 pub mod backoff;
 pub mod cgroups;
@@ -14,14 +13,11 @@ pub mod config;
 pub mod metrics;
 pub mod notify;
 pub mod observed;
-#[cfg(berth_lead_wip)]
 pub mod pleg;
-#[cfg(berth_lead_wip)]
 pub mod runtime;
 pub mod server;
 pub mod source;
 pub mod status;
-#[cfg(berth_lead_wip)]
 pub mod workers;
 
 /// A pod's UID, as a string (the key of everything per pod).

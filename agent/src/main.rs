@@ -5,7 +5,6 @@ use berth_agent::config::{Config, Flags, LogFormat};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-#[cfg(berth_lead_wip)]
 fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     let config = Config::load(flags)?;
@@ -60,5 +59,3 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
     }
 }
-#[cfg(not(berth_lead_wip))]
-fn main() {}

@@ -176,11 +176,11 @@ impl RuntimeManager {
         let quantity = |map: &Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
                         key: &str| map.as_ref().and_then(|m| m.get(key)).cloned();
         let cpu = |q: Option<_>| {
-            q.and_then(|q| crate::source::manifest::parse_cpu_millis(&q).ok())
+            q.and_then(|q| crate::source::validation::parse_cpu_millis(&q).ok())
                 .unwrap_or(0)
         };
         let mem = |q: Option<_>| {
-            q.and_then(|q| crate::source::manifest::parse_memory_bytes(&q).ok())
+            q.and_then(|q| crate::source::validation::parse_memory_bytes(&q).ok())
                 .unwrap_or(0)
         };
         let cpu_request = cpu(quantity(&resources.requests, "cpu"));

@@ -5,8 +5,10 @@
 //! into a defaulted, validated static pod. Every change of a pod (added, updated,
 //! removed) is announced on the trigger channel so its worker syncs.
 
+mod defaults;
 pub mod file;
 pub mod manifest;
+pub mod validation;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
