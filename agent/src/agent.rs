@@ -105,7 +105,12 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     // The status server comes first, so /healthz can say what the agent waits for.
     let listener = tokio::net::TcpListener::bind(config.status_address)
         .await
-        .with_context(|| format!("cannot listen on --status-address {}", config.status_address))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on --status-address {}",
+                config.status_address
+            )
+        })?;
     tracing::info!(address = %config.status_address, "status server listening");
     let view: Arc<dyn NodeView> = Arc::new(View {
         config: pod_config.clone(),
@@ -178,7 +183,19 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
 
     // The first relist adopts what is running (including pods whose manifest
     // went away while the agent was down: their workers remove them).
-    let pleg = Pleg::new(client.clone(), cache.clone(), metrics.clone());
+    let mut pleg = Pleg::new(client.clone(), cache.clone(), metrics.clone());
+    match pleg.relist().await {
+        Ok(changed) => {
+            tracing::info!(
+                pods = changed.len(),
+                "first relist done; adopting what runs"
+            );
+            for uid in changed {
+                workers.trigger(uid);
+            }
+        }
+        Err(e) => cache.set_error(e.to_string()),
+    }
     let pleg_task = {
         let workers = workers.clone();
         let cancel = cancel.clone();

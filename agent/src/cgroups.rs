@@ -30,11 +30,16 @@ pub fn remove_pod_cgroups(cgroup_root: &str, uid: &str) {
     let root = cgroup_root.trim_matches('/');
     for h in hierarchies() {
         for tier in ["", "burstable", "besteffort"] {
-            let dir = Path::new(&h).join(root).join(tier).join(format!("pod{uid}"));
+            let dir = Path::new(&h)
+                .join(root)
+                .join(tier)
+                .join(format!("pod{uid}"));
             match std::fs::remove_dir(&dir) {
                 Ok(()) => tracing::debug!(cgroup = %dir.display(), "removed pod cgroup"),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(cgroup = %dir.display(), error = %e, "removing pod cgroup failed"),
+                Err(e) => {
+                    tracing::warn!(cgroup = %dir.display(), error = %e, "removing pod cgroup failed")
+                }
             }
         }
     }

@@ -206,7 +206,10 @@ impl Config {
             }
         }
         if !config.cgroup_root.starts_with('/') {
-            bail!("--cgroup-root: {:?} must start with '/'", config.cgroup_root);
+            bail!(
+                "--cgroup-root: {:?} must start with '/'",
+                config.cgroup_root
+            );
         }
         if config.relist_period.is_zero() || config.sync_frequency.is_zero() {
             bail!("--relist-period and --sync-frequency must be greater than zero");
@@ -294,7 +297,10 @@ mod tests {
         })
         .unwrap_err()
         .to_string();
-        assert!(err.contains("config.yaml") && err.contains("syncFrequency"), "{err}");
+        assert!(
+            err.contains("config.yaml") && err.contains("syncFrequency"),
+            "{err}"
+        );
 
         std::fs::write(&path, "podManifestPat: /x\n").unwrap();
         let err = format!(

@@ -195,7 +195,8 @@ pub fn container_from_cri(
             .get(keys::CONTAINER_RESTART_COUNT)
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
-        init: labels.get(keys::CONTAINER_TYPE).map(String::as_str) == Some(keys::CONTAINER_TYPE_INIT),
+        init: labels.get(keys::CONTAINER_TYPE).map(String::as_str)
+            == Some(keys::CONTAINER_TYPE_INIT),
         created_at: c.created_at,
         started_at: status.map(|s| s.started_at).unwrap_or(0),
         finished_at: status.map(|s| s.finished_at).unwrap_or(0),

@@ -167,8 +167,10 @@ impl Pleg {
         self.sandbox_status.retain(|id, _| live.contains(id));
         self.container_status.retain(|id, _| live.contains(id));
         for pod in pods.values_mut() {
-            pod.sandboxes.sort_by(|a, b| b.created_at.cmp(&a.created_at));
-            pod.containers.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+            pod.sandboxes
+                .sort_by(|a, b| b.created_at.cmp(&a.created_at));
+            pod.containers
+                .sort_by(|a, b| b.created_at.cmp(&a.created_at));
         }
 
         let changed = {
@@ -178,7 +180,12 @@ impl Pleg {
                 .filter(|(uid, pod)| cached.get(*uid) != Some(*pod))
                 .map(|(uid, _)| uid.clone())
                 .collect();
-            changed.extend(cached.keys().filter(|uid| !pods.contains_key(*uid)).cloned());
+            changed.extend(
+                cached
+                    .keys()
+                    .filter(|uid| !pods.contains_key(*uid))
+                    .cloned(),
+            );
             *cached = pods;
             changed
         };
@@ -301,7 +308,9 @@ pub async fn watch_container_events(
         let mut stream = match stream {
             Ok(s) => s,
             Err(e) if e.is_unimplemented() => {
-                tracing::info!("runtime does not stream container events (GetContainerEvents); relist alone notices changes");
+                tracing::info!(
+                    "runtime does not stream container events (GetContainerEvents); relist alone notices changes"
+                );
                 return;
             }
             Err(e) => {

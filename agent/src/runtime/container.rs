@@ -170,11 +170,18 @@ impl RuntimeManager {
 
     /// Resources and security context of a container (cgroup v1 semantics, as the
     /// kubelet's `generateLinuxContainerConfig`).
-    fn linux_container_config(&self, pod: &Pod, container: &Container) -> api::LinuxContainerConfig {
+    fn linux_container_config(
+        &self,
+        pod: &Pod,
+        container: &Container,
+    ) -> api::LinuxContainerConfig {
         let spec = pod.spec.clone().unwrap_or_default();
         let resources = container.resources.clone().unwrap_or_default();
-        let quantity = |map: &Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
-                        key: &str| map.as_ref().and_then(|m| m.get(key)).cloned();
+        let quantity =
+            |map: &Option<
+                BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+            >,
+             key: &str| map.as_ref().and_then(|m| m.get(key)).cloned();
         let cpu = |q: Option<_>| {
             q.and_then(|q| crate::source::validation::parse_cpu_millis(&q).ok())
                 .unwrap_or(0)
@@ -223,7 +230,10 @@ impl RuntimeManager {
         } else {
             (
                 DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect(),
-                DEFAULT_READONLY_PATHS.iter().map(|s| s.to_string()).collect(),
+                DEFAULT_READONLY_PATHS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
             )
         };
         api::LinuxContainerConfig {

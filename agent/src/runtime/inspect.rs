@@ -56,8 +56,10 @@ impl RuntimeManager {
                 pod.containers.push(c);
             }
         }
-        pod.sandboxes.sort_by(|a, b| b.created_at.cmp(&a.created_at));
-        pod.containers.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        pod.sandboxes
+            .sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        pod.containers
+            .sort_by(|a, b| b.created_at.cmp(&a.created_at));
         Ok(pod)
     }
 

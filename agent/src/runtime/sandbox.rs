@@ -21,8 +21,12 @@ impl RuntimeManager {
         let spec = pod.spec.clone().unwrap_or_default();
         let host_network = spec.host_network.unwrap_or(false);
 
-        let mut labels: HashMap<String, String> =
-            meta.labels.clone().unwrap_or_default().into_iter().collect();
+        let mut labels: HashMap<String, String> = meta
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         labels.insert(keys::POD_NAME.into(), name.clone());
         labels.insert(keys::POD_NAMESPACE.into(), namespace.clone());
         labels.insert(keys::POD_UID.into(), uid.clone());
@@ -165,9 +169,7 @@ pub fn dns_config(spec: &k8s_openapi::api::core::v1::PodSpec) -> api::DnsConfig 
     let mut dns = if spec.dns_policy.as_deref() == Some("None") {
         api::DnsConfig::default()
     } else {
-        host_resolv_conf(
-            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-        )
+        host_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
     };
     if let Some(extra) = &spec.dns_config {
         for ns in extra.nameservers.iter().flatten() {

@@ -187,7 +187,10 @@ impl RuntimeManager {
             requeue: None,
         };
 
-        if self.sync_init_containers(&mut ps, &observed, transient).await? {
+        if self
+            .sync_init_containers(&mut ps, &observed, transient)
+            .await?
+        {
             self.sync_app_containers(&mut ps, &observed, transient, grace)
                 .await?;
         }
@@ -523,7 +526,12 @@ impl RuntimeManager {
     }
 
     /// Stop a sandbox and the containers in it.
-    async fn kill_sandbox(&self, observed: &ObservedPod, sb: &ObservedSandbox, grace: i64) -> Result<()> {
+    async fn kill_sandbox(
+        &self,
+        observed: &ObservedPod,
+        sb: &ObservedSandbox,
+        grace: i64,
+    ) -> Result<()> {
         let inside: Vec<&ObservedContainer> = observed
             .containers
             .iter()
@@ -614,7 +622,13 @@ impl RuntimeManager {
                     container_id: c.id.clone(),
                 })
                 .await
-                .or_else(|e| if e.is_not_found() { Ok(Default::default()) } else { Err(e) })
+                .or_else(|e| {
+                    if e.is_not_found() {
+                        Ok(Default::default())
+                    } else {
+                        Err(e)
+                    }
+                })
                 .map_err(cri(format!("RemoveContainer {}", c.id)))?;
         }
         for sb in &observed.sandboxes {
@@ -623,7 +637,13 @@ impl RuntimeManager {
                     pod_sandbox_id: sb.id.clone(),
                 })
                 .await
-                .or_else(|e| if e.is_not_found() { Ok(Default::default()) } else { Err(e) })
+                .or_else(|e| {
+                    if e.is_not_found() {
+                        Ok(Default::default())
+                    } else {
+                        Err(e)
+                    }
+                })
                 .map_err(cri(format!("RemovePodSandbox {}", sb.id)))?;
             let log_dir = self.pod_log_dir(&sb.namespace, &sb.name, &observed.uid);
             if let Err(e) = std::fs::remove_dir_all(&log_dir) {

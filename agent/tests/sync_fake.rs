@@ -1,0 +1,481 @@
+//! The runtime manager and pod workers against the in-process fake CRI server:
+//! level-triggered syncs, adoption after a restart, restart policy and
+//! back-off, image policy, spec changes, removal, and fault handling.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_agent::metrics::Metrics;
+use berth_agent::observed::keys;
+use berth_agent::runtime::sync::SyncOutcome;
+use berth_agent::runtime::{RuntimeManager, Settings};
+use berth_agent::source::{PodConfig, Snapshot, SourcedPod, manifest::parse_manifest};
+use berth_agent::status::{Transient, compute_pod_status};
+use berth_cri::api;
+use berth_cri::fake::FakeRuntime;
+
+const IMAGE: &str = "localhost/berth/busybox:1.36";
+
+struct Env {
+    fake: FakeRuntime,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    async fn new() -> Self {
+        let fake = FakeRuntime::start().await;
+        fake.add_image(IMAGE);
+        Self {
+            fake,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A fresh manager, as a newly started agent would have.
+    async fn manager(&self) -> RuntimeManager {
+        RuntimeManager::new(
+            self.fake.client().await,
+            Settings {
+                node_name: "node-a".into(),
+                node_ip: "192.0.2.10".into(),
+                root_dir: self.dir.path().join("root"),
+                pod_logs_dir: self.dir.path().join("logs"),
+                cgroup_root: "/berth-test-kubepods".into(),
+            },
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    fn pod(&self, file: &str, yaml: &str) -> SourcedPod {
+        let path = self.dir.path().join(file);
+        parse_manifest(&path, yaml.as_bytes(), "node-a").expect("test manifest parses")
+    }
+}
+
+fn uid(p: &SourcedPod) -> String {
+    p.pod.metadata.uid.clone().unwrap()
+}
+
+fn web(args: &str, policy: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  restartPolicy: {policy}\n  terminationGracePeriodSeconds: 7\n  containers:\n  - name: web\n    image: {IMAGE}\n    args: [{args}]\n"
+    )
+}
+
+async fn sync(m: &RuntimeManager, p: &SourcedPod, t: &mut Transient) -> SyncOutcome {
+    m.sync_pod(&uid(p), Some(p), t)
+        .await
+        .expect("sync succeeds")
+}
+
+#[tokio::test]
+async fn first_sync_creates_sandbox_and_container_with_kubelet_labels() {
+    let env = Env::new().await;
+    let m = env.manager().await;
+    let p = env.pod("web.yaml", &web("serve", "Always"));
+    let mut t = Transient::default();
+    sync(&m, &p, &mut t).await;
+
+    let sandboxes = env.fake.sandboxes();
+    assert_eq!(sandboxes.len(), 1);
+    let sb = &sandboxes[0];
+    assert_eq!(sb.labels[keys::POD_NAME], "web-node-a");
+    assert_eq!(sb.labels[keys::POD_NAMESPACE], "default");
+    assert_eq!(sb.labels[keys::POD_UID], uid(&p));
+    assert!(
+        sb.log_directory
+            .ends_with(&format!("logs/default_web-node-a_{}", uid(&p))),
+        "{}",
+        sb.log_directory
+    );
+    let containers = env.fake.containers();
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    assert_eq!(c.state, api::ContainerState::ContainerRunning);
+    assert_eq!(c.labels[keys::CONTAINER_NAME], "web");
+    assert_eq!(c.annotations[keys::CONTAINER_RESTART_COUNT], "0");
+    assert_eq!(c.annotations[keys::POD_TERMINATION_GRACE_PERIOD], "7");
+    assert_eq!(
+        c.annotations[keys::CONTAINER_TERMINATION_MESSAGE_PATH],
+        "/dev/termination-log"
+    );
+    assert!(!c.annotations[keys::CONTAINER_HASH].is_empty());
+    assert!(c.log_path.ends_with("web/0.log"), "{}", c.log_path);
+    assert_eq!(c.config.args, vec!["serve"]);
+
+    // Level-triggered: a second sync of an unchanged pod does nothing.
+    env.fake.clear_calls();
+    sync(&m, &p, &mut t).await;
+    for call in [
+        "RunPodSandbox",
+        "CreateContainer",
+        "StartContainer",
+        "StopContainer",
+    ] {
+        assert_eq!(env.fake.call_count(call), 0, "{call} on a synced pod");
+    }
+}
+
+#[tokio::test]
+async fn restarted_agent_adopts_running_containers() {
+    let env = Env::new().await;
+    let p = env.pod("web.yaml", &web("serve", "Always"));
+    let mut t = Transient::default();
+    sync(&env.manager().await, &p, &mut t).await;
+    let before = env.fake.containers();
+
+    // A new manager has no memory: only the runtime's labels and annotations.
+    env.fake.clear_calls();
+    let fresh = env.manager().await;
+    sync(&fresh, &p, &mut Transient::default()).await;
+    for call in [
+        "RunPodSandbox",
+        "CreateContainer",
+        "StartContainer",
+        "StopContainer",
+        "RemoveContainer",
+    ] {
+        assert_eq!(env.fake.call_count(call), 0, "{call} after restart");
+    }
+    let after = env.fake.containers();
+    assert_eq!(before.len(), after.len());
+    assert_eq!(before[0].id, after[0].id);
+}
+
+#[tokio::test]
+async fn crashing_container_restarts_then_backs_off() {
+    let env = Env::new().await;
+    env.fake.on_start_exit("web", 1);
+    let m = env.manager().await;
+    let p = env.pod("web.yaml", &web("crash", "Always"));
+    let mut t = Transient::default();
+
+    sync(&m, &p, &mut t).await; // starts, exits at once
+    sync(&m, &p, &mut t).await; // first restart is immediate (restartCount 1)
+    assert_eq!(env.fake.call_count("StartContainer"), 2);
+    let out = sync(&m, &p, &mut t).await; // now in back-off
+    assert_eq!(env.fake.call_count("StartContainer"), 2);
+    let waiting = &t.waiting["web"];
+    assert_eq!(waiting.reason, "CrashLoopBackOff");
+    assert!(
+        waiting.message.contains("back-off 10s"),
+        "{}",
+        waiting.message
+    );
+    match out {
+        SyncOutcome::Synced { requeue: Some(d) } => assert!(d <= Duration::from_secs(10), "{d:?}"),
+        other => panic!("expected a requeue within the back-off, got {other:?}"),
+    }
+    let status = compute_pod_status(
+        &p.pod,
+        &m.inspect_pod(&uid(&p)).await.unwrap(),
+        &t,
+        "192.0.2.10",
+        "containerd",
+    );
+    let cs = &status.container_statuses.unwrap()[0];
+    assert_eq!(cs.restart_count, 1);
+    assert_eq!(
+        cs.state
+            .as_ref()
+            .unwrap()
+            .waiting
+            .as_ref()
+            .unwrap()
+            .reason
+            .as_deref(),
+        Some("CrashLoopBackOff")
+    );
+    assert_eq!(
+        cs.last_state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap()
+            .exit_code,
+        1
+    );
+}
+
+#[tokio::test]
+async fn never_policy_ends_failed_with_exit_code_and_releases_sandbox() {
+    let env = Env::new().await;
+    env.fake.on_start_exit("web", 3);
+    let m = env.manager().await;
+    let p = env.pod("web.yaml", &web("exit3", "Never"));
+    let mut t = Transient::default();
+    sync(&m, &p, &mut t).await;
+    sync(&m, &p, &mut t).await;
+    assert_eq!(
+        env.fake.call_count("StartContainer"),
+        1,
+        "Never does not restart"
+    );
+    assert!(
+        env.fake
+            .sandboxes()
+            .iter()
+            .all(|s| s.state == api::PodSandboxState::SandboxNotready),
+        "a finished pod gives back its sandbox"
+    );
+    let status = compute_pod_status(
+        &p.pod,
+        &m.inspect_pod(&uid(&p)).await.unwrap(),
+        &t,
+        "192.0.2.10",
+        "containerd",
+    );
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+    let term = status.container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_eq!(term.exit_code, 3);
+}
+
+#[tokio::test]
+async fn changed_spec_replaces_only_that_container() {
+    let env = Env::new().await;
+    let m = env.manager().await;
+    let yaml = |arg: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: two, uid: fixed-uid}}\nspec:\n  containers:\n  - {{name: a, image: {IMAGE}, args: [{arg}]}}\n  - {{name: b, image: {IMAGE}, args: [same]}}\n"
+        )
+    };
+    let p1 = env.pod("two.yaml", &yaml("one"));
+    let mut t = Transient::default();
+    sync(&m, &p1, &mut t).await;
+    let b_before = env
+        .fake
+        .containers()
+        .into_iter()
+        .find(|c| c.metadata.name == "b")
+        .unwrap();
+
+    let p2 = env.pod("two.yaml", &yaml("two"));
+    assert_eq!(uid(&p1), uid(&p2), "an explicit uid survives an edit");
+    sync(&m, &p2, &mut t).await;
+    let running: Vec<_> = env
+        .fake
+        .containers()
+        .into_iter()
+        .filter(|c| c.state == api::ContainerState::ContainerRunning)
+        .collect();
+    let a = running.iter().find(|c| c.metadata.name == "a").unwrap();
+    assert_eq!(a.config.args, vec!["two"]);
+    assert_eq!(a.annotations[keys::CONTAINER_RESTART_COUNT], "1");
+    let b_after = running.iter().find(|c| c.metadata.name == "b").unwrap();
+    assert_eq!(
+        b_before.id, b_after.id,
+        "the unchanged container keeps running"
+    );
+    assert_eq!(
+        env.fake.call_count("RunPodSandbox"),
+        1,
+        "the sandbox is kept"
+    );
+}
+
+#[tokio::test]
+async fn image_policies() {
+    let env = Env::new().await;
+    let m = env.manager().await;
+    let yaml = |image: &str, policy: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: img}}\nspec:\n  containers:\n  - {{name: c, image: \"{image}\", imagePullPolicy: {policy}}}\n"
+        )
+    };
+    // Never + absent.
+    let p = env.pod("never.yaml", &yaml("example.com/absent:1", "Never"));
+    let mut t = Transient::default();
+    sync(&m, &p, &mut t).await;
+    assert_eq!(t.waiting["c"].reason, "ErrImageNeverPull");
+    assert_eq!(env.fake.call_count("PullImage"), 0);
+
+    // IfNotPresent + absent + unpullable: ErrImagePull, then ImagePullBackOff.
+    let p = env.pod("pull.yaml", &yaml("example.com/absent:2", "IfNotPresent"));
+    let mut t = Transient::default();
+    sync(&m, &p, &mut t).await;
+    assert_eq!(t.waiting["c"].reason, "ErrImagePull");
+    sync(&m, &p, &mut t).await;
+    assert_eq!(t.waiting["c"].reason, "ImagePullBackOff");
+    assert_eq!(
+        env.fake.call_count("PullImage"),
+        1,
+        "no pull during back-off"
+    );
+
+    // IfNotPresent + pullable: pulled once, then runs.
+    env.fake.set_pullable("example.com/there:3");
+    let p = env.pod("ok.yaml", &yaml("example.com/there:3", "IfNotPresent"));
+    let mut t = Transient::default();
+    sync(&m, &p, &mut t).await;
+    assert!(t.waiting.is_empty(), "{:?}", t.waiting);
+    assert_eq!(env.fake.call_count("PullImage"), 2);
+}
+
+#[tokio::test]
+async fn removal_stops_with_recorded_grace_and_removes_everything() {
+    let env = Env::new().await;
+    let p = env.pod("web.yaml", &web("serve", "Always"));
+    sync(&env.manager().await, &p, &mut Transient::default()).await;
+
+    // After a restart, with the manifest gone: the grace period comes from the runtime.
+    let m = env.manager().await;
+    let out = m
+        .sync_pod(&uid(&p), None, &mut Transient::default())
+        .await
+        .unwrap();
+    assert_eq!(out, SyncOutcome::Gone);
+    assert!(env.fake.sandboxes().is_empty());
+    assert!(env.fake.containers().is_empty());
+    assert!(
+        env.fake
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("StopContainer"))
+    );
+    assert!(!env.dir.path().join("root/pods").join(uid(&p)).exists());
+}
+
+#[tokio::test]
+async fn runtime_outage_fails_the_sync_and_creates_no_duplicate() {
+    let env = Env::new().await;
+    let m = env.manager().await;
+    let p = env.pod("web.yaml", &web("serve", "Always"));
+    env.fake.stop_serving().await;
+    let err = m
+        .sync_pod(&uid(&p), Some(&p), &mut Transient::default())
+        .await
+        .unwrap_err();
+    assert!(err.is_unreachable(), "{err}");
+    env.fake.resume_serving().await.unwrap();
+    let mut t = Transient::default();
+    sync(&m, &p, &mut t).await;
+    sync(&m, &p, &mut t).await;
+    assert_eq!(env.fake.call_count("RunPodSandbox"), 1);
+    assert_eq!(env.fake.sandboxes().len(), 1);
+}
+
+#[tokio::test]
+async fn failed_sandbox_is_reported_and_retried() {
+    let env = Env::new().await;
+    let m = env.manager().await;
+    let p = env.pod("web.yaml", &web("serve", "Always"));
+    env.fake.fail_next(
+        "RunPodSandbox",
+        tonic::Code::Unknown,
+        "failed to setup network for sandbox",
+    );
+    let mut t = Transient::default();
+    let err = m.sync_pod(&uid(&p), Some(&p), &mut t).await.unwrap_err();
+    assert!(!err.is_unreachable());
+    assert_eq!(
+        t.pod_error.as_ref().unwrap().reason,
+        "FailedCreatePodSandBox"
+    );
+    sync(&m, &p, &mut t).await;
+    assert!(t.pod_error.is_none());
+    assert_eq!(env.fake.containers().len(), 1);
+}
+
+#[tokio::test]
+async fn duplicate_ready_sandbox_is_stopped() {
+    let env = Env::new().await;
+    let m = env.manager().await;
+    let p = env.pod("web.yaml", &web("serve", "Always"));
+    let mut t = Transient::default();
+    sync(&m, &p, &mut t).await;
+    // A second sandbox for the same pod, as a RunPodSandbox that timed out on
+    // our side but succeeded in the runtime would leave.
+    let config = m.sandbox_config(&p.pod, 1);
+    m.client
+        .run_pod_sandbox(api::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap();
+    sync(&m, &p, &mut t).await;
+    let ready = env
+        .fake
+        .sandboxes()
+        .into_iter()
+        .filter(|s| s.state == api::PodSandboxState::SandboxReady)
+        .count();
+    assert_eq!(ready, 1);
+}
+
+#[tokio::test]
+async fn slow_runtime_times_out_as_unreachable() {
+    let env = Env::new().await;
+    let client = env
+        .fake
+        .client_with(berth_cri::ConnectOptions {
+            list_timeout: Duration::from_millis(200),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let m = RuntimeManager::new(
+        client,
+        Settings {
+            node_name: "node-a".into(),
+            node_ip: "192.0.2.10".into(),
+            root_dir: env.dir.path().join("root"),
+            pod_logs_dir: env.dir.path().join("logs"),
+            cgroup_root: "/berth-test-kubepods".into(),
+        },
+        Arc::new(Metrics::new()),
+    );
+    env.fake.delay("ListPodSandbox", Duration::from_secs(2));
+    let p = env.pod("web.yaml", &web("serve", "Always"));
+    let err = m
+        .sync_pod(&uid(&p), Some(&p), &mut Transient::default())
+        .await
+        .unwrap_err();
+    assert!(err.is_unreachable(), "{err}");
+    assert!(err.to_string().contains("timed out"), "{err}");
+}
+
+#[tokio::test]
+async fn workers_never_sync_one_pod_twice_at_once() {
+    let env = Env::new().await;
+    let manager = Arc::new(env.manager().await);
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let config = PodConfig::new(tx);
+    let p = env.pod("web.yaml", &web("serve", "Always"));
+    config.apply(Snapshot {
+        pods: vec![p.clone()],
+        errors: vec![],
+    });
+    // Slow syncs make overlapping triggers likely.
+    env.fake
+        .delay("CreateContainer", Duration::from_millis(300));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let workers = berth_agent::workers::PodWorkers::new(
+        manager,
+        config,
+        Arc::new(berth_agent::workers::TransientStore::default()),
+        Arc::new(Metrics::new()),
+        Duration::from_secs(60),
+        Arc::new(tokio::sync::Notify::new()),
+        cancel.clone(),
+    );
+    for _ in 0..20 {
+        workers.trigger(uid(&p));
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    cancel.cancel();
+    assert_eq!(env.fake.call_count("RunPodSandbox"), 1);
+    assert_eq!(env.fake.call_count("CreateContainer"), 1);
+    // 20 triggers collapse into at most a couple of syncs.
+    assert!(
+        env.fake.call_count("ListPodSandbox") <= 3,
+        "{:?}",
+        env.fake.calls()
+    );
+}
