@@ -44,3 +44,33 @@ pub fn remove_pod_cgroups(cgroup_root: &str, uid: &str) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs root and a writable cgroup hierarchy; skipped (with a reason) otherwise.
+    #[test]
+    fn removes_empty_pod_cgroups_in_every_hierarchy() {
+        let uid = format!("test{}", std::process::id());
+        let root = format!("/berth-cgroup-test-{}", std::process::id());
+        let mut made = Vec::new();
+        for h in hierarchies() {
+            let dir = h.join(root.trim_start_matches('/')).join("besteffort").join(format!("pod{uid}"));
+            if std::fs::create_dir_all(&dir).is_ok() {
+                made.push(dir);
+            }
+        }
+        if made.is_empty() {
+            eprintln!("SKIP removes_empty_pod_cgroups_in_every_hierarchy: cannot create cgroups here (not root?)");
+            return;
+        }
+        remove_pod_cgroups(&root, &uid);
+        for dir in &made {
+            assert!(!dir.exists(), "{} is left", dir.display());
+            // Clean up the test's own parents.
+            let _ = std::fs::remove_dir(dir.parent().unwrap());
+            let _ = std::fs::remove_dir(dir.parent().unwrap().parent().unwrap());
+        }
+    }
+}
