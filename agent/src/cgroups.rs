@@ -56,13 +56,18 @@ mod tests {
         let root = format!("/berth-cgroup-test-{}", std::process::id());
         let mut made = Vec::new();
         for h in hierarchies() {
-            let dir = h.join(root.trim_start_matches('/')).join("besteffort").join(format!("pod{uid}"));
+            let dir = h
+                .join(root.trim_start_matches('/'))
+                .join("besteffort")
+                .join(format!("pod{uid}"));
             if std::fs::create_dir_all(&dir).is_ok() {
                 made.push(dir);
             }
         }
         if made.is_empty() {
-            eprintln!("SKIP removes_empty_pod_cgroups_in_every_hierarchy: cannot create cgroups here (not root?)");
+            eprintln!(
+                "SKIP removes_empty_pod_cgroups_in_every_hierarchy: cannot create cgroups here (not root?)"
+            );
             return;
         }
         remove_pod_cgroups(&root, &uid);

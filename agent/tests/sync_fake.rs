@@ -479,3 +479,28 @@ async fn workers_never_sync_one_pod_twice_at_once() {
         env.fake.calls()
     );
 }
+
+#[tokio::test]
+async fn gc_keeps_the_newest_dead_container_for_last_state() {
+    let env = Env::new().await;
+    let m = env.manager().await;
+    let p = env.pod("web.yaml", &web("serve", "Always"));
+    let mut t = Transient::default();
+    sync(&m, &p, &mut t).await;
+    for round in 1..=3 {
+        env.fake.exit_containers_named("web", 137);
+        // Restart (first one is immediate; later ones are in back-off, so
+        // forget the back-off by using a fresh manager, as after a restart).
+        let m = env.manager().await;
+        sync(&m, &p, &mut Transient::default()).await;
+        // A sync with the new container running garbage-collects.
+        sync(&m, &p, &mut Transient::default()).await;
+        let all = env.fake.containers();
+        let dead = all
+            .iter()
+            .filter(|c| c.state == api::ContainerState::ContainerExited)
+            .count();
+        let live = all.len() - dead;
+        assert_eq!((live, dead), (1, 1), "round {round}: {all:?}");
+    }
+}

@@ -565,14 +565,16 @@ impl RuntimeManager {
         }
     }
 
-    /// Remove dead containers, keeping the newest of each name (for status and
+    /// Remove dead containers, keeping the newest dead one of each name (for
     /// `lastState` and logs), and dead sandboxes nothing refers to any more.
     async fn gc(&self, observed: &ObservedPod) {
         let mut seen: HashSet<(bool, &str)> = HashSet::new();
         let mut kept_sandboxes: HashSet<&str> = HashSet::new();
         for c in &observed.containers {
-            let newest = seen.insert((c.init, c.name.as_str()));
-            if newest || c.state != ContainerState::Exited {
+            // Like the kubelet's MaxPerPodContainer = 1: the newest dead
+            // container of each name stays (it is `lastState`, and its log is
+            // `--previous`); live ones are never touched here.
+            if c.state != ContainerState::Exited || seen.insert((c.init, c.name.as_str())) {
                 kept_sandboxes.insert(c.sandbox_id.as_str());
                 continue;
             }
