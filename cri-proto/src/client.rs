@@ -99,12 +99,15 @@ impl RuntimeClient {
     pub fn lazy(endpoint: &str, opts: ConnectOptions) -> Result<Self> {
         let path = parse_endpoint(endpoint)?;
         // The URI is a placeholder: the connector below ignores it and dials the socket.
-        let channel = Endpoint::from_static("http://[::1]:50051")
-            .connect_timeout(opts.connect_timeout)
-            .connect_with_connector_lazy(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-            }));
+        let channel =
+            Endpoint::from_static("http://[::1]:50051")
+                .connect_timeout(opts.connect_timeout)
+                .connect_with_connector_lazy(tower::service_fn(move |_| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+                    }
+                }));
         let endpoint = if endpoint.starts_with("unix://") {
             endpoint.to_string()
         } else {
@@ -168,12 +171,7 @@ impl RuntimeClient {
         Ok(version)
     }
 
-    async fn call<T, Fut>(
-        &self,
-        method: &'static str,
-        timeout: Duration,
-        fut: Fut,
-    ) -> Result<T>
+    async fn call<T, Fut>(&self, method: &'static str, timeout: Duration, fut: Fut) -> Result<T>
     where
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
@@ -255,8 +253,7 @@ impl RuntimeClient {
     /// CRI `StopContainer`: the call may take the whole grace period, so its timeout
     /// is the grace period plus the request timeout.
     pub async fn stop_container(&self, container_id: &str, grace_seconds: i64) -> Result<()> {
-        let timeout =
-            self.opts.request_timeout + Duration::from_secs(grace_seconds.max(0) as u64);
+        let timeout = self.opts.request_timeout + Duration::from_secs(grace_seconds.max(0) as u64);
         let mut client = self.rt();
         let req = api::StopContainerRequest {
             container_id: container_id.to_string(),
@@ -311,7 +308,10 @@ mod tests {
             .unwrap_err();
         let text = err.to_string();
         assert!(text.contains(&endpoint), "{text}");
-        assert!(text.contains("no such file — is containerd running?"), "{text}");
+        assert!(
+            text.contains("no such file — is containerd running?"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -22,7 +22,10 @@ pub enum Error {
 
     /// The object named in the call does not exist (gRPC NotFound).
     #[error("{method}: not found: {message}")]
-    NotFound { method: &'static str, message: String },
+    NotFound {
+        method: &'static str,
+        message: String,
+    },
 
     /// The call did not finish within its timeout.
     #[error("{method}: timed out after {timeout:?}")]
