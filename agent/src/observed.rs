@@ -129,6 +129,14 @@ impl ObservedPod {
             .find(|c| c.name == name && c.init == init)
     }
 
+    /// Order sandboxes and containers newest first (by creation time).
+    pub fn sort_newest_first(&mut self) {
+        self.sandboxes
+            .sort_by_key(|s| std::cmp::Reverse(s.created_at));
+        self.containers
+            .sort_by_key(|c| std::cmp::Reverse(c.created_at));
+    }
+
     /// True when nothing of the pod is left in the runtime.
     pub fn is_empty(&self) -> bool {
         self.sandboxes.is_empty() && self.containers.is_empty()

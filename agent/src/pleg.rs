@@ -166,12 +166,7 @@ impl Pleg {
         }
         self.sandbox_status.retain(|id, _| live.contains(id));
         self.container_status.retain(|id, _| live.contains(id));
-        for pod in pods.values_mut() {
-            pod.sandboxes
-                .sort_by(|a, b| b.created_at.cmp(&a.created_at));
-            pod.containers
-                .sort_by(|a, b| b.created_at.cmp(&a.created_at));
-        }
+        pods.values_mut().for_each(ObservedPod::sort_newest_first);
 
         let changed = {
             let mut cached = self.cache.pods.write().unwrap_or_else(|e| e.into_inner());
@@ -202,10 +197,10 @@ impl Pleg {
         &mut self,
         sb: &api::PodSandbox,
     ) -> Result<Option<api::PodSandboxStatus>, berth_cri::Error> {
-        if let Some((state, status)) = self.sandbox_status.get(&sb.id) {
-            if *state == sb.state {
-                return Ok(status.clone());
-            }
+        if let Some((state, status)) = self.sandbox_status.get(&sb.id)
+            && *state == sb.state
+        {
+            return Ok(status.clone());
         }
         let status = match self
             .client
@@ -228,10 +223,10 @@ impl Pleg {
         &mut self,
         c: &api::Container,
     ) -> Result<Option<api::ContainerStatus>, berth_cri::Error> {
-        if let Some((state, status)) = self.container_status.get(&c.id) {
-            if *state == c.state {
-                return Ok(status.clone());
-            }
+        if let Some((state, status)) = self.container_status.get(&c.id)
+            && *state == c.state
+        {
+            return Ok(status.clone());
         }
         let status = match self
             .client

@@ -113,11 +113,11 @@ async fn healthz_names_a_missing_runtime() {
     let mut last = None;
     while Instant::now() < deadline {
         last = get(port, "/healthz");
-        if let Some((503, body)) = &last {
-            if body.contains("no such file — is containerd running?") {
-                assert!(body.contains(&endpoint), "{body}");
-                return;
-            }
+        if let Some((503, body)) = &last
+            && body.contains("no such file — is containerd running?")
+        {
+            assert!(body.contains(&endpoint), "{body}");
+            return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

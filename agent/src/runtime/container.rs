@@ -130,10 +130,10 @@ impl RuntimeManager {
                 .unwrap_or(30)
                 .to_string(),
         );
-        if let Some(ports) = &container.ports {
-            if let Ok(json) = serde_json::to_string(ports) {
-                annotations.insert(keys::CONTAINER_PORTS.into(), json);
-            }
+        if let Some(ports) = &container.ports
+            && let Ok(json) = serde_json::to_string(ports)
+        {
+            annotations.insert(keys::CONTAINER_PORTS.into(), json);
         }
 
         api::ContainerConfig {

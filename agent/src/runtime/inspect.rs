@@ -56,10 +56,7 @@ impl RuntimeManager {
                 pod.containers.push(c);
             }
         }
-        pod.sandboxes
-            .sort_by(|a, b| b.created_at.cmp(&a.created_at));
-        pod.containers
-            .sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        pod.sort_newest_first();
         Ok(pod)
     }
 

@@ -341,16 +341,16 @@ impl RuntimeManager {
                     // Created but never started: remove it and start over.
                     self.remove_container(&l.id).await;
                 }
-                Some(l) => {
-                    // From an older sandbox: in the new one, OnFailure does not
-                    // rerun a container that already succeeded.
+                // From an older sandbox: in the new one, OnFailure does not
+                // rerun a container that already succeeded.
+                Some(l)
                     if policy == "OnFailure"
                         && l.state == ContainerState::Exited
-                        && l.exit_code == 0
-                    {
-                        continue;
-                    }
+                        && l.exit_code == 0 =>
+                {
+                    continue;
                 }
+                Some(_) => {}
                 None => {}
             }
             self.start_container(ps, c, index, false, next_count, transient)
@@ -558,10 +558,9 @@ impl RuntimeManager {
                 container_id: id.to_string(),
             })
             .await
+            && !e.is_not_found()
         {
-            if !e.is_not_found() {
-                tracing::warn!(id = %id, error = %e, "removing container failed");
-            }
+            tracing::warn!(id = %id, error = %e, "removing container failed");
         }
     }
 
@@ -648,10 +647,10 @@ impl RuntimeManager {
                 })
                 .map_err(cri(format!("RemovePodSandbox {}", sb.id)))?;
             let log_dir = self.pod_log_dir(&sb.namespace, &sb.name, &observed.uid);
-            if let Err(e) = std::fs::remove_dir_all(&log_dir) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(dir = %log_dir.display(), error = %e, "removing pod logs failed");
-                }
+            if let Err(e) = std::fs::remove_dir_all(&log_dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %log_dir.display(), error = %e, "removing pod logs failed");
             }
         }
         self.volumes

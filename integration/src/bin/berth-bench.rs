@@ -187,7 +187,10 @@ fn main() -> Result<()> {
     let relists = agent.get_text("/metrics")?.1;
     let relist_line = relists
         .lines()
-        .filter(|l| l.starts_with("berth_pleg_relist_duration_seconds_sum") || l.starts_with("berth_pleg_relist_duration_seconds_count"))
+        .filter(|l| {
+            l.starts_with("berth_pleg_relist_duration_seconds_sum")
+                || l.starts_with("berth_pleg_relist_duration_seconds_count")
+        })
         .map(String::from)
         .collect::<Vec<_>>();
 
