@@ -168,6 +168,11 @@ impl Pleg {
         self.container_status.retain(|id, _| live.contains(id));
         pods.values_mut().for_each(ObservedPod::sort_newest_first);
 
+        let running = pods
+            .values()
+            .filter(|p| p.ready_sandbox().is_some())
+            .count();
+        self.metrics.set_running_pods(running as i64);
         let changed = {
             let mut cached = self.cache.pods.write().unwrap_or_else(|e| e.into_inner());
             let mut changed: Vec<Uid> = pods

@@ -61,8 +61,6 @@ pub struct PodWorkers {
     relist: Arc<Notify>,
     cancel: CancellationToken,
     workers: Mutex<HashMap<Uid, mpsc::Sender<()>>>,
-    /// When the last sync of any pod finished (for the health check).
-    last_sync: Mutex<Option<Instant>>,
 }
 
 impl PodWorkers {
@@ -85,7 +83,6 @@ impl PodWorkers {
             relist,
             cancel,
             workers: Mutex::new(HashMap::new()),
-            last_sync: Mutex::new(None),
         })
     }
 
@@ -143,7 +140,6 @@ impl PodWorkers {
                 .instrument(span.clone())
                 .await;
             self.metrics.observe_sync(started.elapsed(), result.is_ok());
-            *self.last_sync.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             self.relist.notify_one();
             match result {
                 Ok(SyncOutcome::Synced { requeue }) => {

@@ -504,3 +504,42 @@ async fn gc_keeps_the_newest_dead_container_for_last_state() {
         assert_eq!((live, dead), (1, 1), "round {round}: {all:?}");
     }
 }
+
+#[tokio::test]
+async fn container_events_wake_pods_where_offered_and_fall_back_where_not() {
+    use berth_agent::pleg::watch_container_events;
+    use tokio_util::sync::CancellationToken;
+
+    // containerd 1.6: Unimplemented → the watcher returns, relist alone drives.
+    let env = Env::new().await;
+    let cancel = CancellationToken::new();
+    let done = tokio::time::timeout(
+        Duration::from_secs(5),
+        watch_container_events(env.fake.client().await, cancel.clone(), |_| {}),
+    )
+    .await;
+    assert!(
+        done.is_ok(),
+        "watcher did not give up on an Unimplemented stream"
+    );
+
+    // containerd 1.7+ / CRI-O: every event wakes the pod it belongs to.
+    env.fake.enable_container_events(true);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = tokio::spawn(watch_container_events(
+        env.fake.client().await,
+        cancel.clone(),
+        move |uid| {
+            let _ = tx.send(uid);
+        },
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let p = env.pod("web.yaml", &web("serve", "Always"));
+    sync(&env.manager().await, &p, &mut Transient::default()).await;
+    let woke = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("an event within 5 s");
+    assert_eq!(woke, Some(uid(&p)));
+    cancel.cancel();
+    let _ = watcher.await;
+}
