@@ -16,6 +16,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::source::validation::parse_quantity_millis;
+
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
     ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodSpec, PodStatus,
@@ -824,10 +826,10 @@ pub fn qos_class(pod: &Pod) -> &'static str {
         for name in SUPPORTED {
             let limit = lim
                 .and_then(|l| l.get(name))
-                .and_then(|q| quantity_nanos(&q.0));
+                .and_then(|q| parse_quantity_millis(&q.0).ok());
             let request = req
                 .and_then(|r| r.get(name))
-                .and_then(|q| quantity_nanos(&q.0))
+                .and_then(|q| parse_quantity_millis(&q.0).ok())
                 .or(limit);
             if let Some(v) = request.filter(|v| *v > 0) {
                 let sum = requests.entry(name).or_insert(0);
@@ -853,72 +855,6 @@ pub fn qos_class(pod: &Pod) -> &'static str {
         return qos::GUARANTEED;
     }
     qos::BURSTABLE
-}
-
-/// A Kubernetes quantity (`100m`, `1.5`, `128Mi`, `1e3`, `2G`) in billionths,
-/// rounded up as Kubernetes rounds sub-nano values. `None` when malformed or out
-/// of range.
-pub(crate) fn quantity_nanos(s: &str) -> Option<i128> {
-    let s = s.trim();
-    let (negative, rest) = match s.as_bytes().first()? {
-        b'-' => (true, &s[1..]),
-        b'+' => (false, &s[1..]),
-        _ => (false, s),
-    };
-    let num_end = rest
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(rest.len());
-    let (number, suffix) = rest.split_at(num_end);
-    let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
-    if int_part.is_empty() && frac_part.is_empty() {
-        return None;
-    }
-    if frac_part.contains('.') {
-        return None;
-    }
-    let mut mantissa: i128 = 0;
-    for b in int_part.bytes().chain(frac_part.bytes()) {
-        mantissa = mantissa
-            .checked_mul(10)?
-            .checked_add(i128::from(b - b'0'))?;
-    }
-    // value = mantissa * 10^(exp10 - frac_len) * 2^exp2
-    let (exp10, exp2): (i64, u32) = match suffix {
-        "" => (0, 0),
-        "n" => (-9, 0),
-        "u" => (-6, 0),
-        "m" => (-3, 0),
-        "k" => (3, 0),
-        "M" => (6, 0),
-        "G" => (9, 0),
-        "T" => (12, 0),
-        "P" => (15, 0),
-        "E" => (18, 0),
-        "Ki" => (0, 10),
-        "Mi" => (0, 20),
-        "Gi" => (0, 30),
-        "Ti" => (0, 40),
-        "Pi" => (0, 50),
-        "Ei" => (0, 60),
-        other => {
-            let exp = other.strip_prefix(['e', 'E'])?;
-            (exp.parse::<i64>().ok()?, 0)
-        }
-    };
-    let frac_len = i64::try_from(frac_part.len()).ok()?;
-    let scaled = mantissa.checked_mul(1i128.checked_shl(exp2)?)?;
-    let pow = exp10.checked_add(9)?.checked_sub(frac_len)?;
-    let nanos = if pow >= 0 {
-        let factor = 10i128.checked_pow(u32::try_from(pow).ok()?)?;
-        scaled.checked_mul(factor)?
-    } else {
-        match 10i128.checked_pow(u32::try_from(-pow).ok()?) {
-            Some(div) => scaled.saturating_add(div - 1) / div,
-            // Smaller than a billionth: rounds up to one, unless zero.
-            None => i128::from(scaled > 0),
-        }
-    };
-    Some(if negative { -nanos } else { nanos })
 }
 
 fn find_status<'a>(statuses: &'a [ContainerStatus], name: &str) -> Option<&'a ContainerStatus> {
@@ -1875,34 +1811,6 @@ mod tests {
         }));
         assert_eq!(qos_class(&p), "Burstable");
         assert_eq!(qos_class(&Pod::default()), "BestEffort");
-    }
-
-    #[test]
-    fn quantities() {
-        let cases = [
-            ("1", Some(1_000_000_000)),
-            ("100m", Some(100_000_000)),
-            ("0.5", Some(500_000_000)),
-            ("1Ki", Some(1024 * 1_000_000_000)),
-            ("1Gi", Some((1i128 << 30) * 1_000_000_000)),
-            ("2G", Some(2_000_000_000 * 1_000_000_000)),
-            ("1e3", Some(1_000 * 1_000_000_000)),
-            ("1E-3", Some(1_000_000)),
-            ("1n", Some(1)),
-            ("0.1n", Some(1)),
-            ("-1", Some(-1_000_000_000)),
-            ("+2", Some(2_000_000_000)),
-            (".5", Some(500_000_000)),
-            ("0", Some(0)),
-            ("", None),
-            ("m", None),
-            ("1.2.3", None),
-            ("1Xi", None),
-            ("1e99", None),
-        ];
-        for (s, want) in cases {
-            assert_eq!(quantity_nanos(s), want, "{s}");
-        }
     }
 
     #[test]

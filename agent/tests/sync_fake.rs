@@ -33,8 +33,12 @@ impl Env {
 
     /// A fresh manager, as a newly started agent would have.
     async fn manager(&self) -> RuntimeManager {
+        self.manager_with(self.fake.client().await)
+    }
+
+    fn manager_with(&self, client: berth_cri::RuntimeClient) -> RuntimeManager {
         RuntimeManager::new(
-            self.fake.client().await,
+            client,
             Settings {
                 node_name: "node-a".into(),
                 node_ip: "192.0.2.10".into(),
@@ -420,17 +424,7 @@ async fn slow_runtime_times_out_as_unreachable() {
         })
         .await
         .unwrap();
-    let m = RuntimeManager::new(
-        client,
-        Settings {
-            node_name: "node-a".into(),
-            node_ip: "192.0.2.10".into(),
-            root_dir: env.dir.path().join("root"),
-            pod_logs_dir: env.dir.path().join("logs"),
-            cgroup_root: "/berth-test-kubepods".into(),
-        },
-        Arc::new(Metrics::new()),
-    );
+    let m = env.manager_with(client);
     env.fake.delay("ListPodSandbox", Duration::from_secs(2));
     let p = env.pod("web.yaml", &web("serve", "Always"));
     let err = m

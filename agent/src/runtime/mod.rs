@@ -105,6 +105,14 @@ impl SyncError {
 /// `Result` of a pod sync.
 pub type Result<T, E = SyncError> = std::result::Result<T, E>;
 
+/// Treat "not found" as done: removing or stopping what is already gone succeeds.
+pub(crate) fn ignore_not_found<T: Default>(r: berth_cri::Result<T>) -> berth_cri::Result<T> {
+    match r {
+        Err(e) if e.is_not_found() => Ok(T::default()),
+        other => other,
+    }
+}
+
 /// Wrap a CRI error with the operation it failed in.
 pub(crate) fn cri(op: impl Into<String>) -> impl FnOnce(berth_cri::Error) -> SyncError {
     let op = op.into();

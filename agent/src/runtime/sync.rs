@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::container::{ContainerContext, container_hash};
 use super::images::ImageError;
-use super::{Result, RuntimeManager, SyncError, cri};
+use super::{Result, RuntimeManager, SyncError, cri, ignore_not_found};
 use crate::observed::{ContainerState, ObservedContainer, ObservedPod, ObservedSandbox, keys};
 use crate::source::SourcedPod;
 use crate::status::{Transient, Waiting};
@@ -517,10 +517,8 @@ impl RuntimeManager {
             .filter(|c| matches!(c.state, ContainerState::Running | ContainerState::Unknown))
             .map(|c| async move {
                 tracing::info!(container = %c.name, id = %c.id, grace, "stopping container");
-                match self.client.stop_container(&c.id, grace).await {
-                    Err(e) if !e.is_not_found() => Err(cri(format!("StopContainer {}", c.id))(e)),
-                    _ => Ok(()),
-                }
+                ignore_not_found(self.client.stop_container(&c.id, grace).await)
+                    .map_err(cri(format!("StopContainer {}", c.id)))
             });
         join_all(stops).await.into_iter().collect()
     }
@@ -538,16 +536,15 @@ impl RuntimeManager {
             .filter(|c| c.sandbox_id == sb.id)
             .collect();
         self.stop_running(&inside, grace).await?;
-        match self
+        let stopped = self
             .client
             .stop_pod_sandbox(api::StopPodSandboxRequest {
                 pod_sandbox_id: sb.id.clone(),
             })
-            .await
-        {
-            Err(e) if !e.is_not_found() => Err(cri(format!("StopPodSandbox {}", sb.id))(e)),
-            _ => Ok(()),
-        }
+            .await;
+        ignore_not_found(stopped)
+            .map(|_| ())
+            .map_err(cri(format!("StopPodSandbox {}", sb.id)))
     }
 
     /// RemoveContainer, logging (not failing) on error: GC is retried next sync.
@@ -618,34 +615,22 @@ impl RuntimeManager {
             self.kill_sandbox(observed, sb, grace).await?;
         }
         for c in &observed.containers {
-            self.client
+            let removed = self
+                .client
                 .remove_container(api::RemoveContainerRequest {
                     container_id: c.id.clone(),
                 })
-                .await
-                .or_else(|e| {
-                    if e.is_not_found() {
-                        Ok(Default::default())
-                    } else {
-                        Err(e)
-                    }
-                })
-                .map_err(cri(format!("RemoveContainer {}", c.id)))?;
+                .await;
+            ignore_not_found(removed).map_err(cri(format!("RemoveContainer {}", c.id)))?;
         }
         for sb in &observed.sandboxes {
-            self.client
+            let removed = self
+                .client
                 .remove_pod_sandbox(api::RemovePodSandboxRequest {
                     pod_sandbox_id: sb.id.clone(),
                 })
-                .await
-                .or_else(|e| {
-                    if e.is_not_found() {
-                        Ok(Default::default())
-                    } else {
-                        Err(e)
-                    }
-                })
-                .map_err(cri(format!("RemovePodSandbox {}", sb.id)))?;
+                .await;
+            ignore_not_found(removed).map_err(cri(format!("RemovePodSandbox {}", sb.id)))?;
             let log_dir = self.pod_log_dir(&sb.namespace, &sb.name, &observed.uid);
             if let Err(e) = std::fs::remove_dir_all(&log_dir)
                 && e.kind() != std::io::ErrorKind::NotFound
