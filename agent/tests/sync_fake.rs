@@ -537,3 +537,40 @@ async fn container_events_wake_pods_where_offered_and_fall_back_where_not() {
     cancel.cancel();
     let _ = watcher.await;
 }
+
+#[tokio::test]
+async fn run_as_non_root_is_enforced_like_the_kubelet() {
+    let env = Env::new().await;
+    let m = env.manager().await;
+    let yaml = |name: &str, user: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  securityContext: {{runAsNonRoot: true{user}}}\n  containers:\n  - {{name: c, image: {IMAGE}}}\n"
+        )
+    };
+    // The image names no user: it would run as root.
+    let p = env.pod("img.yaml", &yaml("img", ""));
+    let mut t = Transient::default();
+    sync(&m, &p, &mut t).await;
+    assert_eq!(t.waiting["c"].reason, "CreateContainerConfigError");
+    assert!(
+        t.waiting["c"].message.contains("image will run as root"),
+        "{}",
+        t.waiting["c"].message
+    );
+    assert_eq!(env.fake.call_count("CreateContainer"), 0);
+
+    let p = env.pod("zero.yaml", &yaml("zero", ", runAsUser: 0"));
+    let mut t = Transient::default();
+    sync(&m, &p, &mut t).await;
+    assert!(
+        t.waiting["c"]
+            .message
+            .contains("runAsUser breaks non-root policy")
+    );
+
+    let p = env.pod("user.yaml", &yaml("user", ", runAsUser: 1000"));
+    let mut t = Transient::default();
+    sync(&m, &p, &mut t).await;
+    assert!(t.waiting.is_empty(), "{:?}", t.waiting);
+    assert_eq!(env.fake.call_count("CreateContainer"), 1);
+}

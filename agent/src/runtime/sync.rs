@@ -428,6 +428,17 @@ impl RuntimeManager {
                 return Ok(());
             }
         };
+        if let Err(message) = self.verify_run_as_non_root(ps.pod, c, &image_ref).await? {
+            transient.waiting.insert(
+                c.name.clone(),
+                Waiting {
+                    reason: "CreateContainerConfigError".into(),
+                    message,
+                },
+            );
+            min_requeue(&mut ps.requeue, Duration::from_secs(10));
+            return Ok(());
+        }
         let mounts = match self.container_mounts(ps.pod, c, index, init, &ps.pod_ips) {
             Ok(m) => m,
             Err(message) => {
@@ -508,6 +519,72 @@ impl RuntimeManager {
         tracing::info!(container = %c.name, id = %id, restart_count, init, "container started");
         transient.waiting.remove(&c.name);
         Ok(())
+    }
+
+    /// The kubelet's `verifyRunAsNonRoot`: with `runAsNonRoot`, the container
+    /// must run as a non-zero UID, from its securityContext or its image.
+    /// `Ok(Err(message))` is the container's config error.
+    async fn verify_run_as_non_root(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        image_ref: &str,
+    ) -> Result<std::result::Result<(), String>> {
+        let csc = c.security_context.as_ref();
+        let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+        let non_root = csc
+            .and_then(|s| s.run_as_non_root)
+            .or_else(|| psc.and_then(|s| s.run_as_non_root))
+            .unwrap_or(false);
+        if !non_root {
+            return Ok(Ok(()));
+        }
+        let who = format!(
+            "(pod: \"{}_{}({})\", container: {})",
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            pod.metadata.namespace.as_deref().unwrap_or_default(),
+            pod.metadata.uid.as_deref().unwrap_or_default(),
+            c.name
+        );
+        let run_as_user = csc
+            .and_then(|s| s.run_as_user)
+            .or_else(|| psc.and_then(|s| s.run_as_user));
+        if let Some(uid) = run_as_user {
+            return Ok(if uid == 0 {
+                Err(format!(
+                    "container's runAsUser breaks non-root policy {who}"
+                ))
+            } else {
+                Ok(())
+            });
+        }
+        let image = self
+            .client
+            .image_status(api::ImageStatusRequest {
+                image: Some(api::ImageSpec {
+                    image: image_ref.to_string(),
+                    ..Default::default()
+                }),
+                verbose: false,
+            })
+            .await
+            .map_err(cri("ImageStatus"))?
+            .image;
+        let uid = image.as_ref().and_then(|i| i.uid.as_ref()).map(|u| u.value);
+        let username = image.map(|i| i.username).unwrap_or_default();
+        Ok(match uid {
+            Some(0) => Err(format!(
+                "container has runAsNonRoot and image will run as root {who}"
+            )),
+            Some(_) => Ok(()),
+            None if !username.is_empty() => Err(format!(
+                "container has runAsNonRoot and image has non-numeric user ({username}), cannot verify user is non-root {who}"
+            )),
+            // No user in the image means root.
+            None => Err(format!(
+                "container has runAsNonRoot and image will run as root {who}"
+            )),
+        })
     }
 
     /// Stop the running ones among `containers`, in parallel, each with its grace period.

@@ -89,11 +89,6 @@ const POD_UNSUPPORTED: &[Unsupported] = &[
         reason: "not supported, ignored",
     },
     Unsupported {
-        path: "spec.hostAliases",
-        check: Check::Present,
-        reason: "host aliases are not supported yet",
-    },
-    Unsupported {
         path: "spec.imagePullSecrets",
         check: Check::Present,
         reason: "registry credentials are not supported yet; images are pulled anonymously",
@@ -120,7 +115,13 @@ const POD_UNSUPPORTED: &[Unsupported] = &[
     },
     Unsupported {
         path: "spec.securityContext",
-        check: Check::KeysExcept(&["runAsUser", "runAsGroup", "runAsNonRoot"]),
+        check: Check::KeysExcept(&[
+            "runAsUser",
+            "runAsGroup",
+            "runAsNonRoot",
+            "supplementalGroups",
+            "sysctls",
+        ]),
         reason: "not supported yet, ignored",
     },
 ];
@@ -1240,7 +1241,7 @@ spec:
   - {maxSkew: 1, topologyKey: zone, whenUnsatisfiable: DoNotSchedule}
   hostAliases: [{ip: 10.0.0.1, hostnames: [a]}]
   imagePullSecrets: [{name: creds}]
-  securityContext: {runAsUser: 1000, sysctls: [{name: net.core.somaxconn, value: '1024'}]}
+  securityContext: {runAsUser: 1000, sysctls: [{name: net.core.somaxconn, value: '1024'}], seLinuxOptions: {level: 's0'}}
   volumes:
   - {name: cm, configMap: {name: cfg}}
   - {name: tmp, emptyDir: {}}
@@ -1272,9 +1273,8 @@ spec:
 ");
         let expected = [
             "spec.volumes[0].configMap: only emptyDir and hostPath volumes are supported",
-            "spec.hostAliases: host aliases are not supported yet",
             "spec.imagePullSecrets: registry credentials are not supported yet; images are pulled anonymously",
-            "spec.securityContext.sysctls: not supported yet, ignored",
+            "spec.securityContext.seLinuxOptions: not supported yet, ignored",
             "spec.initContainers[0].lifecycle: lifecycle hooks are not supported yet",
             "spec.containers[0].livenessProbe: probes are not supported yet",
             "spec.containers[0].envFrom: envFrom is not supported (no ConfigMaps or Secrets)",
