@@ -230,3 +230,121 @@ pub fn container_from_cri(
         annotations,
     })
 }
+
+/// The kubelet's limit on a message taken from the log (`FallbackToLogsOnError`).
+const FALLBACK_LOG_BYTES: usize = 2048;
+/// How many log lines `FallbackToLogsOnError` looks at.
+const FALLBACK_LOG_LINES: usize = 80;
+
+/// Fill in an exited container's message as the kubelet does: from its
+/// termination-message file, or, with `FallbackToLogsOnError` and a failure,
+/// from the tail of its log. Read once, when the exited status is first seen.
+pub fn fill_termination_message(status: &mut api::ContainerStatus) {
+    if status.state != api::ContainerState::ContainerExited as i32 || !status.message.is_empty() {
+        return;
+    }
+    let path = status
+        .annotations
+        .get(keys::CONTAINER_TERMINATION_MESSAGE_PATH)
+        .cloned()
+        .unwrap_or_else(|| "/dev/termination-log".into());
+    let from_file = status
+        .mounts
+        .iter()
+        .find(|m| m.container_path == path)
+        .and_then(|m| {
+            berth_plugins::read_termination_message(
+                std::path::Path::new(&m.host_path),
+                berth_plugins::MAX_TERMINATION_MESSAGE_LENGTH,
+            )
+            .ok()
+            .flatten()
+        })
+        .filter(|m| !m.is_empty());
+    if let Some(message) = from_file {
+        status.message = message;
+        return;
+    }
+    let policy = status
+        .annotations
+        .get(keys::CONTAINER_TERMINATION_MESSAGE_POLICY)
+        .map(String::as_str);
+    if policy == Some("FallbackToLogsOnError") && status.exit_code != 0 {
+        status.message = log_tail(std::path::Path::new(&status.log_path));
+    }
+}
+
+/// The last lines of a CRI-format log (`<time> <stream> <tag> <text>`), as text.
+fn log_tail(path: &std::path::Path) -> String {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return String::new();
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(FALLBACK_LOG_LINES);
+    let mut out = String::new();
+    for line in &lines[start..] {
+        let mut parts = line.splitn(4, ' ');
+        let (_, _, tag, msg) = (parts.next(), parts.next(), parts.next(), parts.next());
+        out.push_str(msg.unwrap_or(""));
+        // A partial line ("P") continues on the next record.
+        if tag != Some("P") {
+            out.push('\n');
+        }
+    }
+    if out.len() > FALLBACK_LOG_BYTES {
+        let mut cut = out.len() - FALLBACK_LOG_BYTES;
+        while !out.is_char_boundary(cut) {
+            cut += 1;
+        }
+        out = out[cut..].to_string();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_tail_strips_cri_prefixes_and_joins_partials() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("0.log");
+        std::fs::write(
+            &log,
+            "2026-01-01T00:00:00Z stdout F first\n2026-01-01T00:00:01Z stderr P par\n2026-01-01T00:00:01Z stderr F tial\n",
+        )
+        .unwrap();
+        assert_eq!(log_tail(&log), "first\npartial\n");
+    }
+
+    #[test]
+    fn message_from_file_then_log_fallback() {
+        let dir = tempfile::tempdir().unwrap();
+        let msg = dir.path().join("termination");
+        std::fs::write(&msg, "bye").unwrap();
+        let log = dir.path().join("0.log");
+        std::fs::write(&log, "2026-01-01T00:00:00Z stdout F boom\n").unwrap();
+        let mut status = api::ContainerStatus {
+            state: api::ContainerState::ContainerExited as i32,
+            exit_code: 1,
+            log_path: log.display().to_string(),
+            mounts: vec![api::Mount {
+                container_path: "/dev/termination-log".into(),
+                host_path: msg.display().to_string(),
+                ..Default::default()
+            }],
+            annotations: [(
+                keys::CONTAINER_TERMINATION_MESSAGE_POLICY.to_string(),
+                "FallbackToLogsOnError".to_string(),
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let mut with_file = status.clone();
+        fill_termination_message(&mut with_file);
+        assert_eq!(with_file.message, "bye");
+        std::fs::write(&msg, "").unwrap();
+        fill_termination_message(&mut status);
+        assert_eq!(status.message, "boom\n");
+    }
+}

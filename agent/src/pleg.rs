@@ -241,7 +241,10 @@ impl Pleg {
             })
             .await
         {
-            Ok(r) => r.status,
+            Ok(r) => r.status.map(|mut s| {
+                observed::fill_termination_message(&mut s);
+                s
+            }),
             Err(e) if e.is_not_found() => None,
             Err(e) => return Err(e),
         };

@@ -191,8 +191,23 @@ fn restart_policy_never_ends_failed_or_succeeded() -> Result<()> {
     };
     let cd = Containerd::start()?;
     let agent = Agent::start(&cd, &[])?;
-    agent.write_manifest("fail.yaml", &pod_yaml("fail", "Never", "exit 3"))?;
-    agent.write_manifest("ok.yaml", &pod_yaml("ok", "Never", "exit 0"))?;
+    // The failing one reports its last log lines (FallbackToLogsOnError); the
+    // successful one writes its termination-message file.
+    agent.write_manifest(
+        "fail.yaml",
+        &pod_yaml("fail", "Never", "echo fail-log-line; exit 3").replace(
+            "      image:",
+            "      terminationMessagePolicy: FallbackToLogsOnError\n      image:",
+        ),
+    )?;
+    agent.write_manifest(
+        "ok.yaml",
+        &pod_yaml(
+            "ok",
+            "Never",
+            "echo -n all-done > /dev/termination-log; exit 0",
+        ),
+    )?;
     let failed = wait_pod(&agent, "fail", "Failed", |p| phase(p) == "Failed")?;
     let term = &main_status(&failed)["state"]["terminated"];
     assert_eq!(term["exitCode"], 3);
@@ -204,6 +219,11 @@ fn restart_policy_never_ends_failed_or_succeeded() -> Result<()> {
         main_status(&ok)["state"]["terminated"]["reason"],
         "Completed"
     );
+    assert_eq!(
+        main_status(&ok)["state"]["terminated"]["message"],
+        "all-done"
+    );
+    assert_eq!(term["message"], "fail-log-line\n");
     // Stays terminal: not restarted on later syncs.
     std::thread::sleep(Duration::from_secs(3));
     let again = agent
