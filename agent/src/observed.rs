@@ -48,6 +48,9 @@ pub struct ObservedSandbox {
     /// Primary pod IP and any others, from PodSandboxStatus (empty when stopped
     /// or hostNetwork).
     pub ips: Vec<String>,
+    /// Whether the sandbox shares the node's network namespace, from
+    /// PodSandboxStatus (`None` when the runtime did not say).
+    pub host_network: Option<bool>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
 }
@@ -158,8 +161,14 @@ pub fn sandbox_from_cri(
         }
         ips.extend(net.additional_ips.iter().map(|ip| ip.ip.clone()));
     }
+    let host_network = status
+        .and_then(|s| s.linux.as_ref())
+        .and_then(|l| l.namespaces.as_ref())
+        .and_then(|n| n.options.as_ref())
+        .map(|o| o.network == api::NamespaceMode::Node as i32);
     Some(ObservedSandbox {
         id: sb.id.clone(),
+        host_network,
         uid,
         name: meta.name,
         namespace: meta.namespace,

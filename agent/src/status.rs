@@ -949,6 +949,7 @@ mod tests {
             ready,
             created_at: created,
             ips: ips.iter().map(|s| s.to_string()).collect(),
+            host_network: None,
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
         }

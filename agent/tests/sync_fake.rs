@@ -574,3 +574,34 @@ async fn run_as_non_root_is_enforced_like_the_kubelet() {
     assert!(t.waiting.is_empty(), "{:?}", t.waiting);
     assert_eq!(env.fake.call_count("CreateContainer"), 1);
 }
+
+#[tokio::test]
+async fn sandbox_is_replaced_when_host_network_changes() {
+    let env = Env::new().await;
+    let m = env.manager().await;
+    let yaml = |host: bool| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: net, uid: net-uid}}\nspec:\n  hostNetwork: {host}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: {IMAGE}}}\n"
+        )
+    };
+    let mut t = Transient::default();
+    sync(&m, &env.pod("net.yaml", &yaml(false)), &mut t).await;
+    let first = env.fake.sandboxes();
+    assert_eq!(first.len(), 1);
+    assert!(!first[0].host_network);
+
+    sync(&m, &env.pod("net.yaml", &yaml(true)), &mut t).await;
+    let ready: Vec<_> = env
+        .fake
+        .sandboxes()
+        .into_iter()
+        .filter(|s| s.state == api::PodSandboxState::SandboxReady)
+        .collect();
+    assert_eq!(ready.len(), 1);
+    assert!(
+        ready[0].host_network,
+        "the new sandbox uses the node's network"
+    );
+    assert_ne!(ready[0].id, first[0].id);
+    assert_eq!(ready[0].metadata.attempt, 1);
+}

@@ -145,7 +145,21 @@ impl RuntimeManager {
             return Ok(SyncOutcome::Synced { requeue: None });
         }
 
-        let (sandbox_id, sandbox_config, pod_ips) = match ready.first() {
+        // The kubelet's PodSandboxChanged: a sandbox whose network mode no longer
+        // matches the spec, or a pod-network sandbox without an IP, is replaced.
+        let host_network = spec.host_network.unwrap_or(false);
+        let current = match ready.first() {
+            Some(sb)
+                if sb.host_network.is_some_and(|h| h != host_network)
+                    || (!host_network && sb.ips.is_empty()) =>
+            {
+                tracing::info!(sandbox = %sb.id, "pod sandbox changed; replacing it");
+                self.kill_sandbox(&observed, sb, grace).await?;
+                None
+            }
+            other => other.copied(),
+        };
+        let (sandbox_id, sandbox_config, pod_ips) = match current {
             Some(sb) => (
                 sb.id.clone(),
                 self.sandbox_config(pod, sb.attempt),
