@@ -467,3 +467,107 @@ fn containerd_outage_is_reported_and_survived() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn init_containers_volumes_and_env_work_in_a_real_runtime() -> Result<()> {
+    let Some(_env) = require_runtime("init_containers_volumes_and_env_work_in_a_real_runtime")
+    else {
+        return Ok(());
+    };
+    let cd = Containerd::start()?;
+    let agent = Agent::start(&cd, &[])?;
+    let host_dir = agent.temp_dir().join("host-data");
+    std::fs::create_dir_all(&host_dir)?;
+    std::fs::write(host_dir.join("from-host.txt"), "host-file-content")?;
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: vols
+  labels: {{app: vols}}
+spec:
+  terminationGracePeriodSeconds: 1
+  initContainers:
+    - name: prepare
+      image: {IMAGE}
+      command: ["sh", "-c", "echo from-init > /work/init.txt"]
+      volumeMounts: [{{name: work, mountPath: /work}}]
+  containers:
+    - name: main
+      image: {IMAGE}
+      command: ["sh", "-c"]
+      args:
+        - 'cat /work/init.txt; cat /host/from-host.txt; echo; echo "$(GREETING) $POD_NAME $APP"; grep -c tmpfs /proc/mounts; cat /etc/hosts | grep -c vols; while true; do sleep 1; done'
+      env:
+        - {{name: WHO, value: world}}
+        - {{name: GREETING, value: "hello-$(WHO)"}}
+        - name: POD_NAME
+          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+        - name: APP
+          valueFrom: {{fieldRef: {{fieldPath: "metadata.labels['app']"}}}}
+      volumeMounts:
+        - {{name: work, mountPath: /work, readOnly: true}}
+        - {{name: host, mountPath: /host}}
+        - {{name: mem, mountPath: /mem}}
+  volumes:
+    - {{name: work, emptyDir: {{}}}}
+    - {{name: mem, emptyDir: {{medium: Memory}}}}
+    - name: host
+      hostPath: {{path: {host}, type: Directory}}
+"#,
+        host = host_dir.display()
+    );
+    agent.write_manifest("vols.yaml", &manifest)?;
+    let pod = wait_pod(&agent, "vols", "Running", running)?;
+    let init = &pod["status"]["initContainerStatuses"][0];
+    assert_eq!(init["state"]["terminated"]["exitCode"], 0, "{init}");
+    let initialized = pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Initialized" && c["status"] == "True");
+    assert!(initialized, "{}", pod["status"]["conditions"]);
+
+    let log = agent
+        .pod_logs_dir()
+        .join(format!(
+            "default_{}_{}",
+            agent.static_pod_name("vols"),
+            uid(&pod)
+        ))
+        .join("main/0.log");
+    let name = agent.static_pod_name("vols");
+    let text = agent.wait_for(T, "the main container's output", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|t| t.lines().count() >= 5)
+    })?;
+    let out: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.splitn(4, ' ').nth(3))
+        .collect();
+    assert_eq!(out.first().copied(), Some("from-init"), "{text}");
+    assert!(out.contains(&"host-file-content"), "{text}");
+    assert!(
+        out.contains(&format!("hello-world {name} vols").as_str()),
+        "env expansion and fieldRefs: {text}"
+    );
+    // The memory-backed emptyDir is a tmpfs in the container (besides /dev etc.).
+    let tmpfs: u32 = out.get(3).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(tmpfs >= 1, "{text}");
+    // The kubelet-managed /etc/hosts names the pod.
+    assert_eq!(out.get(4).copied(), Some("1"), "{text}");
+
+    // Removal tears the volumes down: no mount of the pod's dir is left.
+    agent.remove_manifest("vols.yaml")?;
+    let pod_dir = agent.root_dir().join("pods").join(uid(&pod));
+    agent.wait_for(T, "the pod's directory to go", || {
+        (!pod_dir.exists()).then_some(())
+    })?;
+    let left: Vec<_> = berth_integration::mounts()?
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with(&pod_dir))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    Ok(())
+}
