@@ -1,0 +1,360 @@
+//! Resource quantities as the scheduler counts them: CPU in millicores, memory,
+//! ephemeral storage and extended resources as integers (rounded up), pods as a
+//! count; and a pod's requests as `resourcehelper.PodRequests` computes them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+/// CPU requested by a container that requests none, for scoring
+/// (`schedutil.DefaultMilliCPURequest`).
+pub const DEFAULT_MILLI_CPU_REQUEST: i64 = 100;
+/// Memory requested by a container that requests none, for scoring
+/// (`schedutil.DefaultMemoryRequest`, 200Mi).
+pub const DEFAULT_MEMORY_REQUEST: i64 = 200 * 1024 * 1024;
+
+/// A quantity string that is not a Kubernetes quantity, or does not fit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuantityError {
+    /// Not `<signedNumber><suffix>`.
+    #[error(
+        "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$': {0:?}"
+    )]
+    Invalid(String),
+    /// Larger than the scheduler's 64-bit counters.
+    #[error("quantity {0:?} is too large")]
+    TooLarge(String),
+}
+
+/// `value × 1000`, rounded up (towards +∞) to an integer: the thousandths
+/// resolution `resource.Quantity.MilliValue` has.
+fn thousandths(text: &str) -> Result<i128, QuantityError> {
+    let invalid = || QuantityError::Invalid(text.to_owned());
+    let too_large = || QuantityError::TooLarge(text.to_owned());
+    let (negative, body) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let split = body
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(body.len());
+    let (number, suffix) = body.split_at(split);
+    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && frac.is_empty() || frac.contains('.') {
+        return Err(invalid());
+    }
+    // value = mantissa × 10^ten × 2^two
+    let (mut ten, two): (i32, u32) = match suffix {
+        "" => (0, 0),
+        "n" => (-9, 0),
+        "u" => (-6, 0),
+        "m" => (-3, 0),
+        "k" => (3, 0),
+        "M" => (6, 0),
+        "G" => (9, 0),
+        "T" => (12, 0),
+        "P" => (15, 0),
+        "E" => (18, 0),
+        "Ki" => (0, 10),
+        "Mi" => (0, 20),
+        "Gi" => (0, 30),
+        "Ti" => (0, 40),
+        "Pi" => (0, 50),
+        "Ei" => (0, 60),
+        other => {
+            let exp = other
+                .strip_prefix(['e', 'E'])
+                .filter(|e| {
+                    let digits = e.trim_start_matches(['+', '-']);
+                    !digits.is_empty()
+                        && digits.len() + 1 >= e.len()
+                        && digits.bytes().all(|b| b.is_ascii_digit())
+                })
+                .ok_or_else(invalid)?;
+            (exp.parse::<i32>().map_err(|_| too_large())?, 0)
+        }
+    };
+    let frac = frac.trim_end_matches('0');
+    let digits = format!("{whole}{frac}");
+    let digits = digits.trim_start_matches('0');
+    if digits.len() > 30 {
+        return Err(too_large());
+    }
+    let mut mantissa: i128 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().map_err(|_| invalid())?
+    };
+    mantissa = mantissa.checked_shl(two).ok_or_else(too_large)?;
+    if two > 0 && mantissa >> two != digits.parse::<i128>().unwrap_or(0) {
+        return Err(too_large());
+    }
+    ten += 3 - i32::try_from(frac.len()).map_err(|_| too_large())?;
+    let magnitude = if mantissa == 0 {
+        0
+    } else if ten >= 0 {
+        let scale = 10i128
+            .checked_pow(ten.unsigned_abs())
+            .ok_or_else(too_large)?;
+        mantissa.checked_mul(scale).ok_or_else(too_large)?
+    } else {
+        match 10i128.checked_pow(ten.unsigned_abs()) {
+            Some(scale) => mantissa / scale + i128::from(mantissa % scale != 0),
+            None => 1,
+        }
+    };
+    if magnitude > i128::from(i64::MAX) * 1000 {
+        return Err(too_large());
+    }
+    Ok(if negative { -magnitude } else { magnitude })
+}
+
+/// A CPU quantity in millicores, rounded up (`Quantity.MilliValue`).
+pub fn milli_value(q: &Quantity) -> Result<i64, QuantityError> {
+    i64::try_from(thousandths(&q.0)?).map_err(|_| QuantityError::TooLarge(q.0.clone()))
+}
+
+/// A quantity as an integer, rounded up (`Quantity.Value`): bytes for memory and
+/// storage, a count for pods and extended resources.
+pub fn value(q: &Quantity) -> Result<i64, QuantityError> {
+    let t = thousandths(&q.0)?;
+    let v = t.div_euclid(1000) + i128::from(t.rem_euclid(1000) != 0);
+    i64::try_from(v).map_err(|_| QuantityError::TooLarge(q.0.clone()))
+}
+
+/// Whether the scheduler counts a resource name as a scalar resource
+/// (`schedutil.IsScalarResourceName`): extended resources (`example.com/foo`),
+/// prefixed native resources, hugepages and attachable volumes.
+pub fn is_scalar_resource_name(name: &str) -> bool {
+    name.starts_with("hugepages-")
+        || name.starts_with("attachable-volumes-")
+        || (name.contains('/') && !name.starts_with("requests."))
+}
+
+/// Amounts of the resources the scheduler tracks (`framework.Resource`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// CPU in millicores.
+    pub milli_cpu: i64,
+    /// Memory in bytes.
+    pub memory: i64,
+    /// Ephemeral storage in bytes.
+    pub ephemeral_storage: i64,
+    /// Number of pods (only meaningful for allocatable).
+    pub pods: i64,
+    /// Scalar resources (extended resources, hugepages), sorted by name.
+    pub scalar: Vec<(String, i64)>,
+}
+
+impl Resources {
+    /// A resource list (`status.allocatable`, a container's requests) as
+    /// [`Resources`]; names the scheduler does not track are ignored.
+    pub fn from_list(list: &BTreeMap<String, Quantity>) -> Result<Self, QuantityError> {
+        let mut r = Resources::default();
+        r.add_list(list)?;
+        Ok(r)
+    }
+
+    fn add_list(&mut self, list: &BTreeMap<String, Quantity>) -> Result<(), QuantityError> {
+        for (name, q) in list {
+            match name.as_str() {
+                "cpu" => self.milli_cpu = self.milli_cpu.saturating_add(milli_value(q)?),
+                "memory" => self.memory = self.memory.saturating_add(value(q)?),
+                "ephemeral-storage" => {
+                    self.ephemeral_storage = self.ephemeral_storage.saturating_add(value(q)?)
+                }
+                "pods" => self.pods = self.pods.saturating_add(value(q)?),
+                other if is_scalar_resource_name(other) => self.add_scalar(other, value(q)?),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The amount of a scalar resource (0 when absent).
+    pub fn scalar(&self, name: &str) -> i64 {
+        match self.scalar.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+            Ok(i) => self.scalar[i].1,
+            Err(_) => 0,
+        }
+    }
+
+    fn add_scalar(&mut self, name: &str, amount: i64) {
+        match self.scalar.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+            Ok(i) => self.scalar[i].1 = self.scalar[i].1.saturating_add(amount),
+            Err(i) => self.scalar.insert(i, (name.to_owned(), amount)),
+        }
+    }
+
+    /// Adds `other` to `self` (every resource).
+    pub fn add(&mut self, other: &Resources) {
+        self.milli_cpu = self.milli_cpu.saturating_add(other.milli_cpu);
+        self.memory = self.memory.saturating_add(other.memory);
+        self.ephemeral_storage = self
+            .ephemeral_storage
+            .saturating_add(other.ephemeral_storage);
+        self.pods = self.pods.saturating_add(other.pods);
+        for (name, amount) in &other.scalar {
+            self.add_scalar(name, *amount);
+        }
+    }
+
+    /// Subtracts `other` from `self` (every resource).
+    pub fn sub(&mut self, other: &Resources) {
+        self.milli_cpu = self.milli_cpu.saturating_sub(other.milli_cpu);
+        self.memory = self.memory.saturating_sub(other.memory);
+        self.ephemeral_storage = self
+            .ephemeral_storage
+            .saturating_sub(other.ephemeral_storage);
+        self.pods = self.pods.saturating_sub(other.pods);
+        for (name, amount) in &other.scalar {
+            self.add_scalar(name, amount.saturating_neg());
+        }
+    }
+
+    /// Raises each resource of `self` to at least `other`'s.
+    fn max_with(&mut self, other: &Resources) {
+        self.milli_cpu = self.milli_cpu.max(other.milli_cpu);
+        self.memory = self.memory.max(other.memory);
+        self.ephemeral_storage = self.ephemeral_storage.max(other.ephemeral_storage);
+        self.pods = self.pods.max(other.pods);
+        for (name, amount) in &other.scalar {
+            if *amount > self.scalar(name) {
+                let current = self.scalar(name);
+                self.add_scalar(name, amount - current);
+            }
+        }
+    }
+}
+
+/// A pod's requests as the scheduler sees them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodRequests {
+    /// What NodeResourcesFit checks and what binding the pod adds to its node:
+    /// `max(Σ app containers + sidecars, each init container + the sidecars
+    /// started before it) + overhead`.
+    pub requests: Resources,
+    /// CPU with containers that request none counted at
+    /// [`DEFAULT_MILLI_CPU_REQUEST`] (`GetNonzeroRequests`), for scoring.
+    pub non_zero_milli_cpu: i64,
+    /// Memory with containers that request none counted at
+    /// [`DEFAULT_MEMORY_REQUEST`], for scoring.
+    pub non_zero_memory: i64,
+}
+
+fn container_requests(c: &Container) -> Result<(Resources, bool, bool), QuantityError> {
+    match c.resources.as_ref().and_then(|r| r.requests.as_ref()) {
+        Some(list) => Ok((
+            Resources::from_list(list)?,
+            list.contains_key("cpu"),
+            list.contains_key("memory"),
+        )),
+        None => Ok((Resources::default(), false, false)),
+    }
+}
+
+/// A pod's requests (`resourcehelper.PodRequests`, with and without
+/// `NonMissingContainerRequests`), including restartable init containers
+/// (sidecars) and `spec.overhead`.
+pub fn pod_requests(spec: &PodSpec) -> Result<PodRequests, QuantityError> {
+    // `nz` tracks (cpu, memory) with missing requests defaulted.
+    let mut sum = Resources::default();
+    let mut nz = (0i64, 0i64);
+    let defaulted = |r: &Resources, has_cpu: bool, has_mem: bool| {
+        (
+            if has_cpu {
+                r.milli_cpu
+            } else {
+                DEFAULT_MILLI_CPU_REQUEST
+            },
+            if has_mem {
+                r.memory
+            } else {
+                DEFAULT_MEMORY_REQUEST
+            },
+        )
+    };
+    for c in &spec.containers {
+        let (r, has_cpu, has_mem) = container_requests(c)?;
+        let (cpu, mem) = defaulted(&r, has_cpu, has_mem);
+        nz = (nz.0.saturating_add(cpu), nz.1.saturating_add(mem));
+        sum.add(&r);
+    }
+    let mut sidecars = Resources::default();
+    let mut sidecars_nz = (0i64, 0i64);
+    let mut init_max = Resources::default();
+    let mut init_max_nz = (0i64, 0i64);
+    for c in spec.init_containers.iter().flatten() {
+        let (r, has_cpu, has_mem) = container_requests(c)?;
+        let (cpu, mem) = defaulted(&r, has_cpu, has_mem);
+        let (use_r, use_nz) = if c.restart_policy.as_deref() == Some("Always") {
+            sum.add(&r);
+            nz = (nz.0.saturating_add(cpu), nz.1.saturating_add(mem));
+            sidecars.add(&r);
+            sidecars_nz = (
+                sidecars_nz.0.saturating_add(cpu),
+                sidecars_nz.1.saturating_add(mem),
+            );
+            (sidecars.clone(), sidecars_nz)
+        } else {
+            let mut t = r;
+            t.add(&sidecars);
+            (
+                t,
+                (
+                    cpu.saturating_add(sidecars_nz.0),
+                    mem.saturating_add(sidecars_nz.1),
+                ),
+            )
+        };
+        init_max.max_with(&use_r);
+        init_max_nz = (init_max_nz.0.max(use_nz.0), init_max_nz.1.max(use_nz.1));
+    }
+    sum.max_with(&init_max);
+    nz = (nz.0.max(init_max_nz.0), nz.1.max(init_max_nz.1));
+    if let Some(overhead) = &spec.overhead {
+        let o = Resources::from_list(overhead)?;
+        sum.add(&o);
+        nz = (
+            nz.0.saturating_add(o.milli_cpu),
+            nz.1.saturating_add(o.memory),
+        );
+    }
+    // A pod's own "pods" request is meaningless; the fit check counts pods itself.
+    sum.pods = 0;
+    Ok(PodRequests {
+        requests: sum,
+        non_zero_milli_cpu: nz.0,
+        non_zero_memory: nz.1,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(s: &str) -> Quantity {
+        Quantity(s.to_owned())
+    }
+
+    #[test]
+    fn parses_quantities() {
+        assert_eq!(milli_value(&q("100m")), Ok(100));
+        assert_eq!(milli_value(&q("0.5")), Ok(500));
+        assert_eq!(milli_value(&q("2")), Ok(2000));
+        assert_eq!(milli_value(&q("1.0001")), Ok(1001));
+        assert_eq!(milli_value(&q("1e3")), Ok(1_000_000));
+        assert_eq!(value(&q("200Mi")), Ok(200 * 1024 * 1024));
+        assert_eq!(value(&q("1G")), Ok(1_000_000_000));
+        assert_eq!(value(&q("1.5Gi")), Ok(1536 * 1024 * 1024));
+        assert_eq!(value(&q("100m")), Ok(1));
+        assert_eq!(value(&q("110")), Ok(110));
+        assert_eq!(value(&q("-1.5")), Ok(-1));
+        assert!(matches!(value(&q("1Xi")), Err(QuantityError::Invalid(_))));
+        assert!(matches!(value(&q("")), Err(QuantityError::Invalid(_))));
+        assert!(matches!(value(&q("e3")), Err(QuantityError::Invalid(_))));
+        assert!(matches!(value(&q("99Ei")), Err(QuantityError::TooLarge(_))));
+    }
+}
