@@ -25,10 +25,13 @@ die() { echo "setup.sh: error: $*" >&2; exit 1; }
 # containerd/runc/crun: the runtime; containernetworking-plugins: CNI bridge,
 # host-local, loopback, portmap in /usr/lib/cni; umoci + busybox-static + jq:
 # the image build; iproute2/iptables: CNI and cleanup; systemd: systemd-analyze
-# for the unit test; protobuf-compiler: protoc for the CRI bindings.
+# for the unit test; protobuf-compiler: protoc for the CRI bindings (and
+# etcd-client's); etcd-server + etcd-client: the API server's etcd storage
+# backend tests (/usr/bin/etcd, etcdctl).
 PACKAGES=(
   containerd runc crun containernetworking-plugins protobuf-compiler
   umoci busybox-static iproute2 iptables systemd ca-certificates curl jq
+  etcd-server etcd-client
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do
