@@ -1,15 +1,38 @@
 #!/usr/bin/env bash
-# berth's benchmark: the agent vs bare CRI calls in one run against one private
-# containerd, plus the agent's RSS. Prints one JSON object on stdout and keeps a
-# copy in target/bench.json. Figures, not assertions: machines are noisy.
+# berth's benchmarks: figures, not assertions (machines are noisy). Each prints
+# one JSON object on stdout; copies go to target/bench-*.json.
 #
-#   sudo integration/bench.sh [--iterations N]
+# - berth-bench: the agent vs bare CRI calls in one run against one private
+#   containerd, plus the agent's RSS (idle, 10 pods).
+# - berth-scheduler-bench: in-process scheduling throughput (pods/s) at 1,000
+#   and 5,000 nodes.
+# - berth-storage-bench: API server storage create and watch throughput on
+#   SQLite and on a private etcd.
+#
+#   sudo integration/bench.sh [--iterations N] [--quick]
+# --quick: short scheduler and storage runs (what CI uses).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
+iterations=5 quick=()
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --iterations) iterations=$2; shift 2 ;;
+    --quick) quick=(--quick); shift ;;
+    *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
 if [[ ${BERTH_SKIP_SETUP:-0} != 1 ]]; then
   bash integration/setup.sh >&2
 fi
 echo "bench: building" >&2
 cargo build --locked -p berth-agent -p berth-integration --bins >&2
-BERTH_REQUIRE_RUNTIME=1 ./target/debug/berth-bench "$@" | tee target/bench.json
+cargo build --locked -p berth-scheduler --bin berth-scheduler-bench >&2
+cargo build --locked -p berth-apiserver --bin berth-storage-bench >&2
+mkdir -p target
+echo "bench: agent vs raw CRI" >&2
+BERTH_REQUIRE_RUNTIME=1 ./target/debug/berth-bench --iterations "$iterations" | tee target/bench-agent.json
+echo "bench: scheduler" >&2
+./target/debug/berth-scheduler-bench "${quick[@]}" | tee target/bench-scheduler.json
+echo "bench: storage" >&2
+./target/debug/berth-storage-bench "${quick[@]}" | tee target/bench-storage.json

@@ -83,7 +83,7 @@ fi
 # BERTH_BENCH=0 to skip it, BERTH_BENCH_ITERATIONS for more samples.
 if [[ ${BERTH_BENCH:-1} != 0 ]]; then
   echo "==> integration/bench.sh"
-  BERTH_SKIP_SETUP=1 bash integration/bench.sh --iterations "${BERTH_BENCH_ITERATIONS:-3}" || failed+=("bench")
+  BERTH_SKIP_SETUP=1 bash integration/bench.sh --quick --iterations "${BERTH_BENCH_ITERATIONS:-3}" || failed+=("bench")
 fi
 
 # The plain closing line CI reads: the suite's counts (benchmark aside).
