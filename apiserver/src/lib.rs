@@ -4,4 +4,5 @@
 //! ([`storage::sqlite::SqliteStorage`]) and an etcd backend
 //! ([`storage::etcd::EtcdStorage`]).
 
+pub mod api;
 pub mod storage;

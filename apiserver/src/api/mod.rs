@@ -1,0 +1,194 @@
+//! The Kubernetes REST API over a [`Storage`]: generic handlers driven by a
+//! resource table ([`resources::RESOURCES`]), discovery, `Table` output,
+//! watch, patch, field validation and bearer-token authentication.
+//!
+//! ```no_run
+//! # async fn run(storage: std::sync::Arc<dyn berth_apiserver::storage::Storage>) -> anyhow::Result<()> {
+//! use berth_apiserver::api::{ApiConfig, ApiState};
+//! let state = ApiState::new(storage, ApiConfig::default());
+//! state.bootstrap().await?;
+//! state.clone().spawn_reaper();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:6443").await?;
+//! axum::serve(listener, berth_apiserver::api::router(state)).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod auth;
+pub mod discovery;
+pub mod error;
+pub mod handlers;
+pub mod objects;
+pub mod patch;
+pub mod protobuf;
+pub mod resources;
+pub mod selectors;
+pub mod table;
+pub mod tls;
+pub mod validation;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use serde_json::json;
+
+use crate::storage::{self, Storage, object_key};
+pub use auth::{Authenticator, User};
+pub use error::{ApiError, ApiResult};
+
+/// Tunables of the API layer.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// How often a watch with `allowWatchBookmarks=true` gets a BOOKMARK.
+    pub bookmark_interval: Duration,
+    /// How often the reaper removes pods whose grace period passed.
+    pub reap_interval: Duration,
+    /// `Some`: require a bearer token from this authenticator; `None`: no authentication.
+    pub authenticator: Option<Authenticator>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> ApiConfig {
+        ApiConfig {
+            bookmark_interval: Duration::from_secs(60),
+            reap_interval: Duration::from_secs(1),
+            authenticator: None,
+        }
+    }
+}
+
+/// The state shared by every handler.
+pub struct ApiState {
+    /// The object store.
+    pub storage: Arc<dyn Storage>,
+    /// Tunables.
+    pub config: ApiConfig,
+}
+
+/// The namespaces created at startup.
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+impl ApiState {
+    /// Wrap a storage.
+    pub fn new(storage: Arc<dyn Storage>, config: ApiConfig) -> Arc<ApiState> {
+        Arc::new(ApiState { storage, config })
+    }
+
+    /// Create the system namespaces when missing.
+    pub async fn bootstrap(&self) -> Result<(), storage::Error> {
+        for ns in SYSTEM_NAMESPACES {
+            let key = object_key("namespaces", None, ns)?;
+            let obj = json!({
+                "kind": "Namespace", "apiVersion": "v1",
+                "metadata": {"name": ns, "uid": objects::new_uid(),
+                    "creationTimestamp": objects::now_rfc3339(),
+                    "labels": {"kubernetes.io/metadata.name": ns}},
+                "spec": {"finalizers": ["kubernetes"]},
+                "status": {"phase": "Active"},
+            });
+            let bytes = serde_json::to_vec(&obj).unwrap_or_default();
+            match self.storage.create(&key, bytes).await {
+                Ok(_) | Err(storage::Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Start the background task removing pods whose grace period passed.
+    pub fn spawn_reaper(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(self.config.reap_interval);
+            loop {
+                tick.tick().await;
+                if let Err(e) = handlers::reap_pods(&self).await {
+                    tracing::warn!(error = %e, "pod reaper failed");
+                }
+            }
+        })
+    }
+}
+
+/// The API router: discovery, health, OpenAPI and every served resource.
+pub fn router(state: Arc<ApiState>) -> Router {
+    let ok = || async { "ok" };
+    Router::new()
+        .route(
+            "/version",
+            get(|| async { axum::Json(discovery::version()) }),
+        )
+        .route("/healthz", get(ok))
+        .route("/readyz", get(ok))
+        .route("/livez", get(ok))
+        .route(
+            "/openapi/v3",
+            get(|| async { axum::Json(discovery::openapi_v3_index()) }),
+        )
+        .route("/openapi/v3/{*path}", get(openapi_v3))
+        .route("/api", any(handlers::dispatch))
+        .route("/api/{*rest}", any(handlers::dispatch))
+        .route("/apis", any(handlers::dispatch))
+        .route("/apis/{*rest}", any(handlers::dispatch))
+        .fallback(|| async { ApiError::NoRoute })
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn(trace_request))
+        .with_state(state)
+}
+
+async fn openapi_v3(axum::extract::Path(path): axum::extract::Path<String>) -> Response {
+    match discovery::openapi_v3_group(path.trim_end_matches('/')) {
+        Some(doc) => axum::Json(doc).into_response(),
+        None => ApiError::NoRoute.into_response(),
+    }
+}
+
+/// Paths anyone may read (kube-apiserver's `system:public-info-viewer`).
+fn is_public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/livez" | "/version")
+}
+
+async fn authenticate(
+    State(state): State<Arc<ApiState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(auth) = &state.config.authenticator else {
+        return next.run(req).await;
+    };
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token.and_then(|t| auth.authenticate(t)) {
+        Some(user) => {
+            req.extensions_mut().insert(user);
+            next.run(req).await
+        }
+        None if is_public(req.uri().path()) => next.run(req).await,
+        None => ApiError::Unauthorized.into_response(),
+    }
+}
+
+async fn trace_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let status: StatusCode = resp.status();
+    tracing::debug!(
+        %method,
+        path,
+        status = status.as_u16(),
+        latency_ms = start.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    resp
+}

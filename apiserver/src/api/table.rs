@@ -1,0 +1,501 @@
+//! Server-side `Table` rendering (`Accept: application/json;as=Table;v=v1;g=meta.k8s.io`).
+
+use serde_json::{Value, json};
+
+use super::objects::{parse_time, str_at};
+
+/// What a row's `object` holds (`includeObject`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncludeObject {
+    /// No object.
+    None,
+    /// A `PartialObjectMetadata` (the default).
+    Metadata,
+    /// The full object.
+    Object,
+}
+
+impl IncludeObject {
+    /// Parse the query value (unknown → Metadata).
+    pub fn parse(s: Option<&str>) -> IncludeObject {
+        match s {
+            Some("None") => IncludeObject::None,
+            Some("Object") => IncludeObject::Object,
+            _ => IncludeObject::Metadata,
+        }
+    }
+}
+
+/// Whether an `Accept` header asks for a `meta.k8s.io/v1` Table.
+pub fn wants_table(accept: &str) -> bool {
+    accept.split(',').any(|part| {
+        let params: Vec<&str> = part.split(';').map(str::trim).collect();
+        params.contains(&"as=Table")
+            && params.contains(&"g=meta.k8s.io")
+            && params.contains(&"v=v1")
+    })
+}
+
+fn col(name: &str, ty: &str, format: &str, description: &str, priority: i32) -> Value {
+    json!({"name": name, "type": ty, "format": format, "description": description, "priority": priority})
+}
+
+/// The column definitions for objects of `kind`.
+pub fn columns(kind: &str) -> Vec<Value> {
+    let name = col(
+        "Name",
+        "string",
+        "name",
+        "Name must be unique within a namespace.",
+        0,
+    );
+    let age = col(
+        "Age",
+        "string",
+        "",
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+        0,
+    );
+    match kind {
+        "Pod" => vec![
+            name,
+            col(
+                "Ready",
+                "string",
+                "",
+                "The aggregate readiness state of this pod for accepting traffic.",
+                0,
+            ),
+            col(
+                "Status",
+                "string",
+                "",
+                "The aggregate status of the containers in this pod.",
+                0,
+            ),
+            col(
+                "Restarts",
+                "string",
+                "",
+                "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+                0,
+            ),
+            age,
+            col(
+                "IP",
+                "string",
+                "",
+                "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated.",
+                1,
+            ),
+            col(
+                "Node",
+                "string",
+                "",
+                "NodeName is a request to schedule this pod onto a specific node.",
+                1,
+            ),
+            col(
+                "Nominated Node",
+                "string",
+                "",
+                "nominatedNodeName is set only when this pod preempts other pods on the node.",
+                1,
+            ),
+            col(
+                "Readiness Gates",
+                "string",
+                "",
+                "If specified, all readiness gates will be evaluated for pod readiness.",
+                1,
+            ),
+        ],
+        "Node" => vec![
+            name,
+            col("Status", "string", "", "The status of the node", 0),
+            col("Roles", "string", "", "The roles of the node", 0),
+            age,
+            col(
+                "Version",
+                "string",
+                "",
+                "Kubelet Version reported by the node.",
+                0,
+            ),
+            col(
+                "Internal-IP",
+                "string",
+                "",
+                "List of addresses reachable to the node.",
+                1,
+            ),
+            col(
+                "External-IP",
+                "string",
+                "",
+                "List of addresses reachable to the node.",
+                1,
+            ),
+            col(
+                "OS-Image",
+                "string",
+                "",
+                "OS Image reported by the node.",
+                1,
+            ),
+            col(
+                "Kernel-Version",
+                "string",
+                "",
+                "Kernel Version reported by the node.",
+                1,
+            ),
+            col(
+                "Container-Runtime",
+                "string",
+                "",
+                "Container Runtime Version reported by the node.",
+                1,
+            ),
+        ],
+        "Namespace" => vec![
+            name,
+            col("Status", "string", "", "The status of the namespace", 0),
+            age,
+        ],
+        _ => vec![name, age],
+    }
+}
+
+/// kubectl's short human duration (`5s`, `3m`, `2d`, `4y`…).
+pub fn human_duration(secs: i64) -> String {
+    if secs < 0 {
+        return "<invalid>".into();
+    }
+    let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
+    if secs < 120 {
+        format!("{secs}s")
+    } else if m < 10 {
+        let s = secs % 60;
+        if s == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{s}s")
+        }
+    } else if m < 180 {
+        format!("{m}m")
+    } else if h < 8 {
+        let mm = m % 60;
+        if mm == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{mm}m")
+        }
+    } else if h < 48 {
+        format!("{h}h")
+    } else if h < 192 {
+        let hh = h % 24;
+        if hh == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{hh}h")
+        }
+    } else if d < 365 * 2 {
+        format!("{d}d")
+    } else if d < 365 * 8 {
+        let dd = d % 365;
+        if dd == 0 {
+            format!("{}y", d / 365)
+        } else {
+            format!("{}y{dd}d", d / 365)
+        }
+    } else {
+        format!("{}y", d / 365)
+    }
+}
+
+fn age(obj: &Value) -> String {
+    match parse_time(str_at(obj, "/metadata/creationTimestamp")) {
+        Some(t) => human_duration(jiff::Timestamp::now().as_second() - t.as_second()),
+        None => "<unknown>".into(),
+    }
+}
+
+fn or_none(s: &str) -> String {
+    if s.is_empty() {
+        "<none>".into()
+    } else {
+        s.into()
+    }
+}
+
+/// The pod's STATUS column, computed as kubectl's printer does.
+pub fn pod_status(pod: &Value) -> (String, usize, usize, i64) {
+    let empty = Vec::new();
+    let containers = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    let total = containers.len();
+    let mut ready = 0;
+    let mut restarts = 0i64;
+    let mut reason = str_at(pod, "/status/phase").to_string();
+    let status_reason = str_at(pod, "/status/reason");
+    if !status_reason.is_empty() {
+        reason = status_reason.to_string();
+    }
+    let init_specs = pod
+        .pointer("/spec/initContainers")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let mut initializing = false;
+    let inits = pod
+        .pointer("/status/initContainerStatuses")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    for (i, c) in inits.iter().enumerate() {
+        restarts += c.get("restartCount").and_then(Value::as_i64).unwrap_or(0);
+        let term = c.pointer("/state/terminated");
+        let wait_reason = str_at(c, "/state/waiting/reason");
+        if let Some(t) = term {
+            if t.get("exitCode").and_then(Value::as_i64) == Some(0) {
+                continue;
+            }
+            let r = str_at(t, "/reason");
+            reason = if !r.is_empty() {
+                format!("Init:{r}")
+            } else if let Some(sig) = t.get("signal").and_then(Value::as_i64).filter(|s| *s != 0) {
+                format!("Init:Signal:{sig}")
+            } else {
+                format!(
+                    "Init:ExitCode:{}",
+                    t.get("exitCode").and_then(Value::as_i64).unwrap_or(0)
+                )
+            };
+        } else if !wait_reason.is_empty() && wait_reason != "PodInitializing" {
+            reason = format!("Init:{wait_reason}");
+        } else {
+            reason = format!("Init:{i}/{init_specs}");
+        }
+        initializing = true;
+        break;
+    }
+    if !initializing {
+        restarts = 0;
+        let mut has_running = false;
+        let statuses = pod
+            .pointer("/status/containerStatuses")
+            .and_then(Value::as_array)
+            .unwrap_or(&empty);
+        for c in statuses.iter().rev() {
+            restarts += c.get("restartCount").and_then(Value::as_i64).unwrap_or(0);
+            let wait_reason = str_at(c, "/state/waiting/reason");
+            let term = c.pointer("/state/terminated");
+            let term_reason = term.map(|t| str_at(t, "/reason")).unwrap_or("");
+            if !wait_reason.is_empty() {
+                reason = wait_reason.to_string();
+            } else if !term_reason.is_empty() {
+                reason = term_reason.to_string();
+            } else if let Some(t) = term {
+                reason = match t.get("signal").and_then(Value::as_i64).filter(|s| *s != 0) {
+                    Some(sig) => format!("Signal:{sig}"),
+                    None => format!(
+                        "ExitCode:{}",
+                        t.get("exitCode").and_then(Value::as_i64).unwrap_or(0)
+                    ),
+                };
+            } else if c.get("ready").and_then(Value::as_bool) == Some(true)
+                && c.pointer("/state/running").is_some()
+            {
+                has_running = true;
+                ready += 1;
+            }
+        }
+        if reason == "Completed" && has_running {
+            let pod_ready = pod
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| str_at(c, "/type") == "Ready" && str_at(c, "/status") == "True")
+                });
+            reason = if pod_ready { "Running" } else { "NotReady" }.into();
+        }
+    }
+    if pod
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null())
+    {
+        reason = if status_reason == "NodeLost" {
+            "Unknown".into()
+        } else {
+            "Terminating".into()
+        };
+    }
+    (reason, ready, total, restarts)
+}
+
+fn node_status(node: &Value) -> String {
+    let ready = node
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| str_at(c, "/type") == "Ready"))
+        .map(|c| str_at(c, "/status").to_string());
+    let mut s = match ready.as_deref() {
+        Some("True") => "Ready".to_string(),
+        Some(_) => "NotReady".to_string(),
+        None => "Unknown".to_string(),
+    };
+    if node.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
+        s.push_str(",SchedulingDisabled");
+    }
+    s
+}
+
+fn node_roles(node: &Value) -> String {
+    let mut roles: Vec<String> = node
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|l| {
+            l.keys()
+                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+                .filter(|r| !r.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    roles.sort();
+    if roles.is_empty() {
+        "<none>".into()
+    } else {
+        roles.join(",")
+    }
+}
+
+fn node_address(node: &Value, ty: &str) -> String {
+    let addr = node
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().find(|x| str_at(x, "/type") == ty))
+        .map(|x| str_at(x, "/address"))
+        .unwrap_or("");
+    or_none(addr)
+}
+
+/// The cells of one object's row.
+pub fn cells(kind: &str, obj: &Value) -> Vec<Value> {
+    let name = json!(str_at(obj, "/metadata/name"));
+    match kind {
+        "Pod" => {
+            let (status, ready, total, restarts) = pod_status(obj);
+            let gates = obj
+                .pointer("/spec/readinessGates")
+                .and_then(Value::as_array)
+                .filter(|g| !g.is_empty())
+                .map(|g| {
+                    let conds = obj.pointer("/status/conditions").and_then(Value::as_array);
+                    let ok = g
+                        .iter()
+                        .filter(|gate| {
+                            let t = str_at(gate, "/conditionType");
+                            conds.is_some_and(|cs| {
+                                cs.iter().any(|c| {
+                                    str_at(c, "/type") == t && str_at(c, "/status") == "True"
+                                })
+                            })
+                        })
+                        .count();
+                    format!("{ok}/{}", g.len())
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                name,
+                json!(format!("{ready}/{total}")),
+                json!(status),
+                json!(restarts.to_string()),
+                json!(age(obj)),
+                json!(or_none(str_at(obj, "/status/podIP"))),
+                json!(or_none(str_at(obj, "/spec/nodeName"))),
+                json!(or_none(str_at(obj, "/status/nominatedNodeName"))),
+                json!(gates),
+            ]
+        }
+        "Node" => vec![
+            name,
+            json!(node_status(obj)),
+            json!(node_roles(obj)),
+            json!(age(obj)),
+            json!(str_at(obj, "/status/nodeInfo/kubeletVersion")),
+            json!(node_address(obj, "InternalIP")),
+            json!(node_address(obj, "ExternalIP")),
+            json!(or_none(str_at(obj, "/status/nodeInfo/osImage"))),
+            json!(or_none(str_at(obj, "/status/nodeInfo/kernelVersion"))),
+            json!(or_none(str_at(
+                obj,
+                "/status/nodeInfo/containerRuntimeVersion"
+            ))),
+        ],
+        "Namespace" => vec![name, json!(str_at(obj, "/status/phase")), json!(age(obj))],
+        _ => vec![name, json!(age(obj))],
+    }
+}
+
+/// One table row.
+pub fn row(kind: &str, obj: &Value, include: IncludeObject) -> Value {
+    let mut r = json!({"cells": cells(kind, obj)});
+    match include {
+        IncludeObject::None => {}
+        IncludeObject::Object => r["object"] = obj.clone(),
+        IncludeObject::Metadata => {
+            r["object"] = json!({
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
+            });
+        }
+    }
+    r
+}
+
+/// A whole table of `objects`; `list_meta` becomes the table's `metadata`.
+pub fn table(kind: &str, objects: &[Value], include: IncludeObject, list_meta: Value) -> Value {
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_meta,
+        "columnDefinitions": columns(kind),
+        "rows": objects.iter().map(|o| row(kind, o, include)).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(150), "2m30s");
+        assert_eq!(human_duration(3600 * 3), "3h");
+        assert_eq!(human_duration(86400 * 3), "3d");
+    }
+
+    #[test]
+    fn statuses() {
+        let p = json!({"spec": {"containers": [{"name": "a"}]}, "status": {"phase": "Running",
+            "containerStatuses": [{"name": "a", "ready": false, "restartCount": 4,
+              "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
+        assert_eq!(pod_status(&p), ("CrashLoopBackOff".into(), 0, 1, 4));
+        let p = json!({"spec": {"containers": [{"name": "a"}]}, "status": {"phase": "Running",
+            "containerStatuses": [{"name": "a", "ready": true, "restartCount": 0,
+              "state": {"running": {}}}]}});
+        assert_eq!(pod_status(&p).0, "Running");
+        let p = json!({"metadata": {"deletionTimestamp": "2024-01-01T00:00:00Z"},
+            "spec": {"containers": [{"name": "a"}]}, "status": {"phase": "Running"}});
+        assert_eq!(pod_status(&p).0, "Terminating");
+        assert!(wants_table(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+        ));
+        assert!(!wants_table("application/json"));
+    }
+}

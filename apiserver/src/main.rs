@@ -1,0 +1,219 @@
+//! `berth-apiserver`: berth's minimal Kubernetes API server.
+//!
+//! ```text
+//! berth-apiserver --data-dir DIR [--listen 127.0.0.1:6443] [--storage sqlite|etcd]
+//!                 [--etcd-servers http://127.0.0.1:2379]
+//! berth-apiserver kubeconfig --data-dir DIR --node NAME
+//! ```
+//!
+//! On first start it writes `DIR/tokens.csv` (an admin token) and
+//! `DIR/admin.kubeconfig`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use berth_apiserver::api::tls::{self, PkiPaths};
+use berth_apiserver::api::{self, ApiConfig, ApiState, Authenticator};
+use berth_apiserver::storage::Storage;
+use berth_apiserver::storage::etcd::EtcdStorage;
+use berth_apiserver::storage::sqlite::{SqliteOptions, SqliteStorage};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Backend {
+    Sqlite,
+    Etcd,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth-apiserver",
+    about = "berth's minimal Kubernetes API server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Where the database, tokens and kubeconfig live.
+    #[arg(long, env = "BERTH_APISERVER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on (HTTPS).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Storage backend.
+    #[arg(long, value_enum, default_value = "sqlite")]
+    storage: Backend,
+    /// etcd endpoints (comma-separated) for `--storage etcd`.
+    #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    etcd_servers: Vec<String>,
+    /// Serve without authentication (tests and development only).
+    #[arg(long)]
+    insecure_no_auth: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a kubeconfig for node NAME (user `system:node:NAME`, group
+    /// `system:nodes`), adding its token to DIR/tokens.csv.
+    Kubeconfig {
+        /// The data directory of the server.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The node's name.
+        #[arg(long)]
+        node: String,
+        /// The server URL written into the kubeconfig.
+        #[arg(long, default_value = "https://127.0.0.1:6443")]
+        server: String,
+    },
+}
+
+fn random_token() -> String {
+    hex::encode(api::objects::random_bytes(32))
+}
+
+/// Append a token line to DIR/tokens.csv (mode 0600); the token.
+fn add_token(dir: &Path, user: &str, groups: &str) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let token = random_token();
+    let uid = api::objects::new_uid();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(dir.join("tokens.csv"))
+        .context("opening tokens.csv")?;
+    writeln!(f, "{token},{user},{uid},\"{groups}\"").context("writing tokens.csv")?;
+    Ok(token)
+}
+
+fn kubeconfig(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: berth
+  cluster:
+    server: {server}
+    certificate-authority-data: {ca}
+users:
+- name: {user}
+  user:
+    token: {token}
+contexts:
+- name: berth
+  context:
+    cluster: berth
+    user: {user}
+    namespace: default
+current-context: berth
+"
+    )
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Some(Command::Kubeconfig {
+        data_dir,
+        node,
+        server,
+    }) = &cli.command
+    {
+        std::fs::create_dir_all(data_dir)?;
+        let user = format!("system:node:{node}");
+        let pki = PkiPaths::new(data_dir);
+        let ca = std::fs::read_to_string(&pki.ca_cert).with_context(|| {
+            format!(
+                "reading {} (start the server once first)",
+                pki.ca_cert.display()
+            )
+        })?;
+        let token = add_token(data_dir, &user, "system:nodes")?;
+        print!("{}", kubeconfig(server, &ca, &user, &token));
+        return Ok(());
+    }
+    let Some(dir) = cli.data_dir.clone() else {
+        bail!("--data-dir is required");
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let pki = PkiPaths::new(&dir);
+    tls::ensure_pki(&pki, &[]).context("generating certificates")?;
+    let tls_config = tls::server_config(&pki).context("loading certificates")?;
+    let ca_pem = std::fs::read_to_string(&pki.ca_cert)?;
+    let tokens = dir.join("tokens.csv");
+    let admin_config = dir.join("admin.kubeconfig");
+    if !tokens.exists() || !admin_config.exists() {
+        let token = add_token(&dir, "admin", "system:masters")?;
+        let host = if cli.listen.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            cli.listen.ip().to_string()
+        };
+        let server = format!(
+            "https://{}",
+            SocketAddr::new(host.parse()?, cli.listen.port())
+        );
+        write_private(
+            &admin_config,
+            &kubeconfig(&server, &ca_pem, "admin", &token),
+        )?;
+        tracing::info!(path = %admin_config.display(), "wrote admin kubeconfig");
+    }
+    let authenticator = if cli.insecure_no_auth {
+        tracing::warn!("authentication disabled (--insecure-no-auth)");
+        None
+    } else {
+        Some(Authenticator::load(&tokens).map_err(anyhow::Error::msg)?)
+    };
+    let storage: Arc<dyn Storage> = match cli.storage {
+        Backend::Sqlite => Arc::new(SqliteStorage::open(&dir, SqliteOptions::default())?),
+        Backend::Etcd => Arc::new(EtcdStorage::connect(&cli.etcd_servers, "").await?),
+    };
+    let state = ApiState::new(
+        storage,
+        ApiConfig {
+            authenticator,
+            ..ApiConfig::default()
+        },
+    );
+    state
+        .bootstrap()
+        .await
+        .context("creating system namespaces")?;
+    state.clone().spawn_reaper();
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("binding {}", cli.listen))?;
+    tracing::info!(listen = %cli.listen, storage = ?cli.storage, "berth-apiserver serving");
+    tls::serve(listener, api::router(state), tls_config, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}

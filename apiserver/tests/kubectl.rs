@@ -1,0 +1,375 @@
+//! The real `kubectl` against a started `berth-apiserver` (HTTPS, token auth).
+//!
+//! Skipped with a printed reason when kubectl is missing, unless `CI=true`
+//! or `BERTH_REQUIRE_RUNTIME=1`, where that is a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn kubectl_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("kubectl"))
+        .find(|p| p.is_file())
+}
+
+fn required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("BERTH_REQUIRE_RUNTIME").is_ok_and(|v| v == "1")
+}
+
+struct Apiserver {
+    child: Child,
+    kubeconfig: PathBuf,
+    kubectl: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Apiserver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Apiserver {
+    /// Start the server, or `None` (test skipped) when kubectl is missing.
+    fn start() -> Option<Apiserver> {
+        let Some(kubectl) = kubectl_binary() else {
+            if required() {
+                panic!("kubectl is required (CI=true or BERTH_REQUIRE_RUNTIME=1) but not on PATH");
+            }
+            eprintln!("SKIPPED: kubectl not found on PATH");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_berth-apiserver"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Apiserver {
+            child,
+            kubeconfig: dir.path().join("admin.kubeconfig"),
+            kubectl,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if server.kubeconfig.exists()
+                && server.run(&["get", "--raw", "/readyz"]).status.success()
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "berth-apiserver did not become ready"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(server)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.kubectl);
+        c.env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self._dir.path())
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Run kubectl, assert success, return stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self._dir.path().join(name);
+        std::fs::write(&p, contents).unwrap();
+        p
+    }
+}
+
+const POD: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels:
+    app: web
+spec:
+  containers:
+  - name: nginx
+    image: nginx:1.27
+";
+
+fn header(out: &str) -> Vec<String> {
+    out.lines()
+        .next()
+        .unwrap_or("")
+        .split("  ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn kubectl_basics() {
+    let Some(k) = Apiserver::start() else { return };
+    let ns = k.ok(&["get", "ns"]);
+    assert_eq!(header(&ns), ["NAME", "STATUS", "AGE"]);
+    for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(ns.contains(n), "{ns}");
+    }
+
+    let res = k.ok(&["api-resources"]);
+    for line in ["pods", "po", "Pod"] {
+        assert!(res.contains(line), "{res}");
+    }
+    assert!(res.contains("coordination.k8s.io/v1"), "{res}");
+
+    let pod = k.write("pod.yaml", POD);
+    assert!(
+        k.ok(&["apply", "-f", path_str(&pod)])
+            .contains("pod/web created")
+    );
+    assert!(
+        k.ok(&["apply", "-f", path_str(&pod)])
+            .contains("pod/web unchanged")
+    );
+    let pod2 = k.write("pod2.yaml", &POD.replace("nginx:1.27", "nginx:1.28"));
+    assert!(
+        k.ok(&["apply", "-f", path_str(&pod2)])
+            .contains("pod/web configured")
+    );
+
+    let pods = k.ok(&["get", "pods"]);
+    assert_eq!(
+        header(&pods),
+        ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    );
+    assert!(
+        pods.contains("web") && pods.contains("0/1") && pods.contains("Pending"),
+        "{pods}"
+    );
+    let wide = k.ok(&["get", "pods", "-o", "wide"]);
+    assert_eq!(
+        header(&wide),
+        [
+            "NAME",
+            "READY",
+            "STATUS",
+            "RESTARTS",
+            "AGE",
+            "IP",
+            "NODE",
+            "NOMINATED NODE",
+            "READINESS GATES"
+        ]
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "pod", "web", "-o", "json"])).unwrap();
+    assert_eq!(json["spec"]["containers"][0]["image"], "nginx:1.28");
+    assert!(
+        json["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .is_string()
+    );
+
+    assert!(
+        k.ok(&["label", "pod", "web", "tier=fe"])
+            .contains("pod/web labeled")
+    );
+    let labelled = k.ok(&["get", "pods", "-l", "tier=fe", "-o", "name"]);
+    assert_eq!(labelled.trim(), "pod/web");
+
+    assert!(
+        k.ok(&["delete", "pod", "web", "--wait=false"])
+            .contains("pod \"web\" deleted")
+    );
+    let after = k.run(&["get", "pod", "web"]);
+    assert!(!after.status.success());
+    assert!(String::from_utf8_lossy(&after.stderr).contains("NotFound"));
+}
+
+#[test]
+fn kubectl_watch_streams_new_pods() {
+    let Some(k) = Apiserver::start() else { return };
+    let watcher = k
+        .command(&["get", "pods", "-w", "--request-timeout=6s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let pod = k.write("pod.yaml", &POD.replace("name: web", "name: streamed"));
+    k.ok(&["create", "-f", path_str(&pod)]);
+    let out = watcher.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("streamed"),
+        "watch output: {stdout} / {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Pending"), "{stdout}");
+}
+
+#[test]
+fn kubectl_apply_rejects_unknown_fields() {
+    let Some(k) = Apiserver::start() else { return };
+    let typo = k.write(
+        "typo.yaml",
+        &POD.replace(
+            "    image: nginx:1.27\n",
+            "    image: nginx:1.27\n    imagePullPolcy: Always\n",
+        ),
+    );
+    let out = k.run(&["apply", "-f", path_str(&typo)]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("strict decoding error: unknown field \"spec.containers[0].imagePullPolcy\""),
+        "{err}"
+    );
+    let out = k.run(&["create", "-f", path_str(&typo)]);
+    assert!(!out.status.success());
+    // With --validate=warn it is created and the warning shown.
+    let out = k.run(&["apply", "-f", path_str(&typo), "--validate=warn"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
+}
+
+const NODE: &str = r#"{"apiVersion": "v1", "kind": "Node",
+ "metadata": {"name": "n1", "labels": {"node-role.kubernetes.io/worker": ""}},
+ "status": {"conditions": [{"type": "Ready", "status": "True"}],
+            "nodeInfo": {"kubeletVersion": "v1.33.0-berth", "machineID": "", "systemUUID": "", "bootID": "",
+              "kernelVersion": "6.1", "osImage": "Debian", "containerRuntimeVersion": "containerd://2.0",
+              "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"}}}"#;
+
+#[test]
+fn node_kubeconfig_and_node_table() {
+    let Some(k) = Apiserver::start() else { return };
+    let out = Command::new(env!("CARGO_BIN_EXE_berth-apiserver"))
+        .args(["kubeconfig", "--data-dir"])
+        .arg(k._dir.path())
+        .args(["--node", "n1", "--server"])
+        .arg(server_url(&k.kubeconfig))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = String::from_utf8(out.stdout).unwrap();
+    assert!(config.contains("system:node:n1"));
+    assert!(config.contains("certificate-authority-data"));
+    let node_config = k.write("node.kubeconfig", &config);
+    let node = k.write("node.json", NODE);
+    let out = k
+        .command(&["apply", "-f", path_str(&node)])
+        .env("KUBECONFIG", &node_config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nodes = k.ok(&["get", "nodes"]);
+    assert_eq!(
+        header(&nodes),
+        ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]
+    );
+    let row = nodes.lines().nth(1).unwrap();
+    assert!(
+        row.contains("n1")
+            && row.contains("Ready")
+            && row.contains("worker")
+            && row.contains("v1.33.0-berth"),
+        "{nodes}"
+    );
+}
+
+fn server_url(kubeconfig: &Path) -> String {
+    let text = std::fs::read_to_string(kubeconfig).unwrap();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap()
+        .to_string()
+}
+
+/// kubectl's generators write through typed clients with protobuf bodies.
+#[test]
+fn kubectl_create_generators_protobuf() {
+    let Some(k) = Apiserver::start() else { return };
+    assert!(
+        k.ok(&["create", "namespace", "foo"])
+            .contains("namespace/foo created")
+    );
+    k.ok(&[
+        "create",
+        "configmap",
+        "cfg",
+        "--from-literal=a=b",
+        "-n",
+        "foo",
+    ]);
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "sec",
+        "--from-literal=p=q",
+        "-n",
+        "foo",
+    ]);
+    k.ok(&["create", "serviceaccount", "bot", "-n", "foo"]);
+    let cm: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "cm", "cfg", "-n", "foo", "-o", "json"])).unwrap();
+    assert_eq!(cm["data"], serde_json::json!({"a": "b"}));
+    assert!(cm["metadata"].get("generateName").is_none());
+    let data = k.ok(&[
+        "get",
+        "secret",
+        "sec",
+        "-n",
+        "foo",
+        "-o",
+        "jsonpath={.data.p}",
+    ]);
+    assert_eq!(data, "cQ==");
+    k.ok(&["get", "sa", "bot", "-n", "foo"]);
+    assert!(k.ok(&["delete", "namespace", "foo"]).contains("deleted"));
+    assert!(!k.run(&["get", "ns", "foo"]).status.success());
+}
