@@ -94,6 +94,27 @@ fn min_requeue(current: &mut Option<Duration>, d: Duration) {
     *current = Some(current.map_or(d, |c| c.min(d)));
 }
 
+/// How soon a container that failed to be created or started is tried again.
+const CONTAINER_RETRY: Duration = Duration::from_secs(10);
+
+/// Record why a container could not be started, and retry it soon.
+fn container_waits(
+    ps: &mut PodSync<'_>,
+    transient: &mut Transient,
+    name: &str,
+    reason: &str,
+    message: String,
+) {
+    transient.waiting.insert(
+        name.to_string(),
+        Waiting {
+            reason: reason.to_string(),
+            message,
+        },
+    );
+    min_requeue(&mut ps.requeue, CONTAINER_RETRY);
+}
+
 /// Per-sync state: the pod, its sandbox, and what the sync learned.
 struct PodSync<'a> {
     pod: &'a Pod,
@@ -436,34 +457,32 @@ impl RuntimeManager {
                 let retry = self
                     .image_backoff
                     .remaining(&key, Instant::now())
-                    .unwrap_or(Duration::from_secs(10));
+                    .unwrap_or(CONTAINER_RETRY);
                 min_requeue(&mut ps.requeue, retry);
                 transient.waiting.insert(c.name.clone(), w);
                 return Ok(());
             }
         };
         if let Err(message) = self.verify_run_as_non_root(ps.pod, c, &image_ref).await? {
-            transient.waiting.insert(
-                c.name.clone(),
-                Waiting {
-                    reason: "CreateContainerConfigError".into(),
-                    message,
-                },
+            container_waits(
+                ps,
+                transient,
+                &c.name,
+                "CreateContainerConfigError",
+                message,
             );
-            min_requeue(&mut ps.requeue, Duration::from_secs(10));
             return Ok(());
         }
         let mounts = match self.container_mounts(ps.pod, c, index, init, &ps.pod_ips) {
             Ok(m) => m,
             Err(message) => {
-                transient.waiting.insert(
-                    c.name.clone(),
-                    Waiting {
-                        reason: "CreateContainerConfigError".into(),
-                        message,
-                    },
+                container_waits(
+                    ps,
+                    transient,
+                    &c.name,
+                    "CreateContainerConfigError",
+                    message,
                 );
-                min_requeue(&mut ps.requeue, Duration::from_secs(10));
                 return Ok(());
             }
         };
@@ -498,14 +517,13 @@ impl RuntimeManager {
             Err(e) if e.is_unreachable() => return Err(cri("CreateContainer")(e)),
             Err(e) => {
                 tracing::warn!(container = %c.name, error = %e, "creating container failed");
-                transient.waiting.insert(
-                    c.name.clone(),
-                    Waiting {
-                        reason: "CreateContainerError".into(),
-                        message: e.to_string(),
-                    },
+                container_waits(
+                    ps,
+                    transient,
+                    &c.name,
+                    "CreateContainerError",
+                    e.to_string(),
                 );
-                min_requeue(&mut ps.requeue, Duration::from_secs(10));
                 return Ok(());
             }
         };
@@ -520,14 +538,7 @@ impl RuntimeManager {
                 return Err(cri("StartContainer")(e));
             }
             tracing::warn!(container = %c.name, id = %id, error = %e, "starting container failed");
-            transient.waiting.insert(
-                c.name.clone(),
-                Waiting {
-                    reason: "RunContainerError".into(),
-                    message: e.to_string(),
-                },
-            );
-            min_requeue(&mut ps.requeue, Duration::from_secs(10));
+            container_waits(ps, transient, &c.name, "RunContainerError", e.to_string());
             return Ok(());
         }
         tracing::info!(container = %c.name, id = %id, restart_count, init, "container started");
