@@ -306,6 +306,19 @@ fn node_kubeconfig_and_node_table() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The node's credentials cannot delete (other) nodes.
+    let out = k
+        .command(&["delete", "node", "n2"])
+        .env("KUBECONFIG", &node_config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("Forbidden")
+            && stderr.contains("User \"system:node:n1\" cannot delete resource \"nodes\""),
+        "{stderr}"
+    );
     let nodes = k.ok(&["get", "nodes"]);
     assert_eq!(
         header(&nodes),

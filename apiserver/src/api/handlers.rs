@@ -13,6 +13,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::ApiState;
+use super::authz;
 use super::discovery;
 use super::error::{ApiError, ApiResult, MODIFIED};
 use super::objects::{
@@ -165,7 +166,22 @@ async fn dispatch_inner(state: Arc<ApiState>, req: Request) -> ApiResult<Respons
             return Err(ApiError::UnsupportedMediaType("application/json".into()));
         }
     }
-    let read = |body: Body| read_body(&headers, body, protobuf_body);
+    let body = match method {
+        Method::GET => Bytes::new(),
+        _ => read_body(&headers, body, protobuf_body).await?,
+    };
+    let attrs = authz::Attributes {
+        verb: authz::verb(&method, target.name.is_some(), watch),
+        res,
+        namespace: target.namespace.as_deref(),
+        name: target.name.as_deref(),
+        sub: target.sub.as_deref(),
+        field_selector: params.get("fieldSelector").map_or("", String::as_str),
+        body: &body,
+    };
+    if let Err(denied) = authz::authorize(&state, parts.extensions.get(), &attrs).await {
+        return Ok(denied.into_response());
+    }
     match (method, &target.name, target.sub.as_deref()) {
         (Method::GET, None, None) if watch => {
             watch_handler(&state, &target, &params, as_table).await
@@ -181,16 +197,9 @@ async fn dispatch_inner(state: Arc<ApiState>, req: Request) -> ApiResult<Respons
             }
             Ok(respond(StatusCode::OK, &obj, &[]))
         }
-        (Method::POST, None, None) => {
-            let body = read(body).await?;
-            create(&state, &target, &params, &body).await
-        }
-        (Method::POST, Some(name), Some("binding")) => {
-            let body = read(body).await?;
-            bind(&state, &target, name, &body).await
-        }
+        (Method::POST, None, None) => create(&state, &target, &params, &body).await,
+        (Method::POST, Some(name), Some("binding")) => bind(&state, &target, name, &body).await,
         (Method::PUT, Some(name), None | Some("status")) => {
-            let body = read(body).await?;
             update(&state, &target, name, &params, &body).await
         }
         (Method::PATCH, Some(name), None | Some("status")) => {
@@ -199,13 +208,9 @@ async fn dispatch_inner(state: Arc<ApiState>, req: Request) -> ApiResult<Respons
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let kind = PatchType::from_content_type(ct)?;
-            let body = read(body).await?;
             patch_handler(&state, &target, name, &params, kind, &body).await
         }
-        (Method::DELETE, Some(name), None) => {
-            let body = read(body).await?;
-            delete(&state, &target, name, &params, &body).await
-        }
+        (Method::DELETE, Some(name), None) => delete(&state, &target, name, &params, &body).await,
         (Method::DELETE, None, None) => delete_collection(&state, &target, &params).await,
         _ => Err(ApiError::MethodNotAllowed),
     }

@@ -1,6 +1,7 @@
 //! The Kubernetes REST API over a [`Storage`]: generic handlers driven by a
 //! resource table ([`resources::RESOURCES`]), discovery, `Table` output,
-//! watch, patch, field validation and bearer-token authentication.
+//! watch, patch, field validation, bearer-token authentication and
+//! authorization ([`authz`]: `system:masters`, Node authorizer, else 403).
 //!
 //! ```no_run
 //! # async fn run(storage: std::sync::Arc<dyn berth_apiserver::storage::Storage>) -> anyhow::Result<()> {
@@ -14,6 +15,7 @@
 //! ```
 
 pub mod auth;
+pub mod authz;
 pub mod discovery;
 pub mod error;
 pub mod handlers;

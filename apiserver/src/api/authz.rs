@@ -1,0 +1,551 @@
+//! Authorization: kube-apiserver's `--authorization-mode=Node,RBAC`, minus
+//! RBAC. Every resource request of an authenticated user goes through a
+//! chain of authorizers; the first one to allow wins, otherwise 403:
+//!
+//! 1. **`system:masters`** may do everything.
+//! 2. The **Node authorizer** (upstream `plugin/pkg/auth/authorizer/node`)
+//!    together with the object checks of the **NodeRestriction** admission
+//!    plugin, for users `system:node:<name>` in the group `system:nodes`:
+//!    - `nodes`: get/list/watch every node (kubelets read other nodes);
+//!      create its own Node; update/patch its own Node and `nodes/<name>/status`.
+//!      Other nodes and every delete are forbidden. (Upstream, with
+//!      `AuthorizeNodeWithSelectors`, now limits reads to the node's own
+//!      object; berth keeps reads open.)
+//!    - `pods`: get a pod bound to it (a missing pod gives 404); list/watch
+//!      only with the field selector `spec.nodeName=<name>` — upstream's
+//!      behaviour since `AuthorizeNodeWithSelectors` (beta, on by default in
+//!      1.32); update/patch `pods/<name>/status` and delete only of pods whose
+//!      stored `spec.nodeName` is the node; create only mirror pods (annotation
+//!      `kubernetes.io/config.mirror`) bound to itself. Pod spec updates,
+//!      bindings and delete-collection are forbidden.
+//!    - `leases` in `kube-node-lease`: get/create/update/patch of the lease
+//!      named like the node only.
+//!    - `events`: create/update/patch in any namespace.
+//!    - `configmaps`, `secrets`, `serviceaccounts`: get of the objects
+//!      referenced by a pod bound to the node (volumes, projected volumes,
+//!      `env[].valueFrom`, `envFrom`, `imagePullSecrets`,
+//!      `serviceAccountName`), found by scanning the namespace's pods (upstream
+//!      keeps a graph instead).
+//!    - `namespaces`: get.
+//!
+//!    Not implemented from NodeRestriction: label/taint restrictions on the
+//!    node's own Node, the ban on mirror pods referencing secrets or config
+//!    maps, and owner-reference checks on leases.
+//! 3. **Everyone else** is forbidden everything: there is no RBAC yet.
+//!
+//! Discovery (`/api`, `/apis`, `/api/v1`…), `/version`, `/openapi/*` and the
+//! health endpoints are open to every authenticated user; they never reach
+//! this module. Without an authenticator (no user at all) everything is
+//! allowed, as before.
+
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::ApiState;
+use super::auth::User;
+use super::error::ApiError;
+use super::resources::Resource;
+use super::selectors::FieldSelector;
+use crate::storage::{ListOptions, collection_prefix, object_key};
+
+/// The group of cluster administrators.
+pub const MASTERS_GROUP: &str = "system:masters";
+/// The group of node (kubelet) identities.
+pub const NODES_GROUP: &str = "system:nodes";
+/// The user name prefix of node identities.
+pub const NODE_USER_PREFIX: &str = "system:node:";
+/// The namespace of node heartbeat leases.
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+/// The annotation marking a mirror pod.
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// What a resource request asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Attributes<'a> {
+    /// The Kubernetes verb (`get`, `list`, `watch`, `create`, `update`,
+    /// `patch`, `delete`, `deletecollection`); see [`verb`].
+    pub verb: &'a str,
+    /// The resource.
+    pub res: &'static Resource,
+    /// The namespace from the URL.
+    pub namespace: Option<&'a str>,
+    /// The object name from the URL.
+    pub name: Option<&'a str>,
+    /// The subresource (`status`, `binding`).
+    pub sub: Option<&'a str>,
+    /// The raw `fieldSelector` parameter.
+    pub field_selector: &'a str,
+    /// The request body (JSON; empty for reads).
+    pub body: &'a [u8],
+}
+
+/// The verb of a request as the generic handlers serve it.
+pub fn verb(method: &Method, has_name: bool, watch: bool) -> &'static str {
+    match *method {
+        Method::GET if has_name => "get",
+        Method::GET if watch => "watch",
+        Method::GET => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if has_name => "delete",
+        Method::DELETE => "deletecollection",
+        _ => "unknown",
+    }
+}
+
+/// A denied request: a 403 `Status` shaped like kube-apiserver's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forbidden {
+    /// `details.name` (empty for collections).
+    pub name: String,
+    /// `details.kind`: the plural resource.
+    pub resource: String,
+    /// `details.group`.
+    pub group: String,
+    /// The full message.
+    pub message: String,
+}
+
+impl Forbidden {
+    fn new(user: &User, attrs: &Attributes<'_>, name: &str, reason: &str) -> Forbidden {
+        let res = attrs.res;
+        let resource = match attrs.sub {
+            Some(s) => format!("{}/{s}", res.name),
+            None => res.name.to_string(),
+        };
+        let scope = match attrs.namespace {
+            Some(ns) => format!("in the namespace \"{ns}\""),
+            None => "at the cluster scope".to_string(),
+        };
+        let mut why = format!(
+            "User \"{}\" cannot {} resource \"{resource}\" in API group \"{}\" {scope}",
+            user.name, attrs.verb, res.group
+        );
+        if !reason.is_empty() {
+            why = format!("{why}: {reason}");
+        }
+        let message = if name.is_empty() {
+            format!("{} is forbidden: {why}", res.qualified())
+        } else {
+            format!("{} \"{name}\" is forbidden: {why}", res.qualified())
+        };
+        Forbidden {
+            name: name.to_string(),
+            resource: res.name.to_string(),
+            group: res.group.to_string(),
+            message,
+        }
+    }
+
+    /// The `Status` object.
+    pub fn status(&self) -> Value {
+        let mut details = json!({"kind": self.resource});
+        if !self.name.is_empty() {
+            details["name"] = json!(self.name);
+        }
+        if !self.group.is_empty() {
+            details["group"] = json!(self.group);
+        }
+        json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": self.message, "reason": "Forbidden",
+            "details": details, "code": 403,
+        })
+    }
+}
+
+/// Why a request did not go through.
+#[derive(Debug)]
+pub enum Denied {
+    /// 403.
+    Forbidden(Forbidden),
+    /// Authorization itself failed (storage error).
+    Error(ApiError),
+}
+
+impl From<ApiError> for Denied {
+    fn from(e: ApiError) -> Denied {
+        Denied::Error(e)
+    }
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        match self {
+            Denied::Forbidden(f) => (
+                StatusCode::FORBIDDEN,
+                [(header::CONTENT_TYPE, "application/json")],
+                f.status().to_string(),
+            )
+                .into_response(),
+            Denied::Error(e) => e.into_response(),
+        }
+    }
+}
+
+/// One authorizer's answer.
+enum Decision {
+    Allow,
+    /// Not allowed, with an optional reason appended to the message.
+    NoOpinion(String),
+}
+
+fn no(reason: impl Into<String>) -> Decision {
+    Decision::NoOpinion(reason.into())
+}
+
+/// The node name of a node identity (`system:node:<name>` in `system:nodes`).
+pub fn node_name(user: &User) -> Option<&str> {
+    if !user.groups.iter().any(|g| g == NODES_GROUP) {
+        return None;
+    }
+    user.name.strip_prefix(NODE_USER_PREFIX)
+}
+
+/// Authorize a resource request. `user: None` (no authentication
+/// configured) is allowed everything.
+pub async fn authorize(
+    state: &ApiState,
+    user: Option<&User>,
+    attrs: &Attributes<'_>,
+) -> Result<(), Denied> {
+    let Some(user) = user else { return Ok(()) };
+    if user.groups.iter().any(|g| g == MASTERS_GROUP) {
+        return Ok(());
+    }
+    let mut reason = String::new();
+    if let Some(node) = node_name(user) {
+        match authorize_node(state, node, attrs).await? {
+            Decision::Allow => return Ok(()),
+            Decision::NoOpinion(r) => reason = r,
+        }
+    }
+    let name = match attrs.name {
+        Some(n) => n.to_string(),
+        None if attrs.verb == "create" => body_name(attrs.body),
+        None => String::new(),
+    };
+    tracing::debug!(user = %user.name, verb = attrs.verb, resource = attrs.res.name, %name, %reason, "forbidden");
+    Err(Denied::Forbidden(Forbidden::new(
+        user, attrs, &name, &reason,
+    )))
+}
+
+fn body_json(body: &[u8]) -> Option<Value> {
+    serde_json::from_slice(body).ok()
+}
+
+fn body_name(body: &[u8]) -> String {
+    body_json(body)
+        .and_then(|o| {
+            o.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+/// The stored object addressed by the request (`None`: absent).
+async fn stored(
+    state: &ApiState,
+    attrs: &Attributes<'_>,
+    name: &str,
+) -> Result<Option<Value>, Denied> {
+    let key = object_key(attrs.res.name, attrs.namespace, name)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let got = state
+        .storage
+        .get(&key)
+        .await
+        .map_err(|e| ApiError::from_storage(e, &attrs.res.qualified(), name))?;
+    Ok(got.and_then(|s| serde_json::from_slice(&s.value).ok()))
+}
+
+fn pod_node(pod: &Value) -> &str {
+    pod.pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+fn bound_elsewhere(node: &str, action: &str, other: &str) -> Decision {
+    if other.is_empty() {
+        no(format!(
+            "node '{node}' cannot {action} pods not bound to a node"
+        ))
+    } else {
+        no(format!(
+            "node '{node}' cannot {action} pods bound to node '{other}'"
+        ))
+    }
+}
+
+async fn authorize_node(
+    state: &ApiState,
+    node: &str,
+    attrs: &Attributes<'_>,
+) -> Result<Decision, Denied> {
+    if node.is_empty() {
+        return Ok(no("unknown node for user"));
+    }
+    let res = attrs.res;
+    let verb = attrs.verb;
+    let name = attrs.name.unwrap_or("");
+    Ok(match (res.group, res.name, attrs.sub) {
+        ("", "nodes", None | Some("status")) => match verb {
+            "get" | "list" | "watch" => Decision::Allow,
+            "create" if attrs.sub.is_none() => match body_json(attrs.body) {
+                // Unparsable: the handler answers 400 without writing.
+                None => Decision::Allow,
+                Some(obj) => {
+                    let want = obj
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    if want == node {
+                        Decision::Allow
+                    } else {
+                        no(format!("node '{node}' cannot create node '{want}'"))
+                    }
+                }
+            },
+            "update" | "patch" if name == node => Decision::Allow,
+            "update" | "patch" => no(format!("node '{node}' cannot modify node '{name}'")),
+            _ => no(""),
+        },
+        ("", "pods", None) => match verb {
+            "get" => match stored(state, attrs, name).await? {
+                None => Decision::Allow,
+                Some(pod) if pod_node(&pod) == node => Decision::Allow,
+                Some(_) => no(format!(
+                    "no relationship found between node '{node}' and this object"
+                )),
+            },
+            "list" | "watch" => {
+                let sel = FieldSelector::parse(attrs.field_selector, res.kind).unwrap_or_default();
+                if sel
+                    .0
+                    .iter()
+                    .any(|(p, eq, v)| p == "/spec/nodeName" && *eq && v == node)
+                {
+                    Decision::Allow
+                } else {
+                    no("can only list/watch pods with spec.nodeName field selector")
+                }
+            }
+            "create" => match body_json(attrs.body) {
+                None => Decision::Allow,
+                Some(pod) => {
+                    let mirror = pod
+                        .pointer("/metadata/annotations")
+                        .and_then(Value::as_object)
+                        .is_some_and(|a| a.contains_key(MIRROR_ANNOTATION));
+                    if !mirror {
+                        no(format!(
+                            "pod does not have \"{MIRROR_ANNOTATION}\" annotation, node '{node}' can only create mirror pods"
+                        ))
+                    } else if pod_node(&pod) != node {
+                        no(format!(
+                            "node '{node}' can only create pods with spec.nodeName set to itself"
+                        ))
+                    } else {
+                        Decision::Allow
+                    }
+                }
+            },
+            "delete" => match stored(state, attrs, name).await? {
+                None => Decision::Allow,
+                Some(pod) if pod_node(&pod) == node => Decision::Allow,
+                Some(pod) => bound_elsewhere(node, "delete", pod_node(&pod)),
+            },
+            _ => no(""),
+        },
+        ("", "pods", Some("status")) => match verb {
+            "get" | "update" | "patch" => match stored(state, attrs, name).await? {
+                None => Decision::Allow,
+                Some(pod) if pod_node(&pod) == node => Decision::Allow,
+                Some(pod) => bound_elsewhere(
+                    node,
+                    if verb == "get" { "read" } else { "update" },
+                    pod_node(&pod),
+                ),
+            },
+            _ => no(""),
+        },
+        ("coordination.k8s.io", "leases", None) => {
+            if attrs.namespace != Some(NODE_LEASE_NAMESPACE) {
+                return Ok(no(format!(
+                    "can only access leases in the {NODE_LEASE_NAMESPACE} namespace"
+                )));
+            }
+            let lease = match verb {
+                "create" => body_name(attrs.body),
+                _ => name.to_string(),
+            };
+            match verb {
+                "get" | "create" | "update" | "patch" if lease == node => Decision::Allow,
+                "get" | "create" | "update" | "patch" => {
+                    no("can only access node lease with the same name as the requesting node")
+                }
+                _ => no(""),
+            }
+        }
+        ("", "events", None) => match verb {
+            "create" | "update" | "patch" => Decision::Allow,
+            _ => no(""),
+        },
+        ("", kind @ ("configmaps" | "secrets" | "serviceaccounts"), None) => match verb {
+            "get" => {
+                let ns = attrs.namespace.unwrap_or("");
+                if referenced(state, node, ns, kind, name).await? {
+                    Decision::Allow
+                } else {
+                    no(format!(
+                        "no relationship found between node '{node}' and this object"
+                    ))
+                }
+            }
+            _ => no(""),
+        },
+        ("", "namespaces", None) if verb == "get" => Decision::Allow,
+        _ => no(""),
+    })
+}
+
+/// Whether a pod bound to `node` in `namespace` references the `kind`
+/// (`configmaps`, `secrets`, `serviceaccounts`) object `name`.
+async fn referenced(
+    state: &ApiState,
+    node: &str,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+) -> Result<bool, Denied> {
+    if namespace.is_empty() || name.is_empty() {
+        return Ok(false);
+    }
+    let prefix = collection_prefix("pods", Some(namespace))
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let page = state
+        .storage
+        .list(&prefix, ListOptions::default())
+        .await
+        .map_err(|e| ApiError::from_storage(e, "pods", ""))?;
+    Ok(page.items.iter().any(|kv| {
+        serde_json::from_slice::<Value>(&kv.value).is_ok_and(|pod| {
+            pod_node(&pod) == node && pod_references(&pod, kind).iter().any(|r| r == name)
+        })
+    }))
+}
+
+/// The names of the `kind` objects a pod references.
+pub fn pod_references(pod: &Value, kind: &str) -> Vec<String> {
+    let spec = pod.get("spec").cloned().unwrap_or(Value::Null);
+    let arr = |v: &Value, key: &str| -> Vec<Value> {
+        v.get(key)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    let mut push = |v: Option<&Value>| {
+        if let Some(s) = v.and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            out.push(s.to_string());
+        }
+    };
+    if kind == "serviceaccounts" {
+        match spec.get("serviceAccountName").and_then(Value::as_str) {
+            Some(s) if !s.is_empty() => push(Some(&json!(s))),
+            _ => push(Some(&json!("default"))),
+        }
+        return out;
+    }
+    let (vol_key, vol_field, proj_key, env_key, env_from_key) = match kind {
+        "configmaps" => (
+            "configMap",
+            "name",
+            "configMap",
+            "configMapKeyRef",
+            "configMapRef",
+        ),
+        "secrets" => (
+            "secret",
+            "secretName",
+            "secret",
+            "secretKeyRef",
+            "secretRef",
+        ),
+        _ => return out,
+    };
+    for vol in arr(&spec, "volumes") {
+        push(vol.get(vol_key).and_then(|v| v.get(vol_field)));
+        if let Some(projected) = vol.get("projected") {
+            for src in arr(projected, "sources") {
+                push(src.get(proj_key).and_then(|v| v.get("name")));
+            }
+        }
+    }
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        for c in arr(&spec, list) {
+            for env in arr(&c, "env") {
+                push(env.pointer(&format!("/valueFrom/{env_key}/name")));
+            }
+            for from in arr(&c, "envFrom") {
+                push(from.pointer(&format!("/{env_from_key}/name")));
+            }
+        }
+    }
+    if kind == "secrets" {
+        for s in arr(&spec, "imagePullSecrets") {
+            push(s.get("name"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references() {
+        let pod = json!({"spec": {
+            "volumes": [
+                {"name": "a", "configMap": {"name": "cm-vol"}},
+                {"name": "b", "secret": {"secretName": "s-vol"}},
+                {"name": "c", "projected": {"sources": [
+                    {"configMap": {"name": "cm-proj"}}, {"secret": {"name": "s-proj"}}]}},
+            ],
+            "imagePullSecrets": [{"name": "pull"}],
+            "initContainers": [{"name": "i", "envFrom": [{"configMapRef": {"name": "cm-from"}}]}],
+            "containers": [{"name": "c", "env": [
+                {"name": "X", "valueFrom": {"secretKeyRef": {"name": "s-env", "key": "k"}}},
+                {"name": "Y", "value": "plain"}]}],
+        }});
+        assert_eq!(
+            pod_references(&pod, "configmaps"),
+            ["cm-vol", "cm-proj", "cm-from"]
+        );
+        assert_eq!(
+            pod_references(&pod, "secrets"),
+            ["s-vol", "s-proj", "s-env", "pull"]
+        );
+        assert_eq!(pod_references(&pod, "serviceaccounts"), ["default"]);
+    }
+
+    #[test]
+    fn node_identity() {
+        let user = |name: &str, groups: &[&str]| User {
+            name: name.into(),
+            uid: "1".into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        };
+        assert_eq!(
+            node_name(&user("system:node:n1", &[NODES_GROUP])),
+            Some("n1")
+        );
+        assert_eq!(node_name(&user("system:node:n1", &[])), None);
+        assert_eq!(node_name(&user("admin", &[NODES_GROUP])), None);
+    }
+}
