@@ -1,5 +1,6 @@
 //! berth's scheduler core: kube-scheduler's default profile, as a library with
-//! no I/O.
+//! no I/O — plus [`controller::run`], the loop that drives it against an API
+//! server (the `berth-scheduler` binary).
 //!
 //! A [`ClusterSnapshot`] holds the nodes with what the plugins need
 //! precomputed and the sums of the pods bound to them; a scheduler loop keeps
@@ -17,7 +18,10 @@
 //! resources, extenders, and preemption itself (the message's preemption
 //! sentence is computed from a dry run; see [`ScheduleError::Unschedulable`]).
 
+pub mod controller;
+pub mod harness;
 mod plugins;
+pub mod queue;
 pub mod resources;
 mod scheduler;
 mod snapshot;
@@ -34,6 +38,8 @@ pub use snapshot::{
     ClusterSnapshot, DEFAULT_BIND_ALL_HOST_IP, Effect, HostPort, NodeInfo, Taint, host_ports,
     pod_key,
 };
+
+pub use controller::{DEFAULT_SCHEDULER_NAME, RunConfig, client_from_kubeconfig, run};
 
 #[cfg(test)]
 mod tests;
