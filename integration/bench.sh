@@ -6,6 +6,8 @@
 #   containerd, plus the agent's RSS (idle, 10 pods).
 # - berth-scheduler-bench: in-process scheduling throughput (pods/s) at 1,000
 #   and 5,000 nodes.
+# - berth-scheduler-e2e-bench: scheduling throughput through the API server
+#   (SQLite): watch, schedule, bind.
 # - berth-storage-bench: API server storage create and watch throughput on
 #   SQLite and on a private etcd.
 #
@@ -27,12 +29,14 @@ if [[ ${BERTH_SKIP_SETUP:-0} != 1 ]]; then
 fi
 echo "bench: building" >&2
 cargo build --locked -p berth-agent -p berth-integration --bins >&2
-cargo build --locked -p berth-scheduler --bin berth-scheduler-bench >&2
-cargo build --locked -p berth-apiserver --bin berth-storage-bench >&2
+cargo build --locked -p berth-scheduler --bin berth-scheduler-bench --bin berth-scheduler-e2e-bench >&2
+cargo build --locked -p berth-apiserver --bin berth-storage-bench --bin berth-apiserver >&2
 mkdir -p target
 echo "bench: agent vs raw CRI" >&2
 BERTH_REQUIRE_RUNTIME=1 ./target/debug/berth-bench --iterations "$iterations" | tee target/bench-agent.json
 echo "bench: scheduler" >&2
 ./target/debug/berth-scheduler-bench "${quick[@]}" | tee target/bench-scheduler.json
+echo "bench: scheduler through the API server" >&2
+./target/debug/berth-scheduler-e2e-bench "${quick[@]}" | tee target/bench-scheduler-e2e.json
 echo "bench: storage" >&2
 ./target/debug/berth-storage-bench "${quick[@]}" | tee target/bench-storage.json
