@@ -127,6 +127,40 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         cancel.clone(),
     ));
 
+    // The API server, when configured: node, lease and the pods bound here.
+    // Started before the runtime is reached, so the Node says why it is not Ready.
+    let cluster = match &config.kubeconfig {
+        Some(path) => {
+            let api_client = crate::cluster::client_from_kubeconfig(path).await?;
+            tracing::info!(kubeconfig = %path.display(), "registering with the API server");
+            Some(crate::cluster::spawn(crate::cluster::Context {
+                client: api_client,
+                node_name: config.node_name.clone(),
+                node_ip: config.node_ip.clone(),
+                root_dir: config.root_dir.clone(),
+                status_port: config.status_address.port(),
+                runtime: client.clone(),
+                pod_config: pod_config.clone(),
+                cache: cache.clone(),
+                transient: transient.clone(),
+                cancel: cancel.clone(),
+            }))
+        }
+        None => None,
+    };
+    // Until the api source has listed once, a pod the runtime holds may be one
+    // of its pods: the PLEG must not have it removed as undesired (the kubelet's
+    // "sources ready"). Such pods are synced once the list arrives.
+    let api_source = config.kubeconfig.is_some();
+    let sources_ready = {
+        let pod_config = pod_config.clone();
+        move |uid: &str| {
+            !api_source
+                || pod_config.has_source(crate::cluster::API_SOURCE)
+                || pod_config.get(uid).is_some()
+        }
+    };
+
     // Reach the runtime; a missing runtime is waited for, not fatal.
     crate::notify::status("waiting for the container runtime");
     let mut wait = Duration::from_millis(500);
@@ -191,7 +225,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
                 "first relist done; adopting what runs"
             );
             for uid in changed {
-                workers.trigger(uid);
+                if sources_ready(&uid) {
+                    workers.trigger(uid);
+                }
             }
         }
         Err(e) => cache.set_error(e.to_string()),
@@ -200,17 +236,45 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         let workers = workers.clone();
         let cancel = cancel.clone();
         let period = config.relist_period;
+        let sources_ready = sources_ready.clone();
         tokio::spawn(async move {
-            pleg.run(period, relist_poke, cancel, |uid| workers.trigger(uid))
-                .await
+            pleg.run(period, relist_poke, cancel, |uid| {
+                if sources_ready(&uid) {
+                    workers.trigger(uid)
+                }
+            })
+            .await
         })
     };
+    if api_source {
+        // Once the api source has listed, sync every pod the runtime holds
+        // (those left over are removed then).
+        let workers = workers.clone();
+        let pod_config = pod_config.clone();
+        let cache = cache.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            while !pod_config.has_source(crate::cluster::API_SOURCE) {
+                if !crate::cluster::sleep_or_cancel(&cancel, Duration::from_millis(200)).await {
+                    return;
+                }
+            }
+            for uid in cache.uids() {
+                workers.trigger(uid);
+            }
+        });
+    }
     let events_task = {
         let workers = workers.clone();
+        let sources_ready = sources_ready.clone();
         tokio::spawn(crate::pleg::watch_container_events(
             client.clone(),
             cancel.clone(),
-            move |uid| workers.trigger(uid),
+            move |uid| {
+                if sources_ready(&uid) {
+                    workers.trigger(uid)
+                }
+            },
         ))
     };
 
@@ -236,6 +300,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         let _ = pleg_task.await;
         let _ = events_task.await;
         let _ = server.await;
+        if let Some(cluster) = cluster {
+            let _ = cluster.await;
+        }
     })
     .await;
     Ok(())

@@ -53,6 +53,10 @@ pub struct Flags {
     /// Log format: text or json [default: text].
     #[arg(long)]
     pub log_format: Option<LogFormat>,
+    /// A kubeconfig for the API server: register the node, renew its lease and
+    /// run the pods bound to it (in addition to the manifest directory) [default: none].
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// How log lines are written.
@@ -80,6 +84,7 @@ struct FileConfig {
     relist_period: Option<String>,
     cgroup_root: Option<String>,
     log_format: Option<LogFormat>,
+    kubeconfig: Option<PathBuf>,
 }
 
 /// The settings the agent runs with.
@@ -97,6 +102,8 @@ pub struct Config {
     pub relist_period: Duration,
     pub cgroup_root: String,
     pub log_format: LogFormat,
+    /// The API server's kubeconfig; `None` runs static pods only.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Parse a Go-style duration such as `20s`, `1m`, `1m30s`, `500ms`.
@@ -193,6 +200,7 @@ impl Config {
                 .or(file.cgroup_root)
                 .unwrap_or_else(|| "/kubepods".into()),
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
+            kubeconfig: flags.kubeconfig.or(file.kubeconfig),
         };
         berth_cri::parse_endpoint(&config.container_runtime_endpoint)
             .context("--container-runtime-endpoint")?;
@@ -261,6 +269,27 @@ mod tests {
         assert_eq!(c.file_check_frequency, Duration::from_secs(20));
         assert_eq!(c.sync_frequency, Duration::from_secs(60));
         assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.kubeconfig, None);
+    }
+
+    #[test]
+    fn kubeconfig_from_flag_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "kubeconfig: /etc/berth/kubeconfig\nnodeName: n\n").unwrap();
+        let c = Config::load(Flags {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.kubeconfig, Some(PathBuf::from("/etc/berth/kubeconfig")));
+        let c = Config::load(Flags {
+            config: Some(path),
+            kubeconfig: Some("/tmp/k".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.kubeconfig, Some(PathBuf::from("/tmp/k")));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod backoff;
 pub mod cgroups;
+pub mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod notify;

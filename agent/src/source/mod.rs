@@ -4,8 +4,10 @@
 //! [`file`] fills it from the manifest directory; [`manifest`] parses one file
 //! into a defaulted, validated static pod. Every change of a pod (added, updated,
 //! removed) is announced on the trigger channel so its worker syncs.
+//! Pods are held per source ([`FILE_SOURCE`], and `api` when the agent talks
+//! to an API server): each source replaces only its own pods.
 
-mod defaults;
+pub(crate) mod defaults;
 pub mod file;
 pub mod manifest;
 pub mod validation;
@@ -56,10 +58,21 @@ pub struct Snapshot {
     pub errors: Vec<ManifestError>,
 }
 
+/// The name of the manifest-directory source (the one [`PodConfig::apply`] fills).
+pub const FILE_SOURCE: &str = "file";
+
 #[derive(Debug, Default)]
 struct State {
-    pods: BTreeMap<Uid, SourcedPod>,
-    errors: Vec<ManifestError>,
+    /// Pods by source name, then by UID.
+    sources: BTreeMap<String, BTreeMap<Uid, SourcedPod>>,
+    /// Rejected manifests by source name.
+    errors: BTreeMap<String, Vec<ManifestError>>,
+}
+
+impl State {
+    fn find(&self, uid: &str) -> Option<&SourcedPod> {
+        self.sources.values().find_map(|pods| pods.get(uid))
+    }
 }
 
 /// The desired pods, shared by the sources (writers) and the workers (readers).
@@ -80,9 +93,16 @@ impl PodConfig {
         })
     }
 
-    /// Replace everything with `snapshot`, announce the UIDs that were added,
-    /// changed or removed, and return them.
+    /// Replace the file source's pods with `snapshot`, announce the UIDs that
+    /// were added, changed or removed, and return them.
     pub fn apply(&self, snapshot: Snapshot) -> Vec<Uid> {
+        self.apply_source(FILE_SOURCE, snapshot)
+    }
+
+    /// Replace the pods of `source` with `snapshot` (other sources keep theirs),
+    /// announce the UIDs that were added, changed or removed, and return them.
+    /// The first reading of the file source marks the config loaded.
+    pub fn apply_source(&self, source: &str, snapshot: Snapshot) -> Vec<Uid> {
         let mut changed = Vec::new();
         {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
@@ -91,49 +111,80 @@ impl PodConfig {
                 let uid = uid_of(&sp.pod);
                 next.insert(uid, sp);
             }
+            let prev = state.sources.remove(source).unwrap_or_default();
             for (uid, sp) in &next {
-                if state.pods.get(uid) != Some(sp) {
+                if prev.get(uid) != Some(sp) {
                     changed.push(uid.clone());
                 }
             }
-            for uid in state.pods.keys() {
+            for uid in prev.keys() {
                 if !next.contains_key(uid) {
                     changed.push(uid.clone());
                 }
             }
-            state.pods = next;
-            state.errors = snapshot.errors;
+            state.sources.insert(source.to_string(), next);
+            state.errors.insert(source.to_string(), snapshot.errors);
         }
         for uid in &changed {
             // A closed channel means the agent is shutting down; nothing to announce.
             let _ = self.trigger.send(uid.clone());
         }
-        self.loaded.send_replace(true);
+        if source == FILE_SOURCE {
+            self.loaded.send_replace(true);
+        }
         changed
     }
 
     /// The desired pod with this UID, if any source holds it.
     pub fn get(&self, uid: &str) -> Option<SourcedPod> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        state.pods.get(uid).cloned()
+        state.find(uid).cloned()
+    }
+
+    /// True once `source` has applied a first snapshot (until then, pods the
+    /// runtime holds may be that source's and must not be removed).
+    pub fn has_source(&self, source: &str) -> bool {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state.sources.contains_key(source)
+    }
+
+    /// The desired pods of one source.
+    pub fn source_pods(&self, source: &str) -> Vec<SourcedPod> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state
+            .sources
+            .get(source)
+            .map(|pods| pods.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Every desired pod, by UID.
     pub fn pods(&self) -> Vec<SourcedPod> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        state.pods.values().cloned().collect()
+        let mut all: BTreeMap<&Uid, &SourcedPod> = BTreeMap::new();
+        for pods in state.sources.values() {
+            all.extend(pods.iter());
+        }
+        all.into_values().cloned().collect()
     }
 
     /// The UIDs of every desired pod.
     pub fn uids(&self) -> Vec<Uid> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        state.pods.keys().cloned().collect()
+        let mut all: Vec<Uid> = state
+            .sources
+            .values()
+            .flat_map(|pods| pods.keys().cloned())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
     }
 
-    /// The manifests rejected in the latest reading.
+    /// The manifests rejected in the latest reading (of every source).
     pub fn errors(&self) -> Vec<ManifestError> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        state.errors.clone()
+        state.errors.values().flatten().cloned().collect()
     }
 
     /// Wait until the first complete reading has been applied.
@@ -156,4 +207,48 @@ pub fn pod_key(pod: &Pod) -> String {
         pod.metadata.namespace.as_deref().unwrap_or("default"),
         pod.metadata.name.as_deref().unwrap_or("")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sp(uid: &str) -> SourcedPod {
+        let mut pod = Pod::default();
+        pod.metadata.uid = Some(uid.to_string());
+        SourcedPod {
+            pod,
+            file: PathBuf::from("x"),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn snap(uids: &[&str]) -> Snapshot {
+        Snapshot {
+            pods: uids.iter().map(|u| sp(u)).collect(),
+            errors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn sources_replace_only_their_own_pods() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let config = PodConfig::new(tx);
+        assert!(!config.has_source("api"));
+        assert_eq!(config.apply(snap(&["a", "b"])), vec!["a", "b"]);
+        assert_eq!(config.apply_source("api", snap(&["c"])), vec!["c"]);
+        assert!(config.has_source("api"));
+        assert_eq!(config.uids(), vec!["a", "b", "c"]);
+        // A new file reading leaves the api pods alone, and vice versa.
+        assert_eq!(config.apply(snap(&["a"])), vec!["b"]);
+        assert_eq!(config.apply_source("api", Snapshot::default()), vec!["c"]);
+        assert_eq!(config.uids(), vec!["a"]);
+        assert!(config.get("a").is_some() && config.get("c").is_none());
+        assert_eq!(config.source_pods(FILE_SOURCE).len(), 1);
+        let mut announced = Vec::new();
+        while let Ok(uid) = rx.try_recv() {
+            announced.push(uid);
+        }
+        assert_eq!(announced, vec!["a", "b", "c", "b", "c"]);
+    }
 }

@@ -1,0 +1,95 @@
+//! The agent's side of a control plane (`--kubeconfig`): what the kubelet does
+//! against the API server, next to the static pods from the manifest directory.
+//!
+//! - [`node`]: register the `Node` and keep its status (capacity, conditions,
+//!   addresses, nodeInfo) current: compute, compare, patch on change and at
+//!   least every [`node::REPORT_FREQUENCY`].
+//! - [`lease`]: renew `kube-node-lease/<node>` every [`lease::RENEW_INTERVAL`].
+//! - [`pods`]: watch the pods bound to this node and feed them into
+//!   [`PodConfig`] as the [`API_SOURCE`]; patch their status from the runtime;
+//!   finish graceful deletions once nothing of a pod is left in the runtime.
+//!
+//! Losing the API server never stops running pods: the api source keeps its
+//! last snapshot while the watch reconnects, and every call is retried on its
+//! next period. `/healthz` stays about the runtime.
+
+pub mod lease;
+pub mod node;
+pub mod pods;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::pleg::RuntimeCache;
+use crate::source::PodConfig;
+use crate::workers::TransientStore;
+
+/// The name of the API server's source in [`PodConfig`].
+pub const API_SOURCE: &str = "api";
+
+/// The kubelet version the node reports.
+pub const KUBELET_VERSION: &str = "v1.33.0-berth";
+
+/// Build a client from a kubeconfig file (its current context). Nothing is
+/// contacted yet, so an unreachable API server is not an error here.
+pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("--kubeconfig: cannot read {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .with_context(|| format!("--kubeconfig: {}", path.display()))?;
+    kube::Client::try_from(config).with_context(|| format!("--kubeconfig: {}", path.display()))
+}
+
+/// What the cluster tasks share with the rest of the agent.
+#[derive(Clone)]
+pub struct Context {
+    pub client: kube::Client,
+    pub node_name: String,
+    pub node_ip: String,
+    /// Measured for `ephemeral-storage`.
+    pub root_dir: PathBuf,
+    /// The status server's port (`status.daemonEndpoints.kubeletEndpoint.port`).
+    pub status_port: u16,
+    /// The container runtime (to shorten a stop to `deletionGracePeriodSeconds`).
+    pub runtime: berth_cri::RuntimeClient,
+    pub pod_config: Arc<PodConfig>,
+    pub cache: Arc<RuntimeCache>,
+    pub transient: Arc<TransientStore>,
+    pub cancel: CancellationToken,
+}
+
+/// Start the node, lease and pod tasks; they end when `ctx.cancel` fires.
+pub fn spawn(ctx: Context) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let node = tokio::spawn(node::run(ctx.clone()));
+        let lease = tokio::spawn(lease::run(ctx.clone()));
+        let pods = tokio::spawn(pods::run(ctx.clone()));
+        let _ = tokio::join!(node, lease, pods);
+    })
+}
+
+/// Sleep `d`, or return false at once when `cancel` fires.
+pub async fn sleep_or_cancel(cancel: &CancellationToken, d: std::time::Duration) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// True when the API answered 404.
+pub(crate) fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// True when the API answered 409 (AlreadyExists or a conflict).
+pub(crate) fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}

@@ -1,0 +1,477 @@
+//! The agent against the real `berth-apiserver` binary (with a node
+//! kubeconfig) and the in-process fake CRI runtime: node registration, lease,
+//! pods bound to the node, their status, graceful deletion, and an API server
+//! outage that must not touch running pods.
+//!
+//! Skipped with a printed reason when target/debug/berth-apiserver is missing
+//! (integration/test.sh builds the workspace first), unless `CI=true` or
+//! `BERTH_REQUIRE_RUNTIME=1`, where that is a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_agent::config::{Config, Flags};
+use berth_cri::fake::FakeRuntime;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
+use tokio_util::sync::CancellationToken;
+
+const NODE: &str = "node-a";
+const IMAGE: &str = "localhost/berth/busybox:1.36";
+
+fn required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("BERTH_REQUIRE_RUNTIME").is_ok_and(|v| v == "1")
+}
+
+fn apiserver_binary() -> Option<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/berth-apiserver");
+    if bin.is_file() {
+        return Some(bin);
+    }
+    if required() {
+        panic!(
+            "{} is required (CI=true or BERTH_REQUIRE_RUNTIME=1): build the workspace first",
+            bin.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: {} not found (run `cargo build -p berth-apiserver` first)",
+        bin.display()
+    );
+    None
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Apiserver {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Apiserver {
+    fn start(bin: PathBuf, dir: &Path) -> Apiserver {
+        let mut s = Apiserver {
+            bin,
+            dir: dir.to_path_buf(),
+            port: free_port(),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(&self.bin)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("berth-apiserver starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(self.dir.join("admin.kubeconfig").exists()
+            && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok())
+        {
+            assert!(Instant::now() < deadline, "berth-apiserver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A kubeconfig for the node (user `system:node:<node>`).
+    fn node_kubeconfig(&self, node: &str) -> PathBuf {
+        let out = Command::new(&self.bin)
+            .args(["kubeconfig", "--data-dir"])
+            .arg(&self.dir)
+            .args(["--node", node, "--server"])
+            .arg(format!("https://127.0.0.1:{}", self.port))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = self.dir.join(format!("{node}.kubeconfig"));
+        std::fs::write(&path, &out.stdout).unwrap();
+        path
+    }
+}
+
+impl Drop for Apiserver {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Poll `f` until it yields `Some`, or panic with `what` after `timeout`.
+async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Containers of the API pod (container `app`) running in the fake runtime.
+fn running_containers(fake: &FakeRuntime) -> usize {
+    fake.containers()
+        .iter()
+        .filter(|c| {
+            c.metadata.name == "app" && c.state == berth_cri::api::ContainerState::ContainerRunning
+        })
+        .count()
+}
+
+const STATIC_POD: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: static-web
+  namespace: default
+spec:
+  containers:
+  - name: s
+    image: localhost/berth/busybox:1.36
+";
+
+const POD: &str = r#"{
+  "apiVersion": "v1", "kind": "Pod",
+  "metadata": {"name": "web", "namespace": "default"},
+  "spec": {
+    "nodeName": "node-a",
+    "terminationGracePeriodSeconds": 25,
+    "containers": [{"name": "app", "image": "localhost/berth/busybox:1.36",
+                    "command": ["sleep", "3600"]}]
+  }
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_lease_pods_status_deletion_and_outage() {
+    let Some(bin) = apiserver_binary() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Apiserver::start(bin, &dir.path().join("apiserver"));
+    let node_kubeconfig = server.node_kubeconfig(NODE);
+    let admin = berth_agent::cluster::client_from_kubeconfig(
+        &dir.path().join("apiserver/admin.kubeconfig"),
+    )
+    .await
+    .unwrap();
+
+    let fake = FakeRuntime::start().await;
+    fake.add_image(IMAGE);
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir_all(agent_dir.join("manifests")).unwrap();
+    std::fs::write(agent_dir.join("manifests/static-web.yaml"), STATIC_POD).unwrap();
+    let status_port = free_port();
+    let config = Config::load(Flags {
+        container_runtime_endpoint: Some(fake.endpoint()),
+        pod_manifest_path: Some(agent_dir.join("manifests")),
+        root_dir: Some(agent_dir.join("root")),
+        pod_logs_dir: Some(agent_dir.join("logs")),
+        node_name: Some(NODE.into()),
+        node_ip: Some("10.0.0.7".into()),
+        status_address: Some(format!("127.0.0.1:{status_port}").parse().unwrap()),
+        kubeconfig: Some(node_kubeconfig),
+        ..Default::default()
+    })
+    .unwrap();
+    let cancel = CancellationToken::new();
+    let agent = tokio::spawn(berth_agent::agent::run(config, cancel.clone()));
+
+    // 1. The Node: Ready, capacity, nodeInfo, addresses, kubelet port.
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let node = eventually(Duration::from_secs(30), "node Ready", || {
+        let nodes = nodes.clone();
+        async move {
+            let n = nodes.get_opt(NODE).await.ok().flatten()?;
+            let ready = n
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            ready.then_some(n)
+        }
+    })
+    .await;
+    let status = node.status.unwrap();
+    let capacity = status.capacity.unwrap();
+    for r in ["cpu", "memory", "pods", "ephemeral-storage"] {
+        assert!(capacity.contains_key(r), "capacity lacks {r}: {capacity:?}");
+    }
+    assert_eq!(capacity["pods"].0, "110");
+    let info = status.node_info.unwrap();
+    assert_eq!(info.kubelet_version, "v1.33.0-berth");
+    assert!(info.container_runtime_version.contains("://"), "{info:?}");
+    assert_eq!(info.operating_system, "linux");
+    assert!(!info.kernel_version.is_empty());
+    let addresses = status.addresses.unwrap();
+    assert!(
+        addresses
+            .iter()
+            .any(|a| a.type_ == "InternalIP" && a.address == "10.0.0.7")
+    );
+    assert_eq!(
+        status
+            .daemon_endpoints
+            .unwrap()
+            .kubelet_endpoint
+            .unwrap()
+            .port,
+        i32::from(status_port)
+    );
+    let conds = status.conditions.unwrap();
+    for t in ["MemoryPressure", "DiskPressure", "PIDPressure"] {
+        assert!(conds.iter().any(|c| c.type_ == t && c.status == "False"));
+    }
+
+    // 6. The static pod's mirror pod: annotated with its config hash, Running.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    eventually(Duration::from_secs(30), "mirror pod Running", || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get_opt("static-web-node-a").await.ok().flatten()?;
+            let hash = p
+                .metadata
+                .annotations
+                .as_ref()?
+                .get("kubernetes.io/config.mirror")?;
+            let running = p.status?.phase.as_deref() == Some("Running");
+            (!hash.is_empty() && running).then_some(())
+        }
+    })
+    .await;
+
+    // 2. The Lease: held by the node, renewed.
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), "kube-node-lease");
+    let first = eventually(Duration::from_secs(20), "lease", || {
+        let leases = leases.clone();
+        async move { leases.get_opt(NODE).await.ok().flatten()?.spec }
+    })
+    .await;
+    assert_eq!(first.holder_identity.as_deref(), Some(NODE));
+    assert_eq!(first.lease_duration_seconds, Some(40));
+    let first_renew = first.renew_time.clone().unwrap();
+    eventually(Duration::from_secs(25), "lease renewal", || {
+        let leases = leases.clone();
+        let first_renew = first_renew.clone();
+        async move {
+            let spec = leases.get_opt(NODE).await.ok().flatten()?.spec?;
+            (spec.renew_time? != first_renew).then_some(())
+        }
+    })
+    .await;
+
+    // 3 + 4. A pod bound to the node runs, and its status reaches Running via the API.
+    let pod: Pod = serde_json::from_str(POD).unwrap();
+    let created = pods.create(&PostParams::default(), &pod).await.unwrap();
+    let uid = created.metadata.uid.clone().unwrap();
+    eventually(Duration::from_secs(30), "pod Running via the API", || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get_opt("web").await.ok().flatten()?;
+            let st = p.status?;
+            let ready = st.container_statuses.as_ref()?.iter().any(|c| c.ready);
+            (st.phase.as_deref() == Some("Running") && ready).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(running_containers(&fake), 1);
+    kubectl_sees_running(&dir.path().join("apiserver/admin.kubeconfig"), dir.path());
+    let p = pods.get("web").await.unwrap();
+    let st = p.status.unwrap();
+    assert_eq!(st.host_ip.as_deref(), Some("10.0.0.7"));
+    assert!(
+        st.conditions
+            .unwrap()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
+
+    // The API server goes away for a while: the pod keeps running, /healthz stays ok.
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(running_containers(&fake), 1, "pod kept running");
+    let health = reqwest_get(status_port, "/healthz").await;
+    assert_eq!(health.as_deref(), Some("ok"));
+    // A container exit while the API server is away is acted on locally…
+    assert_eq!(fake.exit_containers_named("app", 1), 1);
+    server.spawn();
+    // …and reported once it is back.
+    eventually(
+        Duration::from_secs(40),
+        "status resumed after the outage",
+        || {
+            let pods = pods.clone();
+            async move {
+                let p = pods.get_opt("web").await.ok().flatten()?;
+                let st = p.status?;
+                let cs = st.container_statuses?;
+                (cs.iter().any(|c| c.restart_count >= 1 && c.ready)
+                    && st.phase.as_deref() == Some("Running"))
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(running_containers(&fake), 1);
+
+    // 5. Graceful deletion: containers stopped, then the object deleted by the agent
+    // (well before the 25 s grace period would let the server drop it).
+    let started = Instant::now();
+    pods.delete("web", &DeleteParams::default()).await.unwrap();
+    eventually(Duration::from_secs(20), "pod object deleted", || {
+        let pods = pods.clone();
+        let uid = uid.clone();
+        async move {
+            match pods.get_opt("web").await {
+                Ok(None) => Some(()),
+                Ok(Some(p)) if p.metadata.uid.as_deref() != Some(uid.as_str()) => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(running_containers(&fake), 0);
+    let left: Vec<_> = fake
+        .sandboxes()
+        .into_iter()
+        .filter(|sb| sb.metadata.uid == uid)
+        .collect();
+    assert!(left.is_empty(), "sandbox of the deleted pod left: {left:?}");
+
+    // A deletion asking for less than terminationGracePeriodSeconds gets it.
+    let mut quick: Pod = serde_json::from_str(POD).unwrap();
+    quick.metadata.name = Some("quick".into());
+    let quick_uid = pods
+        .create(&PostParams::default(), &quick)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let of_quick = |c: &berth_cri::fake::FakeContainer| {
+        c.labels.get("io.kubernetes.pod.uid") == Some(&quick_uid)
+    };
+    eventually(Duration::from_secs(30), "quick pod running", || {
+        let n = fake.containers().iter().filter(|c| of_quick(c)).count();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    // Slow stops and removals, so both stop calls are seen.
+    fake.delay("StopContainer", Duration::from_secs(2));
+    fake.delay("RemoveContainer", Duration::from_secs(6));
+    pods.delete(
+        "quick",
+        &DeleteParams {
+            grace_period_seconds: Some(5),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "stop with the deletion's grace",
+        || {
+            let seen = fake
+                .containers()
+                .iter()
+                .any(|c| of_quick(c) && c.stop_timeouts.contains(&5));
+            async move { seen.then_some(()) }
+        },
+    )
+    .await;
+    fake.clear_delays();
+
+    // The static pod's manifest goes away: so does its mirror pod.
+    std::fs::remove_file(agent_dir.join("manifests/static-web.yaml")).unwrap();
+    eventually(Duration::from_secs(30), "mirror pod deleted", || {
+        let pods = pods.clone();
+        async move {
+            pods.get_opt("static-web-node-a")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+
+    cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
+}
+
+/// GET a path of the agent's status server; the body when 200.
+async fn reqwest_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200")
+        .then(|| body.trim().to_string())
+}
+
+/// `kubectl get pod web` shows it Running (skipped when kubectl is not installed).
+fn kubectl_sees_running(kubeconfig: &Path, home: &Path) {
+    let Some(kubectl) = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("kubectl"))
+            .find(|p| p.is_file())
+    }) else {
+        eprintln!("kubectl not on PATH: skipping the kubectl check");
+        return;
+    };
+    let out = Command::new(kubectl)
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", home)
+        .args(["get", "pod", "web", "--no-headers"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("Running") && text.contains("1/1"),
+        "kubectl get pod web: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
