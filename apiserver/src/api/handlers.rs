@@ -350,6 +350,18 @@ fn is_dry_run(params: &Params) -> bool {
     params.get("dryRun").is_some_and(|v| v == "All")
 }
 
+/// A create or update body: parsed, of the kind the URL names, checked per
+/// `fieldValidation` (returning its warnings), and in the URL's namespace.
+fn decode_body(target: &Target, params: &Params, body: &[u8]) -> ApiResult<(Value, Vec<String>)> {
+    let res = target.res;
+    let mut obj = parse_json(body)?;
+    check_type(res, &mut obj)?;
+    let mode = FieldValidation::parse(params.get("fieldValidation").map(String::as_str))?;
+    let warnings = validation::check(res.kind, res.version, &obj, mode)?;
+    check_namespace(target, &mut obj)?;
+    Ok((obj, warnings))
+}
+
 async fn create(
     state: &ApiState,
     target: &Target,
@@ -357,11 +369,7 @@ async fn create(
     body: &[u8],
 ) -> ApiResult<Response> {
     let res = target.res;
-    let mut obj = parse_json(body)?;
-    check_type(res, &mut obj)?;
-    let mode = FieldValidation::parse(params.get("fieldValidation").map(String::as_str))?;
-    let warnings = validation::check(res.kind, res.version, &obj, mode)?;
-    check_namespace(target, &mut obj)?;
+    let (mut obj, warnings) = decode_body(target, params, body)?;
     let meta = meta_mut(&mut obj)?;
     let mut name = meta
         .get("name")
@@ -507,11 +515,7 @@ async fn update(
     body: &[u8],
 ) -> ApiResult<Response> {
     let res = target.res;
-    let mut obj = parse_json(body)?;
-    check_type(res, &mut obj)?;
-    let mode = FieldValidation::parse(params.get("fieldValidation").map(String::as_str))?;
-    let warnings = validation::check(res.kind, res.version, &obj, mode)?;
-    check_namespace(target, &mut obj)?;
+    let (obj, warnings) = decode_body(target, params, body)?;
     let body_name = str_at(&obj, "/metadata/name").to_string();
     if body_name != name {
         return Err(ApiError::BadRequest(format!(
