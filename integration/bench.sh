@@ -28,9 +28,10 @@ if [[ ${BERTH_SKIP_SETUP:-0} != 1 ]]; then
   bash integration/setup.sh >&2
 fi
 echo "bench: building" >&2
-cargo build --locked -p berth-agent -p berth-integration --bins >&2
-cargo build --locked -p berth-scheduler --bin berth-scheduler-bench --bin berth-scheduler-e2e-bench >&2
-cargo build --locked -p berth-apiserver --bin berth-storage-bench --bin berth-apiserver >&2
+# The same build as integration/test.sh (whole workspace, all targets): a
+# narrower one resolves features differently (dev-dependency features such as
+# berth-cri/fake) and rebuilds half the workspace a second time.
+cargo build --locked --workspace --all-targets >&2
 mkdir -p target
 echo "bench: agent vs raw CRI" >&2
 BERTH_REQUIRE_RUNTIME=1 ./target/debug/berth-bench --iterations "$iterations" | tee target/bench-agent.json

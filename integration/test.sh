@@ -27,6 +27,9 @@ export BERTH_REQUIRE_RUNTIME=1
 export BERTH_SOAK=${BERTH_SOAK:-0}
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 threads=${BERTH_TEST_THREADS:-4}
+# A one-shot build: incremental caches would only double the target dir (disk is
+# what ran out in CI, not time).
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 echo "==> cargo build --workspace --all-targets --locked"
 cargo build --workspace --all-targets --locked
