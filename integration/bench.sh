@@ -10,9 +10,12 @@
 #   (SQLite): watch, schedule, bind.
 # - berth-storage-bench: API server storage create and watch throughput on
 #   SQLite and on a private etcd.
+# - berth-apiserver-bench: the berth-apiserver binary over HTTPS on SQLite and
+#   on a private etcd: pod creates/s (concurrency 1 and 16, p50/p99), watch
+#   events/s (live and replay), list latency, RSS idle and with N pods.
 #
 #   sudo integration/bench.sh [--iterations N] [--quick]
-# --quick: short scheduler and storage runs (what CI uses).
+# --quick: short scheduler, storage and API server runs (what CI uses).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -41,3 +44,5 @@ echo "bench: scheduler through the API server" >&2
 ./target/debug/berth-scheduler-e2e-bench "${quick[@]}" | tee target/bench-scheduler-e2e.json
 echo "bench: storage" >&2
 ./target/debug/berth-storage-bench "${quick[@]}" | tee target/bench-storage.json
+echo "bench: API server over HTTPS (SQLite and etcd)" >&2
+./target/debug/berth-apiserver-bench "${quick[@]}" | tee target/bench-apiserver.json

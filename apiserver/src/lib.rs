@@ -1,8 +1,12 @@
 //! berth's minimal Kubernetes-compatible API server.
 //!
-//! For now only its storage layer: [`storage::Storage`] with a SQLite backend
-//! ([`storage::sqlite::SqliteStorage`]) and an etcd backend
-//! ([`storage::etcd::EtcdStorage`]).
+//! - [`storage`]: [`storage::Storage`] with a SQLite backend
+//!   ([`storage::sqlite::SqliteStorage`]) and an etcd backend
+//!   ([`storage::etcd::EtcdStorage`]).
+//! - [`api`]: the Kubernetes REST API over a storage.
+//! - [`controllers`]: the loops upstream runs in kube-controller-manager that
+//!   a node agent's users rely on (node lifecycle).
 
 pub mod api;
+pub mod controllers;
 pub mod storage;

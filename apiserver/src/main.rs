@@ -6,8 +6,11 @@
 //! berth-apiserver kubeconfig --data-dir DIR --node NAME
 //! ```
 //!
-//! On first start it writes `DIR/tokens.csv` (an admin token) and
-//! `DIR/admin.kubeconfig`.
+//! On first start it writes `DIR/tokens.csv` (an admin token),
+//! `DIR/admin.kubeconfig`, and under `DIR/pki/` the CA, the serving
+//! certificate and the client certificate for node agents
+//! (`apiserver-kubelet-client.crt`, unless `--kubelet-client-certificate`
+//! and `--kubelet-client-key` name others).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -41,6 +44,11 @@ struct Cli {
     /// Address to listen on (HTTPS).
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
+    /// Addresses clients reach this server at, added to the serving
+    /// certificate on first start (with the listen address, 127.0.0.1, ::1,
+    /// localhost and the hostname). Comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    advertise_address: Vec<std::net::IpAddr>,
     /// Storage backend.
     #[arg(long, value_enum, default_value = "sqlite")]
     storage: Backend,
@@ -50,6 +58,18 @@ struct Cli {
     /// Serve without authentication (tests and development only).
     #[arg(long)]
     insecure_no_auth: bool,
+    /// Client certificate presented to node agents (pods/log, pods/exec);
+    /// default DIR/pki/apiserver-kubelet-client.crt, generated on first start.
+    #[arg(long, requires = "kubelet_client_key")]
+    kubelet_client_certificate: Option<PathBuf>,
+    /// The key of --kubelet-client-certificate.
+    #[arg(long, requires = "kubelet_client_certificate")]
+    kubelet_client_key: Option<PathBuf>,
+    /// How long a node may go without renewing its Lease or posting status
+    /// before it is marked `Ready=Unknown` and tainted unreachable
+    /// (kube-controller-manager's flag of the same name).
+    #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,7 +183,32 @@ async fn main() -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let pki = PkiPaths::new(&dir);
-    tls::ensure_pki(&pki, &[]).context("generating certificates")?;
+    // The serving certificate names the listen address (unless it is a
+    // wildcard) and every --advertise-address, so clients on other hosts can
+    // verify it; it is generated once, on first start.
+    let mut sans: Vec<String> = cli
+        .advertise_address
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    if !cli.listen.ip().is_unspecified() {
+        sans.push(cli.listen.ip().to_string());
+    }
+    tls::ensure_pki(&pki, &sans).context("generating certificates")?;
+    let (kubelet_cert, kubelet_key) =
+        match (&cli.kubelet_client_certificate, &cli.kubelet_client_key) {
+            (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+            _ => {
+                tls::ensure_kubelet_client_cert(&pki)
+                    .context("generating the kubelet client certificate")?;
+                (
+                    pki.kubelet_client_cert.clone(),
+                    pki.kubelet_client_key.clone(),
+                )
+            }
+        };
+    let kubelet = api::proxy::KubeletClient::from_pem_files(&kubelet_cert, &kubelet_key)
+        .context("loading the kubelet client certificate")?;
     let tls_config = tls::server_config(&pki).context("loading certificates")?;
     let ca_pem = std::fs::read_to_string(&pki.ca_cert)?;
     let tokens = dir.join("tokens.csv");
@@ -195,18 +240,26 @@ async fn main() -> anyhow::Result<()> {
         Backend::Sqlite => Arc::new(SqliteStorage::open(&dir, SqliteOptions::default())?),
         Backend::Etcd => Arc::new(EtcdStorage::connect(&cli.etcd_servers, "").await?),
     };
-    let state = ApiState::new(
+    let state = ApiState::with_kubelet_client(
         storage,
         ApiConfig {
             authenticator,
             ..ApiConfig::default()
         },
+        Some(kubelet),
     );
     state
         .bootstrap()
         .await
         .context("creating system namespaces")?;
     state.clone().spawn_reaper();
+    berth_apiserver::controllers::node_lifecycle::spawn(
+        state.clone(),
+        berth_apiserver::controllers::node_lifecycle::NodeLifecycleConfig {
+            grace_period: cli.node_monitor_grace_period,
+            ..Default::default()
+        },
+    );
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("binding {}", cli.listen))?;

@@ -493,7 +493,8 @@ async fn watch_from_resource_version() {
     s.send(Method::PUT, &format!("{CMS}/a"), Some(a)).await;
     s.send(Method::DELETE, &format!("{CMS}/b"), None).await;
     let (headers, events) = s
-        .watch(&format!("{CMS}?watch=true&resourceVersion={rv0}"), 3)
+        // `True`, as the Python client spells it.
+        .watch(&format!("{CMS}?watch=True&resourceVersion={rv0}"), 3)
         .await;
     assert_eq!(
         headers.get("content-type").unwrap(),
@@ -826,7 +827,8 @@ async fn tables_and_discovery() {
         .find(|x| x["resource"] == "pods")
         .unwrap();
     assert_eq!(pods["scope"], "Namespaced");
-    assert_eq!(pods["subresources"].as_array().unwrap().len(), 2);
+    // status, binding, log, exec.
+    assert_eq!(pods["subresources"].as_array().unwrap().len(), 4);
     let r = s
         .raw(
             Method::GET,

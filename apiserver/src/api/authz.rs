@@ -27,6 +27,8 @@
 //!      `serviceAccountName`), found by scanning the namespace's pods (upstream
 //!      keeps a graph instead).
 //!    - `namespaces`: get.
+//!    - `pods/log` (verb `get`) and `pods/exec` (verb `create`, also for a
+//!      WebSocket `GET`): never, as upstream.
 //!
 //!    Not implemented from NodeRestriction: label/taint restrictions on the
 //!    node's own Node, the ban on mirror pods referencing secrets or config

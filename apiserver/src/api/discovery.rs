@@ -96,6 +96,8 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         for sub in r.subresources {
             let (kind, group_version, sub_verbs) = match *sub {
                 "binding" => ("Binding", None, vec!["create"]),
+                "log" => ("Pod", None, vec!["get"]),
+                "exec" => ("PodExecOptions", None, vec!["create", "get"]),
                 _ => (r.kind, None::<&str>, vec!["get", "patch", "update"]),
             };
             let mut e = json!({
@@ -217,6 +219,11 @@ pub fn aggregated(legacy: bool) -> Value {
                             "binding" => json!({"subresource": s,
                                 "responseKind": {"group": "", "version": "v1", "kind": "Binding"},
                                 "verbs": ["create"]}),
+                            "log" => json!({"subresource": s, "responseKind": kind,
+                                "verbs": ["get"]}),
+                            "exec" => json!({"subresource": s,
+                                "responseKind": {"group": "", "version": "v1", "kind": "PodExecOptions"},
+                                "verbs": ["create", "get"]}),
                             _ => json!({"subresource": s, "responseKind": kind,
                                 "verbs": ["get", "patch", "update"]}),
                         })

@@ -139,6 +139,15 @@ async fn dispatch_inner(state: Arc<ApiState>, req: Request) -> ApiResult<Respons
     {
         return Err(not_found_path());
     }
+    // pods/log and pods/exec go to the node agent before the body is read:
+    // exec needs the raw request to take over the connection.
+    if let Some(stream) = super::proxy::Stream::of(res, target.sub.as_deref()) {
+        let (Some(ns), Some(name), false) = (&target.namespace, &target.name, watch_path) else {
+            return Err(not_found_path());
+        };
+        let req = Request::from_parts(parts, body);
+        return Ok(super::proxy::serve(&state, res, stream, ns, name, req).await);
+    }
     let accept = parts
         .headers
         .get(header::ACCEPT)
@@ -147,10 +156,9 @@ async fn dispatch_inner(state: Arc<ApiState>, req: Request) -> ApiResult<Respons
         .to_string();
     let as_table = table::wants_table(&accept);
     let watch = watch_path
-        || matches!(
-            params.get("watch").map(String::as_str),
-            Some("true") | Some("1")
-        );
+        || params
+            .get("watch")
+            .is_some_and(|v| super::objects::query_flag(v));
     let method = parts.method.clone();
     let headers = parts.headers.clone();
     let mut protobuf_body = false;
@@ -1028,7 +1036,7 @@ async fn watch_handler(
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let bookmarks = params
         .get("allowWatchBookmarks")
-        .is_some_and(|v| v == "true" || v == "1");
+        .is_some_and(|v| super::objects::query_flag(v));
     let timeout = match params.get("timeoutSeconds") {
         Some(t) => Duration::from_secs(
             t.parse::<u64>()

@@ -22,6 +22,7 @@ pub mod handlers;
 pub mod objects;
 pub mod patch;
 pub mod protobuf;
+pub mod proxy;
 pub mod resources;
 pub mod selectors;
 pub mod table;
@@ -70,6 +71,9 @@ pub struct ApiState {
     pub storage: Arc<dyn Storage>,
     /// Tunables.
     pub config: ApiConfig,
+    /// The client to node agents (`pods/log`, `pods/exec`); `None`: an
+    /// anonymous client (no certificate).
+    pub kubelet: Option<proxy::KubeletClient>,
 }
 
 /// The namespaces created at startup.
@@ -79,7 +83,20 @@ pub const SYSTEM_NAMESPACES: &[&str] =
 impl ApiState {
     /// Wrap a storage.
     pub fn new(storage: Arc<dyn Storage>, config: ApiConfig) -> Arc<ApiState> {
-        Arc::new(ApiState { storage, config })
+        ApiState::with_kubelet_client(storage, config, None)
+    }
+
+    /// Wrap a storage; reach node agents with `kubelet`.
+    pub fn with_kubelet_client(
+        storage: Arc<dyn Storage>,
+        config: ApiConfig,
+        kubelet: Option<proxy::KubeletClient>,
+    ) -> Arc<ApiState> {
+        Arc::new(ApiState {
+            storage,
+            config,
+            kubelet,
+        })
     }
 
     /// Create the system namespaces when missing.

@@ -58,6 +58,15 @@ pub fn parse_time(s: &str) -> Option<jiff::Timestamp> {
     s.parse().ok()
 }
 
+/// A boolean query parameter as kube-apiserver decodes it
+/// (apimachinery's `Convert_Slice_string_To_bool`, for a parameter that is
+/// present): "0" and "false" in any case are false, everything else (`true`,
+/// `True`, `1`, even the empty string) is true. The Python client sends
+/// `watch=True`.
+pub fn query_flag(v: &str) -> bool {
+    !(v == "0" || v.eq_ignore_ascii_case("false"))
+}
+
 /// Whether `s` is a DNS-1123 label (`[a-z0-9]([-a-z0-9]*[a-z0-9])?`, ≤ 63).
 pub fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()

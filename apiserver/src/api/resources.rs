@@ -19,7 +19,8 @@ pub struct Resource {
     pub short_names: &'static [&'static str],
     /// Discovery categories.
     pub categories: &'static [&'static str],
-    /// Subresources served (`status`, `binding`).
+    /// Subresources served (`status`, `binding`; `log` and `exec` are
+    /// proxied to the node agent, see [`super::proxy`]).
     pub subresources: &'static [&'static str],
 }
 
@@ -77,7 +78,7 @@ pub static RESOURCES: &[Resource] = &[
         namespaced: true,
         short_names: &["po"],
         categories: &["all"],
-        subresources: &["status", "binding"],
+        subresources: &["status", "binding", "log", "exec"],
     },
     Resource {
         name: "nodes",

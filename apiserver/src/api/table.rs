@@ -163,8 +163,82 @@ pub fn columns(kind: &str) -> Vec<Value> {
             col("Status", "string", "", "The status of the namespace", 0),
             age,
         ],
+        // Upstream's printers.go eventColumnDefinitions.
+        "Event" => vec![
+            col("Last Seen", "string", "", "", 0),
+            col("Type", "string", "", "", 0),
+            col("Reason", "string", "", "", 0),
+            col("Object", "string", "", "", 0),
+            col("Subobject", "string", "", "", 1),
+            col("Source", "string", "", "", 1),
+            col("Message", "string", "", "", 0),
+            col("First Seen", "string", "", "", 1),
+            col("Count", "string", "", "", 1),
+            col("Name", "string", "", "", 1),
+        ],
         _ => vec![name, age],
     }
+}
+
+fn since(t: &str) -> Option<String> {
+    parse_time(t).map(|t| human_duration(jiff::Timestamp::now().as_second() - t.as_second()))
+}
+
+/// The cells of an Event, as upstream's `printEvent`.
+fn event_cells(obj: &Value) -> Vec<Value> {
+    let first = since(str_at(obj, "/firstTimestamp"))
+        .or_else(|| since(str_at(obj, "/eventTime")))
+        .unwrap_or_else(|| "<unknown>".into());
+    let mut last = since(str_at(obj, "/lastTimestamp")).unwrap_or_else(|| first.clone());
+    let mut count = obj.pointer("/count").and_then(Value::as_i64).unwrap_or(0);
+    if obj.pointer("/series").is_some_and(Value::is_object) {
+        if let Some(t) = since(str_at(obj, "/series/lastObservedTime")) {
+            last = t;
+        }
+        count = obj
+            .pointer("/series/count")
+            .and_then(Value::as_i64)
+            .unwrap_or(count);
+    } else if count == 0 {
+        count = 1;
+    }
+    let kind = str_at(obj, "/involvedObject/kind").to_lowercase();
+    let target = match str_at(obj, "/involvedObject/name") {
+        "" => kind,
+        name => format!("{kind}/{name}"),
+    };
+    let first_non_empty = |a: &str, b: &str| {
+        if a.is_empty() {
+            b.to_string()
+        } else {
+            a.to_string()
+        }
+    };
+    let component = first_non_empty(
+        str_at(obj, "/source/component"),
+        str_at(obj, "/reportingComponent"),
+    );
+    let instance = first_non_empty(
+        str_at(obj, "/source/host"),
+        str_at(obj, "/reportingInstance"),
+    );
+    let source = match (component.is_empty(), instance.is_empty()) {
+        (true, _) => String::new(),
+        (false, true) => component,
+        (false, false) => format!("{component}, {instance}"),
+    };
+    vec![
+        json!(last),
+        json!(str_at(obj, "/type")),
+        json!(str_at(obj, "/reason")),
+        json!(target),
+        json!(str_at(obj, "/involvedObject/fieldPath")),
+        json!(source),
+        json!(str_at(obj, "/message").trim()),
+        json!(first),
+        json!(count),
+        json!(str_at(obj, "/metadata/name")),
+    ]
 }
 
 /// kubectl's short human duration (`5s`, `3m`, `2d`, `4y`…).
@@ -436,6 +510,7 @@ pub fn cells(kind: &str, obj: &Value) -> Vec<Value> {
             ))),
         ],
         "Namespace" => vec![name, json!(str_at(obj, "/status/phase")), json!(age(obj))],
+        "Event" => event_cells(obj),
         _ => vec![name, json!(age(obj))],
     }
 }
@@ -471,6 +546,26 @@ pub fn table(kind: &str, objects: &[Value], include: IncludeObject, list_meta: V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_rows_match_kubectl_get_events() {
+        let ev = json!({"kind": "Event", "metadata": {"name": "web.1"},
+            "involvedObject": {"kind": "Pod", "name": "web", "fieldPath": "spec.containers{web}"},
+            "reason": "BackOff", "type": "Warning", "message": " Back-off restarting \n",
+            "source": {"component": "kubelet", "host": "node-a"},
+            "firstTimestamp": "2020-01-01T00:00:00Z", "count": 3});
+        let cells = cells("Event", &ev);
+        assert_eq!(cells.len(), columns("Event").len());
+        assert_eq!(cells[1], "Warning");
+        assert_eq!(cells[2], "BackOff");
+        assert_eq!(cells[3], "pod/web");
+        assert_eq!(cells[4], "spec.containers{web}");
+        assert_eq!(cells[5], "kubelet, node-a");
+        assert_eq!(cells[6], "Back-off restarting");
+        // No lastTimestamp: last seen is the first.
+        assert_eq!(cells[0], cells[7]);
+        assert_eq!(cells[8], 3);
+    }
 
     #[test]
     fn durations() {

@@ -26,6 +26,11 @@ pub struct PkiPaths {
     pub cert: PathBuf,
     /// The serving key (`apiserver.key`, mode 0600).
     pub key: PathBuf,
+    /// The client certificate presented to node agents
+    /// (`apiserver-kubelet-client.crt`), as kubeadm names it.
+    pub kubelet_client_cert: PathBuf,
+    /// Its key (`apiserver-kubelet-client.key`, mode 0600).
+    pub kubelet_client_key: PathBuf,
 }
 
 impl PkiPaths {
@@ -37,6 +42,8 @@ impl PkiPaths {
             ca_key: pki.join("ca.key"),
             cert: pki.join("apiserver.crt"),
             key: pki.join("apiserver.key"),
+            kubelet_client_cert: pki.join("apiserver-kubelet-client.crt"),
+            kubelet_client_key: pki.join("apiserver-kubelet-client.key"),
         }
     }
 }
@@ -106,6 +113,46 @@ pub fn ensure_pki(paths: &PkiPaths, extra_sans: &[String]) -> anyhow::Result<()>
     write_file(&paths.key, &key.serialize_pem(), true)?;
     write_file(&paths.cert, &cert.pem(), false)?;
     write_file(&paths.ca_cert, &ca_cert.pem(), false)?;
+    Ok(())
+}
+
+/// The subject CN of the kubelet client certificate (kubeadm's).
+pub const KUBELET_CLIENT_CN: &str = "kube-apiserver-kubelet-client";
+
+/// Generate the client certificate the server presents to node agents
+/// (`pods/log`, `pods/exec`) unless it exists: signed by the CA, subject
+/// CN=`kube-apiserver-kubelet-client`, O=`system:masters`, client auth only.
+/// Separate from [`ensure_pki`] so data directories made before it get one.
+pub fn ensure_kubelet_client_cert(paths: &PkiPaths) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if paths.kubelet_client_cert.exists() && paths.kubelet_client_key.exists() {
+        return Ok(());
+    }
+    let ca_key_pem = std::fs::read_to_string(&paths.ca_key)
+        .with_context(|| format!("reading {}", paths.ca_key.display()))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem)
+        .with_context(|| format!("parsing {}", paths.ca_key.display()))?;
+    let ca_pem = std::fs::read_to_string(&paths.ca_cert)
+        .with_context(|| format!("reading {}", paths.ca_cert.display()))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, &ca_key)
+        .with_context(|| format!("parsing {}", paths.ca_cert.display()))?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, KUBELET_CLIENT_CN);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.not_after = rcgen::date_time_ymd(2035, 1, 1);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    write_file(&paths.kubelet_client_key, &key.serialize_pem(), true)?;
+    write_file(&paths.kubelet_client_cert, &cert.pem(), false)?;
     Ok(())
 }
 
