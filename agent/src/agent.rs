@@ -122,23 +122,51 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     });
     let server = tokio::spawn(crate::server::serve(
         listener,
-        view,
+        view.clone(),
         metrics.clone(),
         cancel.clone(),
     ));
+    // The authenticated server (logs, exec), when it has a client CA.
+    let streaming = crate::streaming::start(
+        &config,
+        Arc::new(crate::streaming::Host {
+            view,
+            runtime: client.clone(),
+        }),
+        cancel.clone(),
+    )
+    .await?;
 
     // The API server, when configured: node, lease and the pods bound here.
     // Started before the runtime is reached, so the Node says why it is not Ready.
+    // Events are logged; in cluster mode they also go to the API server.
+    let mut events = crate::events::EventRecorder::log_only();
+    let mut api_client_for_runtime: Option<kube::Client> = None;
     let cluster = match &config.kubeconfig {
         Some(path) => {
             let api_client = crate::cluster::client_from_kubeconfig(path).await?;
             tracing::info!(kubeconfig = %path.display(), "registering with the API server");
+            let (recorder, rx) = crate::events::EventRecorder::channel(
+                crate::events::QUEUE_CAPACITY,
+                Some(metrics.clone()),
+            );
+            events = recorder;
+            tokio::spawn(crate::events::run_sink(
+                api_client.clone(),
+                config.node_name.clone(),
+                rx,
+                metrics.clone(),
+                cancel.clone(),
+            ));
+            api_client_for_runtime = Some(api_client.clone());
             Some(crate::cluster::spawn(crate::cluster::Context {
                 client: api_client,
                 node_name: config.node_name.clone(),
                 node_ip: config.node_ip.clone(),
                 root_dir: config.root_dir.clone(),
-                status_port: config.status_address.port(),
+                status_port: streaming
+                    .as_ref()
+                    .map_or(config.status_address.port(), |s| s.port),
                 runtime: client.clone(),
                 pod_config: pod_config.clone(),
                 cache: cache.clone(),
@@ -183,7 +211,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         }
     }
 
-    let manager = Arc::new(RuntimeManager::new(
+    let manager = RuntimeManager::new(
         client.clone(),
         Settings {
             node_name: config.node_name.clone(),
@@ -193,7 +221,12 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
             cgroup_root: config.cgroup_root.clone(),
         },
         metrics.clone(),
-    ));
+    )
+    .with_events(events);
+    let manager = Arc::new(match api_client_for_runtime {
+        Some(c) => manager.with_api_client(c),
+        None => manager,
+    });
     let relist_poke = Arc::new(Notify::new());
     let workers = PodWorkers::new(
         manager,
@@ -300,6 +333,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         let _ = pleg_task.await;
         let _ = events_task.await;
         let _ = server.await;
+        if let Some(streaming) = streaming {
+            let _ = streaming.task.await;
+        }
         if let Some(cluster) = cluster {
             let _ = cluster.await;
         }

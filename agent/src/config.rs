@@ -2,7 +2,7 @@
 //! carrying the same settings. A flag given on the command line wins over the
 //! file; the file wins over the defaults (as with the kubelet).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -57,6 +57,24 @@ pub struct Flags {
     /// run the pods bound to it (in addition to the manifest directory) [default: none].
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// The port of the authenticated HTTPS server (logs, exec); 0 disables it [default: 10250].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// The address the authenticated server listens on [default: 0.0.0.0].
+    #[arg(long)]
+    pub address: Option<IpAddr>,
+    /// The authenticated server's certificate (PEM, may hold the chain)
+    /// [default: generated into <root-dir>/pki/agent.crt].
+    #[arg(long)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The key of --tls-cert-file [default: <root-dir>/pki/agent.key].
+    #[arg(long)]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that clients of the authenticated server must
+    /// present a certificate of [default: the --kubeconfig cluster's CA; with
+    /// neither, the server is not started].
+    #[arg(long)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// How log lines are written.
@@ -85,6 +103,13 @@ struct FileConfig {
     cgroup_root: Option<String>,
     log_format: Option<LogFormat>,
     kubeconfig: Option<PathBuf>,
+    port: Option<u16>,
+    address: Option<IpAddr>,
+    tls_cert_file: Option<PathBuf>,
+    tls_private_key_file: Option<PathBuf>,
+    // The kubelet's spelling (its config nests it as authentication.x509.clientCAFile).
+    #[serde(rename = "clientCAFile")]
+    client_ca_file: Option<PathBuf>,
 }
 
 /// The settings the agent runs with.
@@ -104,6 +129,14 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The API server's kubeconfig; `None` runs static pods only.
     pub kubeconfig: Option<PathBuf>,
+    /// The authenticated server's port (0: disabled) and address.
+    pub port: u16,
+    pub address: IpAddr,
+    /// Its serving certificate and key (`None`: generated under `root_dir`).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_private_key_file: Option<PathBuf>,
+    /// The CA its clients' certificates must chain to (`None`: the kubeconfig's).
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// Parse a Go-style duration such as `20s`, `1m`, `1m30s`, `500ms`.
@@ -201,7 +234,18 @@ impl Config {
                 .unwrap_or_else(|| "/kubepods".into()),
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
             kubeconfig: flags.kubeconfig.or(file.kubeconfig),
+            port: flags.port.or(file.port).unwrap_or(10250),
+            address: flags
+                .address
+                .or(file.address)
+                .unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            tls_cert_file: flags.tls_cert_file.or(file.tls_cert_file),
+            tls_private_key_file: flags.tls_private_key_file.or(file.tls_private_key_file),
+            client_ca_file: flags.client_ca_file.or(file.client_ca_file),
         };
+        if config.tls_cert_file.is_some() != config.tls_private_key_file.is_some() {
+            bail!("--tls-cert-file and --tls-private-key-file must be given together");
+        }
         berth_cri::parse_endpoint(&config.container_runtime_endpoint)
             .context("--container-runtime-endpoint")?;
         for (name, path) in [
@@ -270,6 +314,39 @@ mod tests {
         assert_eq!(c.sync_frequency, Duration::from_secs(60));
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.kubeconfig, None);
+        assert_eq!(c.port, 10250);
+        assert_eq!(c.address.to_string(), "0.0.0.0");
+        assert_eq!(c.client_ca_file, None);
+    }
+
+    #[test]
+    fn authenticated_server_keys_are_the_kubelets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "nodeName: n\nport: 11250\naddress: 127.0.0.1\ntlsCertFile: /p/c.crt\ntlsPrivateKeyFile: /p/c.key\nclientCAFile: /p/ca.crt\n",
+        )
+        .unwrap();
+        let c = Config::load(Flags {
+            config: Some(path.clone()),
+            port: Some(0),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.port, 0);
+        assert_eq!(c.address.to_string(), "127.0.0.1");
+        assert_eq!(c.tls_cert_file, Some(PathBuf::from("/p/c.crt")));
+        assert_eq!(c.tls_private_key_file, Some(PathBuf::from("/p/c.key")));
+        assert_eq!(c.client_ca_file, Some(PathBuf::from("/p/ca.crt")));
+        std::fs::write(&path, "nodeName: n\ntlsCertFile: /p/c.crt\n").unwrap();
+        let err = Config::load(Flags {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--tls-private-key-file"), "{err}");
     }
 
     #[test]

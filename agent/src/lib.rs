@@ -11,14 +11,17 @@ pub mod backoff;
 pub mod cgroups;
 pub mod cluster;
 pub mod config;
+pub mod events;
 pub mod metrics;
 pub mod notify;
+pub mod objects;
 pub mod observed;
 pub mod pleg;
 pub mod runtime;
 pub mod server;
 pub mod source;
 pub mod status;
+pub mod streaming;
 pub mod workers;
 
 /// A pod's UID, as a string (the key of everything per pod).

@@ -30,6 +30,11 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
     phase: String,
 }
@@ -68,6 +73,7 @@ pub struct Metrics {
     relist_last_seen: Gauge<f64, AtomicU64>,
     manifest_errors: Gauge<i64, AtomicI64>,
     image_pulls: Family<ResultLabels, Counter>,
+    events: Family<OutcomeLabels, Counter>,
     /// Serialises scrapes: the scrape-time gauges are reset and set, then encoded.
     scrape: Mutex<()>,
 }
@@ -151,6 +157,12 @@ impl Metrics {
             "Cumulative number of image pulls, by result",
             image_pulls.clone(),
         );
+        let events = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "berth_events",
+            "Cumulative number of Events, by outcome (created, patched, or dropped: queue_full, spam, api_error)",
+            events.clone(),
+        );
         // Series that exist from the start, so dashboards see zeros, not gaps.
         for ok in [true, false] {
             drop(pod_sync_duration.get_or_create(&result_label(ok)));
@@ -167,6 +179,7 @@ impl Metrics {
             relist_last_seen,
             manifest_errors,
             image_pulls,
+            events,
             scrape: Mutex::new(()),
         }
     }
@@ -190,6 +203,12 @@ impl Metrics {
     /// Record one image pull and whether it succeeded.
     pub fn observe_pull(&self, ok: bool) {
         self.image_pulls.get_or_create(&result_label(ok)).inc();
+    }
+
+    /// Count one Event by what became of it (`created`, `patched`, `queue_full`,
+    /// `spam`, `api_error`).
+    pub fn observe_event(&self, outcome: &'static str) {
+        self.events.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     /// Set the number of pods with a running (ready) sandbox, e.g. after a relist.

@@ -288,16 +288,14 @@ fn log_tail(path: &std::path::Path) -> String {
     let Ok(text) = std::fs::read_to_string(path) else {
         return String::new();
     };
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let start = lines.len().saturating_sub(FALLBACK_LOG_LINES);
     let mut out = String::new();
     for line in &lines[start..] {
-        let mut parts = line.splitn(4, ' ');
-        let (_, _, tag, msg) = (parts.next(), parts.next(), parts.next(), parts.next());
-        out.push_str(msg.unwrap_or(""));
-        // A partial line ("P") continues on the next record.
-        if tag != Some("P") {
-            out.push('\n');
+        // The same parser as `containerLogs`; a partial record ("P") has no
+        // line end, so it joins the next one.
+        if let Some(record) = crate::streaming::logs::parse_cri_record(line.as_bytes()) {
+            out.push_str(&String::from_utf8_lossy(record.message));
         }
     }
     if out.len() > FALLBACK_LOG_BYTES {

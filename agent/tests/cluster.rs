@@ -195,6 +195,9 @@ async fn node_lease_pods_status_deletion_and_outage() {
     std::fs::create_dir_all(agent_dir.join("manifests")).unwrap();
     std::fs::write(agent_dir.join("manifests/static-web.yaml"), STATIC_POD).unwrap();
     let status_port = free_port();
+    // The authenticated server runs (the kubeconfig has a CA): its port is the
+    // Node's kubelet port.
+    let kubelet_port = free_port();
     let config = Config::load(Flags {
         container_runtime_endpoint: Some(fake.endpoint()),
         pod_manifest_path: Some(agent_dir.join("manifests")),
@@ -204,6 +207,8 @@ async fn node_lease_pods_status_deletion_and_outage() {
         node_ip: Some("10.0.0.7".into()),
         status_address: Some(format!("127.0.0.1:{status_port}").parse().unwrap()),
         kubeconfig: Some(node_kubeconfig),
+        port: Some(kubelet_port),
+        address: Some([127, 0, 0, 1].into()),
         ..Default::default()
     })
     .unwrap();
@@ -251,7 +256,7 @@ async fn node_lease_pods_status_deletion_and_outage() {
             .kubelet_endpoint
             .unwrap()
             .port,
-        i32::from(status_port)
+        i32::from(kubelet_port)
     );
     let conds = status.conditions.unwrap();
     for t in ["MemoryPressure", "DiskPressure", "PIDPressure"] {
@@ -474,4 +479,334 @@ fn kubectl_sees_running(kubeconfig: &Path, home: &Path) {
         "kubectl get pod web: {text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// An agent (fake CRI, node kubeconfig) against a fresh `berth-apiserver`;
+/// returns the admin client and what keeps them running.
+struct Cluster {
+    admin: kube::Client,
+    fake: FakeRuntime,
+    cancel: CancellationToken,
+    agent: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _server: Apiserver,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(bin: PathBuf) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Apiserver::start(bin, &dir.path().join("apiserver"));
+        let node_kubeconfig = server.node_kubeconfig(NODE);
+        let admin = berth_agent::cluster::client_from_kubeconfig(
+            &dir.path().join("apiserver/admin.kubeconfig"),
+        )
+        .await
+        .unwrap();
+        let fake = FakeRuntime::start().await;
+        fake.add_image(IMAGE);
+        let agent_dir = dir.path().join("agent");
+        std::fs::create_dir_all(agent_dir.join("manifests")).unwrap();
+        let config = Config::load(Flags {
+            container_runtime_endpoint: Some(fake.endpoint()),
+            pod_manifest_path: Some(agent_dir.join("manifests")),
+            root_dir: Some(agent_dir.join("root")),
+            pod_logs_dir: Some(agent_dir.join("logs")),
+            node_name: Some(NODE.into()),
+            node_ip: Some("10.0.0.7".into()),
+            status_address: Some(format!("127.0.0.1:{}", free_port()).parse().unwrap()),
+            // Not 10250 on every interface: tests run in parallel.
+            port: Some(free_port()),
+            address: Some([127, 0, 0, 1].into()),
+            kubeconfig: Some(node_kubeconfig),
+            ..Default::default()
+        })
+        .unwrap();
+        let cancel = CancellationToken::new();
+        let agent = tokio::spawn(berth_agent::agent::run(config, cancel.clone()));
+        Cluster {
+            admin,
+            fake,
+            cancel,
+            agent,
+            _server: server,
+            _dir: dir,
+        }
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.agent).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_reach_the_api_server_and_are_aggregated() {
+    let Some(bin) = apiserver_binary() else {
+        return;
+    };
+    let cluster = Cluster::start(bin).await;
+    cluster.fake.on_start_exit("crash", 1);
+    let pods: Api<Pod> = Api::namespaced(cluster.admin.clone(), "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "crashy", "namespace": "default"},
+        "spec": {"nodeName": NODE, "containers": [{"name": "crash", "image": IMAGE}]}
+    }))
+    .unwrap();
+    let uid = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(cluster.admin.clone(), "default");
+    let list = eventually(
+        Duration::from_secs(60),
+        "a BackOff event with count > 1",
+        || {
+            let events = events.clone();
+            async move {
+                let list = events.list(&Default::default()).await.ok()?;
+                list.items
+                    .iter()
+                    .any(|e| e.reason.as_deref() == Some("BackOff") && e.count.unwrap_or(0) > 1)
+                    .then_some(list.items)
+            }
+        },
+    )
+    .await;
+    let of_pod: Vec<_> = list
+        .iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some("crashy"))
+        .collect();
+    for reason in ["Pulled", "Created", "Started", "BackOff"] {
+        assert!(
+            of_pod.iter().any(|e| e.reason.as_deref() == Some(reason)),
+            "no {reason} event in {of_pod:#?}"
+        );
+    }
+    // The same event is aggregated, not repeated.
+    let back_offs: Vec<_> = of_pod
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("BackOff"))
+        .collect();
+    assert_eq!(back_offs.len(), 1, "{back_offs:#?}");
+    let b = back_offs[0];
+    assert_eq!(b.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        b.message.as_deref(),
+        Some(format!("Back-off restarting failed container crash in pod crashy_default({uid})").as_str())
+    );
+    assert!(b.last_timestamp.as_ref().unwrap().0 >= b.first_timestamp.as_ref().unwrap().0);
+    let o = &b.involved_object;
+    assert_eq!(o.kind.as_deref(), Some("Pod"));
+    assert_eq!(o.uid.as_deref(), Some(uid.as_str()));
+    assert_eq!(o.field_path.as_deref(), Some("spec.containers{crash}"));
+    let source = b.source.as_ref().unwrap();
+    assert_eq!(source.component.as_deref(), Some("kubelet"));
+    assert_eq!(source.host.as_deref(), Some(NODE));
+    assert_eq!(b.reporting_instance.as_deref(), Some(NODE));
+    assert!(b.metadata.name.as_deref().unwrap().starts_with("crashy."));
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn config_maps_and_secrets_in_env_and_volumes() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let Some(bin) = apiserver_binary() else {
+        return;
+    };
+    let cluster = Cluster::start(bin).await;
+    let admin = cluster.admin.clone();
+    let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), "default");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "cfg"},
+            "data": {"MODE": "fast", "LEVEL": "3", "1bad": "x"}
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "creds"},
+                "data": {"token": "aHVudGVyMg=="}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "configured", "namespace": "default"},
+        "spec": {
+            "nodeName": NODE,
+            "containers": [{
+                "name": "app", "image": IMAGE,
+                "envFrom": [{"configMapRef": {"name": "cfg"}},
+                            {"configMapRef": {"name": "cfg"}, "prefix": "CFG_"},
+                            {"secretRef": {"name": "absent", "optional": true}}],
+                "env": [
+                    {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+                    {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "MODE"}}},
+                    {"name": "LATE", "valueFrom": {"configMapKeyRef": {"name": "late", "key": "k"}}},
+                    {"name": "MAYBE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "nope", "optional": true}}}
+                ],
+                "volumeMounts": [{"name": "conf", "mountPath": "/etc/conf"}]
+            }],
+            "volumes": [{"name": "conf", "configMap": {"name": "cfg", "items": [{"key": "MODE", "path": "mode.txt"}]}}]
+        }
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+
+    // A missing ConfigMap: CreateContainerConfigError with upstream's message.
+    eventually(
+        Duration::from_secs(30),
+        "CreateContainerConfigError for the missing configmap",
+        || {
+            let pods = pods.clone();
+            async move {
+                let p = pods.get_opt("configured").await.ok().flatten()?;
+                let w = p.status?.container_statuses?.first()?.state.clone()?.waiting?;
+                (w.reason.as_deref() == Some("CreateContainerConfigError")
+                    && w.message.as_deref() == Some("configmap \"late\" not found"))
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(running_containers(&cluster.fake), 1 - 1);
+
+    // Created: the pod recovers at its next retry.
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": "late"}, "data": {"k": "v"}}))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(40), "pod Running after the configmap appears", || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get_opt("configured").await.ok().flatten()?;
+            (p.status?.phase.as_deref() == Some("Running")).then_some(())
+        }
+    })
+    .await;
+    let c = cluster
+        .fake
+        .containers()
+        .into_iter()
+        .find(|c| c.metadata.name == "app")
+        .unwrap();
+    let env: std::collections::HashMap<_, _> = c
+        .config
+        .envs
+        .iter()
+        .map(|kv| (kv.key.as_str(), kv.value.as_str()))
+        .collect();
+    assert_eq!(env.get("CFG_MODE"), Some(&"fast"));
+    assert_eq!(env.get("CFG_LEVEL"), Some(&"3"));
+    assert_eq!(env.get("LEVEL"), Some(&"3"));
+    assert_eq!(env.get("1bad"), None, "invalid names skipped");
+    assert_eq!(env.get("CFG_1bad"), Some(&"x"), "valid with the prefix");
+    assert_eq!(env.get("TOKEN"), Some(&"hunter2"));
+    assert_eq!(env.get("MODE"), Some(&"fast"));
+    assert_eq!(env.get("LATE"), Some(&"v"));
+    assert!(!env.contains_key("MAYBE"), "optional missing key left out");
+    // The configMap volume: the item's file, behind the ..data symlink.
+    let mount = c
+        .config
+        .mounts
+        .iter()
+        .find(|m| m.container_path == "/etc/conf")
+        .expect("the configMap volume is mounted");
+    let host = Path::new(&mount.host_path);
+    assert_eq!(std::fs::read_to_string(host.join("mode.txt")).unwrap(), "fast");
+    assert!(host.join("..data").is_symlink());
+    // Updated when the object changes (at the next sync: a container exit triggers one).
+    let mut cfg = cms.get("cfg").await.unwrap();
+    cfg.data.as_mut().unwrap().insert("MODE".into(), "slow".into());
+    cfg.metadata.managed_fields = None;
+    cms.replace("cfg", &PostParams::default(), &cfg).await.unwrap();
+    cluster.fake.exit_containers_named("app", 1);
+    let host = host.to_path_buf();
+    eventually(Duration::from_secs(30), "volume file updated", || {
+        let text = std::fs::read_to_string(host.join("mode.txt")).unwrap_or_default();
+        async move { (text == "slow").then_some(()) }
+    })
+    .await;
+    // The invalid key is reported as upstream does.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(admin.clone(), "default");
+    eventually(Duration::from_secs(20), "InvalidEnvironmentVariableNames event", || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("InvalidEnvironmentVariableNames")
+                        && e.message.as_deref()
+                            == Some("Keys [1bad] from the EnvFrom configMap default/cfg were skipped since they are considered invalid environment variable names.")
+                })
+                .then_some(())
+        }
+    })
+    .await;
+
+    // A missing configMap volume: ContainerCreating and FailedMount.
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "novol", "namespace": "default"},
+        "spec": {
+            "nodeName": NODE,
+            "containers": [{"name": "c", "image": IMAGE}],
+            "volumes": [{"name": "v", "configMap": {"name": "ghost"}}]
+        }
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    eventually(Duration::from_secs(30), "FailedMount event", || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("FailedMount")
+                        && e.involved_object.name.as_deref() == Some("novol")
+                        && e.message.as_deref()
+                            == Some("MountVolume.SetUp failed for volume \"v\" : configmap \"ghost\" not found")
+                })
+                .then_some(())
+        }
+    })
+    .await;
+    eventually(Duration::from_secs(20), "novol ContainerCreating", || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get_opt("novol").await.ok().flatten()?;
+            let w = p.status?.container_statuses?.first()?.state.clone()?.waiting?;
+            (w.reason.as_deref() == Some("ContainerCreating")).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        !cluster
+            .fake
+            .sandboxes()
+            .iter()
+            .any(|s| s.metadata.name == "novol"),
+        "no sandbox before the volumes are there"
+    );
+    cluster.stop().await;
 }

@@ -232,6 +232,7 @@ cri_calls! {
     rt container_status "ContainerStatus" list_timeout (api::ContainerStatusRequest) -> api::ContainerStatusResponse;
     rt status "Status" list_timeout (api::StatusRequest) -> api::StatusResponse;
     rt exec_sync "ExecSync" request_timeout (api::ExecSyncRequest) -> api::ExecSyncResponse;
+    rt exec "Exec" request_timeout (api::ExecRequest) -> api::ExecResponse;
     img image_status "ImageStatus" list_timeout (api::ImageStatusRequest) -> api::ImageStatusResponse;
     img pull_image "PullImage" request_timeout (api::PullImageRequest) -> api::PullImageResponse;
     img list_images "ListImages" list_timeout (api::ListImagesRequest) -> api::ListImagesResponse;

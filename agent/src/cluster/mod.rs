@@ -48,6 +48,22 @@ pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Client>
     kube::Client::try_from(config).with_context(|| format!("--kubeconfig: {}", path.display()))
 }
 
+/// The CA certificates (DER) of the kubeconfig's cluster
+/// (`certificate-authority-data` or `certificate-authority`), if it names any:
+/// the default client CA of the authenticated server, as the API server's
+/// kubelet client certificate is signed by it.
+pub async fn kubeconfig_ca(path: &Path) -> anyhow::Result<Option<Vec<Vec<u8>>>> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("--kubeconfig: cannot read {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .with_context(|| format!("--kubeconfig: {}", path.display()))?;
+    Ok(config.root_cert.filter(|certs| !certs.is_empty()))
+}
+
 /// What the cluster tasks share with the rest of the agent.
 #[derive(Clone)]
 pub struct Context {
@@ -56,7 +72,8 @@ pub struct Context {
     pub node_ip: String,
     /// Measured for `ephemeral-storage`.
     pub root_dir: PathBuf,
-    /// The status server's port (`status.daemonEndpoints.kubeletEndpoint.port`).
+    /// `status.daemonEndpoints.kubeletEndpoint.port`: the authenticated
+    /// server's port when it runs, else the status server's.
     pub status_port: u16,
     /// The container runtime (to shorten a stop to `deletionGracePeriodSeconds`).
     pub runtime: berth_cri::RuntimeClient,

@@ -38,10 +38,18 @@ pub async fn run(ctx: Context) {
                 registered = true;
                 tracing::info!(node = %ctx.node_name, "node registered");
             }
-            let due = match &last {
+            let mut due = match &last {
                 Some((prev, at)) => *prev != status || at.elapsed() >= REPORT_FREQUENCY,
                 None => true,
             };
+            if !due {
+                // Like the kubelet, compare with what the API server holds, not
+                // only with what we last sent: the node lifecycle controller
+                // marks a silent node's conditions Unknown (after an API server
+                // outage, say), and that must be corrected now, not in 5 min.
+                let stored = nodes.get(&ctx.node_name).await?;
+                due = !conditions_match(stored.status.as_ref(), &status);
+            }
             if due {
                 let body = stamp(&status, &mut transitions);
                 nodes
@@ -79,6 +87,17 @@ pub async fn run(ctx: Context) {
             return;
         }
     }
+}
+
+/// Whether `stored` has every condition of `ours` with the same status and reason.
+fn conditions_match(stored: Option<&NodeStatus>, ours: &NodeStatus) -> bool {
+    let stored = stored.and_then(|s| s.conditions.as_ref());
+    ours.conditions.iter().flatten().all(|c| {
+        stored
+            .into_iter()
+            .flatten()
+            .any(|s| s.type_ == c.type_ && s.status == c.status && s.reason == c.reason)
+    })
 }
 
 fn is_ready(status: &NodeStatus) -> bool {

@@ -62,6 +62,8 @@ pub struct ContainerContext<'a> {
     /// The resolved image reference (image ID) to run.
     pub image_ref: &'a str,
     pub mounts: Vec<api::Mount>,
+    /// The resolved environment ([`RuntimeManager::container_env`]).
+    pub env: Vec<(String, String)>,
 }
 
 impl RuntimeManager {
@@ -76,7 +78,7 @@ impl RuntimeManager {
         let spec = pod.spec.clone().unwrap_or_default();
         let name = container.name.clone();
 
-        let env = self.container_env(pod, container, ctx.pod_ips);
+        let env = ctx.env;
         let env_map: HashMap<&str, &str> =
             env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let expand_all = |list: &Option<Vec<String>>| -> Vec<String> {
@@ -267,40 +269,132 @@ impl RuntimeManager {
         }
     }
 
-    /// The container's environment, in order, with `$(VAR)` references to earlier
-    /// variables expanded and fieldRefs resolved (the kubelet's `makeEnvironmentVariables`).
+    /// The container's environment, in order (the kubelet's
+    /// `makeEnvironmentVariables`): `envFrom` sources first (ConfigMap/Secret
+    /// keys, with `prefix`; keys that are not valid variable names skipped
+    /// with an `InvalidEnvironmentVariableNames` event), then `env` with
+    /// `$(VAR)` references to earlier variables expanded, fieldRefs and
+    /// configMapKeyRef/secretKeyRef resolved. A missing object or key that is
+    /// not `optional` is the container's config error (`Err`, upstream's message:
+    /// `configmap "x" not found`); messages never carry values.
     pub fn container_env(
         &self,
         pod: &Pod,
         container: &Container,
         pod_ips: &[String],
-    ) -> Vec<(String, String)> {
+    ) -> Result<Vec<(String, String)>, String> {
+        use berth_plugins::volume::{ApiObjects as _, ObjectKind};
+        let ns = pod
+            .metadata
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let get = |kind: ObjectKind, name: &str, optional: bool| {
+            match self.objects.get(kind, &ns, name) {
+                Ok(Some(o)) => Ok(Some(o)),
+                Ok(None) if optional => Ok(None),
+                Ok(None) => Err(format!("{} \"{name}\" not found", kind.noun())),
+                Err(message) => Err(message),
+            }
+        };
         let mut out: Vec<(String, String)> = Vec::new();
         let mut defined: HashMap<String, String> = HashMap::new();
+        let set = |out: &mut Vec<(String, String)>, name: &str, value: String| {
+            if let Some(existing) = out.iter_mut().find(|(k, _)| k == name) {
+                existing.1 = value;
+            } else {
+                out.push((name.to_string(), value));
+            }
+        };
+        for from in container.env_from.iter().flatten() {
+            let prefix = from.prefix.clone().unwrap_or_default();
+            let (kind, name, optional) = match (&from.config_map_ref, &from.secret_ref) {
+                (Some(r), _) => (ObjectKind::ConfigMap, &r.name, r.optional.unwrap_or(false)),
+                (None, Some(r)) => (ObjectKind::Secret, &r.name, r.optional.unwrap_or(false)),
+                (None, None) => continue,
+            };
+            let Some(object) = get(kind, name, optional)? else {
+                continue;
+            };
+            let mut invalid = Vec::new();
+            for (k, v) in &object.data {
+                let key = format!("{prefix}{k}");
+                if !is_env_var_name(&key) {
+                    invalid.push(key);
+                    continue;
+                }
+                let value = String::from_utf8_lossy(v).into_owned();
+                defined.insert(key.clone(), value.clone());
+                set(&mut out, &key, value);
+            }
+            if !invalid.is_empty() {
+                invalid.sort();
+                let what = match kind {
+                    ObjectKind::ConfigMap => "configMap",
+                    ObjectKind::Secret => "secret",
+                };
+                self.events.record(
+                    &crate::events::ObjectRef::pod(pod),
+                    crate::events::EventType::Warning,
+                    "InvalidEnvironmentVariableNames",
+                    format!(
+                        "Keys [{}] from the EnvFrom {what} {ns}/{name} were skipped since they are considered invalid environment variable names.",
+                        invalid.join(", ")
+                    ),
+                );
+            }
+        }
         for EnvVar {
             name,
             value,
             value_from,
         } in container.env.iter().flatten()
         {
+            let from = value_from.as_ref();
             let resolved = if let Some(v) = value {
                 Some(expand(v, |var| defined.get(var).cloned()))
-            } else if let Some(field) = value_from.as_ref().and_then(|f| f.field_ref.as_ref()) {
+            } else if let Some(field) = from.and_then(|f| f.field_ref.as_ref()) {
                 self.field_value(pod, &field.field_path, pod_ips)
+            } else if let Some(r) = from.and_then(|f| f.config_map_key_ref.as_ref()) {
+                let optional = r.optional.unwrap_or(false);
+                match get(ObjectKind::ConfigMap, &r.name, optional)? {
+                    None => continue,
+                    Some(o) => match o.data.get(&r.key) {
+                        Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
+                        None if optional => continue,
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in ConfigMap {ns}/{}",
+                                r.key, r.name
+                            ));
+                        }
+                    },
+                }
+            } else if let Some(r) = from.and_then(|f| f.secret_key_ref.as_ref()) {
+                let optional = r.optional.unwrap_or(false);
+                match get(ObjectKind::Secret, &r.name, optional)? {
+                    None => continue,
+                    Some(o) => match o.data.get(&r.key) {
+                        Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
+                        None if optional => continue,
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in Secret {ns}/{}",
+                                r.key, r.name
+                            ));
+                        }
+                    },
+                }
             } else {
-                // Unsupported sources (configMapKeyRef, secretKeyRef, resourceFieldRef)
-                // were warned about when the manifest was read.
+                // resourceFieldRef was warned about when the manifest was read.
                 None
             };
             let value = resolved.unwrap_or_default();
             defined.insert(name.clone(), value.clone());
-            if let Some(existing) = out.iter_mut().find(|(k, _)| k == name) {
-                existing.1 = value;
-            } else {
-                out.push((name.clone(), value));
-            }
+            set(&mut out, name, value);
         }
-        out
+        Ok(out)
     }
 
     /// The value of a downward-API field path.
@@ -332,6 +426,17 @@ impl RuntimeManager {
             }
             _ => None,
         }
+    }
+}
+
+/// A valid environment variable name (apimachinery's `IsEnvVarName`:
+/// `[-._a-zA-Z][-._a-zA-Z0-9]*`).
+pub fn is_env_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    let ok_first = |c: char| c.is_ascii_alphabetic() || matches!(c, '-' | '.' | '_');
+    match chars.next() {
+        Some(c) if ok_first(c) => chars.all(|c| ok_first(c) || c.is_ascii_digit()),
+        _ => false,
     }
 }
 

@@ -39,12 +39,21 @@ pub struct RuntimeManager {
     pub(crate) crash_backoff: Backoff,
     pub(crate) image_backoff: Backoff,
     pub(crate) metrics: Arc<Metrics>,
+    /// Where the kubelet's events go (logged only, unless [`with_events`](Self::with_events)).
+    pub(crate) events: crate::events::EventRecorder,
+    /// ConfigMaps and Secrets of the pods (env and volumes).
+    pub(crate) objects: Arc<crate::objects::ObjectStore>,
 }
 
 impl RuntimeManager {
     /// A manager over `client` with the kubelet's back-off settings.
     pub fn new(client: RuntimeClient, settings: Settings, metrics: Arc<Metrics>) -> Self {
-        let volumes = berth_plugins::VolumeManager::new(settings.root_dir.clone());
+        let objects = Arc::new(crate::objects::ObjectStore::new());
+        let volumes = berth_plugins::VolumeManager::with_api_objects(
+            settings.root_dir.clone(),
+            Arc::new(berth_plugins::SystemMounter),
+            objects.clone(),
+        );
         Self {
             client,
             settings,
@@ -52,7 +61,26 @@ impl RuntimeManager {
             crash_backoff: Backoff::crash_loop(),
             image_backoff: Backoff::image_pull(),
             metrics,
+            events: crate::events::EventRecorder::log_only(),
+            objects,
         }
+    }
+
+    /// Fetch the ConfigMaps and Secrets pods reference through `client`.
+    pub fn with_api_client(self, client: kube::Client) -> Self {
+        self.objects.set_client(client);
+        self
+    }
+
+    /// The ConfigMaps and Secrets as last fetched.
+    pub fn objects(&self) -> &Arc<crate::objects::ObjectStore> {
+        &self.objects
+    }
+
+    /// Record events with `events` (cluster mode, tests) instead of only logging them.
+    pub fn with_events(mut self, events: crate::events::EventRecorder) -> Self {
+        self.events = events;
+        self
     }
 
     /// `<root-dir>/pods/<uid>`: the pod's own directory (volumes, termination messages, hosts file).

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::container::{ContainerContext, container_hash};
 use super::images::ImageError;
 use super::{Result, RuntimeManager, SyncError, cri, ignore_not_found};
+use crate::events::{EventType, ObjectRef};
 use crate::observed::{ContainerState, ObservedContainer, ObservedPod, ObservedSandbox, keys};
 use crate::source::SourcedPod;
 use crate::status::{Transient, Waiting};
@@ -94,17 +95,30 @@ fn min_requeue(current: &mut Option<Duration>, d: Duration) {
     *current = Some(current.map_or(d, |c| c.min(d)));
 }
 
+/// True for a static pod (from the manifest directory).
+fn is_static(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::source::manifest::CONFIG_SOURCE_ANNOTATION))
+        .is_some_and(|s| s == crate::source::manifest::FILE_SOURCE)
+}
+
 /// How soon a container that failed to be created or started is tried again.
 const CONTAINER_RETRY: Duration = Duration::from_secs(10);
 
-/// Record why a container could not be started, and retry it soon.
+/// Record why a container could not be started (its waiting reason, and the
+/// kubelet's `Failed` event `Error: <message>` on `obj`), and retry it soon.
 fn container_waits(
     ps: &mut PodSync<'_>,
     transient: &mut Transient,
+    obj: &ObjectRef,
     name: &str,
     reason: &str,
     message: String,
 ) {
+    ps.events
+        .record(obj, EventType::Warning, "Failed", format!("Error: {message}"));
     transient.waiting.insert(
         name.to_string(),
         Waiting {
@@ -124,6 +138,7 @@ struct PodSync<'a> {
     sandbox_config: api::PodSandboxConfig,
     pod_ips: Vec<String>,
     requeue: Option<Duration>,
+    events: crate::events::EventRecorder,
 }
 
 impl RuntimeManager {
@@ -166,6 +181,63 @@ impl RuntimeManager {
             return Ok(SyncOutcome::Synced { requeue: None });
         }
 
+        // ConfigMaps and Secrets: fetched again at every sync, so env of new
+        // containers and volume files follow the objects.
+        let refs = crate::objects::references(pod);
+        if let Some((kind, name)) = refs.iter().next() {
+            if is_static(pod) {
+                // As upstream, where the API server refuses mirror pods that
+                // reference them: a static pod never gets its containers.
+                let message = format!(
+                    "static pods may not reference configmaps or secrets (it references {} \"{name}\")",
+                    kind.noun()
+                );
+                self.events.record(
+                    &ObjectRef::pod(pod),
+                    EventType::Warning,
+                    "Failed",
+                    format!("Error: {message}"),
+                );
+                for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+                    transient.waiting.insert(
+                        c.name.clone(),
+                        Waiting {
+                            reason: "CreateContainerConfigError".into(),
+                            message: message.clone(),
+                        },
+                    );
+                }
+                return Ok(SyncOutcome::Synced { requeue: None });
+            }
+            self.objects.refresh(pod).await;
+            let projected = spec
+                .volumes
+                .iter()
+                .flatten()
+                .any(|v| v.config_map.is_some() || v.secret.is_some());
+            if projected && let Err(e) = self.volumes.set_up_pod(pod) {
+                let message = match &e {
+                    berth_plugins::Error::Volume { name, source, .. } => {
+                        let why = match source.as_ref() {
+                            berth_plugins::Error::Invalid { reason, .. } => reason.clone(),
+                            other => other.to_string(),
+                        };
+                        format!("MountVolume.SetUp failed for volume \"{name}\" : {why}")
+                    }
+                    other => other.to_string(),
+                };
+                self.events
+                    .record(&ObjectRef::pod(pod), EventType::Warning, "FailedMount", message);
+                if ready.is_empty() {
+                    // As the kubelet: no sandbox until the volumes are there; the
+                    // containers show ContainerCreating meanwhile.
+                    return Ok(SyncOutcome::Synced {
+                        requeue: Some(CONTAINER_RETRY),
+                    });
+                }
+            }
+        }
+
         // The kubelet's PodSandboxChanged: a sandbox whose network mode no longer
         // matches the spec, or a pod-network sandbox without an IP, is replaced.
         let host_network = spec.host_network.unwrap_or(false);
@@ -196,10 +268,25 @@ impl RuntimeManager {
                     self.gc(&observed).await;
                     return Ok(SyncOutcome::Synced { requeue: None });
                 }
+                if !observed.sandboxes.is_empty() {
+                    // The kubelet's event whenever a pod that had a sandbox gets a new one.
+                    self.events.record(
+                        &ObjectRef::pod(pod),
+                        EventType::Normal,
+                        "SandboxChanged",
+                        "Pod sandbox changed, it will be killed and re-created.",
+                    );
+                }
                 match self.create_sandbox(pod, &observed, grace).await {
                     Ok(created) => created,
                     Err(e) => {
                         if !e.is_unreachable() {
+                            self.events.record(
+                                &ObjectRef::pod(pod),
+                                EventType::Warning,
+                                "FailedCreatePodSandBox",
+                                format!("Failed to create pod sandbox: {e}"),
+                            );
                             transient.pod_error = Some(Waiting {
                                 reason: "FailedCreatePodSandBox".into(),
                                 message: e.to_string(),
@@ -220,6 +307,7 @@ impl RuntimeManager {
             sandbox_config,
             pod_ips,
             requeue: None,
+            events: self.events.clone(),
         };
 
         if self
@@ -361,7 +449,10 @@ impl RuntimeManager {
                         continue;
                     }
                     tracing::info!(container = %c.name, id = %l.id, "container spec changed; replacing it");
-                    self.stop_running(&[l], grace).await?;
+                    self.stop_running_with(&[l], grace, |o| {
+                        format!("Container {} definition changed, will be restarted", o.name)
+                    })
+                    .await?;
                 }
                 Some(l) if l.sandbox_id == ps.sandbox_id && l.state == ContainerState::Exited => {
                     if !should_restart(&policy, l.exit_code) {
@@ -416,6 +507,17 @@ impl RuntimeManager {
                 .remaining_since(&key, instant_of(last.finished_at), now)
         {
             let backoff = self.crash_backoff.get(&key);
+            let pod_name = ps.pod.metadata.name.as_deref().unwrap_or_default();
+            let pod_ns = ps.pod.metadata.namespace.as_deref().unwrap_or_default();
+            self.events.record(
+                &ObjectRef::pod(ps.pod).container(&c.name, last.init),
+                EventType::Warning,
+                "BackOff",
+                format!(
+                    "Back-off restarting failed container {} in pod {pod_name}_{pod_ns}({})",
+                    c.name, ps.uid
+                ),
+            );
             transient.waiting.insert(
                 c.name.clone(),
                 Waiting {
@@ -449,10 +551,21 @@ impl RuntimeManager {
         restart_count: i32,
         transient: &mut Transient,
     ) -> Result<()> {
-        let image_ref = match self.ensure_image(ps.uid, c, &ps.sandbox_config).await {
+        let obj = ObjectRef::pod(ps.pod).container(&c.name, init);
+        let image_ref = match self
+            .ensure_image(ps.uid, c, &ps.sandbox_config, &obj)
+            .await
+        {
             Ok(r) => r,
             Err(ImageError::Runtime(e)) => return Err(cri(format!("image of {}", c.name))(e)),
             Err(ImageError::Waiting(w)) => {
+                // The kubelet's `Error: ErrImagePull` / `Error: ImagePullBackOff`.
+                self.events.record(
+                    &obj,
+                    EventType::Warning,
+                    "Failed",
+                    format!("Error: {}", w.reason),
+                );
                 let key = format!("{}/{}", ps.uid, c.image.as_deref().unwrap_or_default());
                 let retry = self
                     .image_backoff
@@ -467,6 +580,7 @@ impl RuntimeManager {
             container_waits(
                 ps,
                 transient,
+                &obj,
                 &c.name,
                 "CreateContainerConfigError",
                 message,
@@ -479,6 +593,7 @@ impl RuntimeManager {
                 container_waits(
                     ps,
                     transient,
+                    &obj,
                     &c.name,
                     "CreateContainerConfigError",
                     message,
@@ -492,6 +607,20 @@ impl RuntimeManager {
             path: log_dir.clone(),
             source,
         })?;
+        let env = match self.container_env(ps.pod, c, &ps.pod_ips) {
+            Ok(env) => env,
+            Err(message) => {
+                container_waits(
+                    ps,
+                    transient,
+                    &obj,
+                    &c.name,
+                    "CreateContainerConfigError",
+                    message,
+                );
+                return Ok(());
+            }
+        };
         let config = self.container_config(
             ps.pod,
             c,
@@ -502,6 +631,7 @@ impl RuntimeManager {
                 init,
                 image_ref: &image_ref,
                 mounts,
+                env,
             },
         );
         let created = self
@@ -513,13 +643,22 @@ impl RuntimeManager {
             })
             .await;
         let id = match created {
-            Ok(resp) => resp.container_id,
+            Ok(resp) => {
+                self.events.record(
+                    &obj,
+                    EventType::Normal,
+                    "Created",
+                    format!("Created container: {}", c.name),
+                );
+                resp.container_id
+            }
             Err(e) if e.is_unreachable() => return Err(cri("CreateContainer")(e)),
             Err(e) => {
                 tracing::warn!(container = %c.name, error = %e, "creating container failed");
                 container_waits(
                     ps,
                     transient,
+                    &obj,
                     &c.name,
                     "CreateContainerError",
                     e.to_string(),
@@ -538,10 +677,23 @@ impl RuntimeManager {
                 return Err(cri("StartContainer")(e));
             }
             tracing::warn!(container = %c.name, id = %id, error = %e, "starting container failed");
-            container_waits(ps, transient, &c.name, "RunContainerError", e.to_string());
+            container_waits(
+                ps,
+                transient,
+                &obj,
+                &c.name,
+                "RunContainerError",
+                e.to_string(),
+            );
             return Ok(());
         }
         tracing::info!(container = %c.name, id = %id, restart_count, init, "container started");
+        self.events.record(
+            &obj,
+            EventType::Normal,
+            "Started",
+            format!("Started container {}", c.name),
+        );
         transient.waiting.remove(&c.name);
         Ok(())
     }
@@ -612,11 +764,38 @@ impl RuntimeManager {
         })
     }
 
-    /// Stop the running ones among `containers`, in parallel, each with its grace period.
+    /// Stop the running ones among `containers`, in parallel, each with its
+    /// grace period (a `Killing` event `Stopping container <c>` for each).
     async fn stop_running(&self, containers: &[&ObservedContainer], grace: i64) -> Result<()> {
+        self.stop_running_with(containers, grace, |c| {
+            format!("Stopping container {}", c.name)
+        })
+        .await
+    }
+
+    /// [`stop_running`](Self::stop_running) with the `Killing` event's message from `why`.
+    async fn stop_running_with(
+        &self,
+        containers: &[&ObservedContainer],
+        grace: i64,
+        why: impl Fn(&ObservedContainer) -> String,
+    ) -> Result<()> {
         let stops = containers
             .iter()
             .filter(|c| matches!(c.state, ContainerState::Running | ContainerState::Unknown))
+            .map(|c| {
+                // The spec may be gone (pod removal): the pod is named by the runtime's labels.
+                let label = |k: &str| c.labels.get(k).map(String::as_str).unwrap_or_default();
+                let obj = ObjectRef::from_parts(
+                    label(keys::POD_NAMESPACE),
+                    label(keys::POD_NAME),
+                    label(keys::POD_UID),
+                )
+                .container(&c.name, c.init);
+                self.events
+                    .record(&obj, EventType::Normal, "Killing", why(c));
+                c
+            })
             .map(|c| async move {
                 tracing::info!(container = %c.name, id = %c.id, grace, "stopping container");
                 ignore_not_found(self.client.stop_container(&c.id, grace).await)
@@ -638,6 +817,11 @@ impl RuntimeManager {
             .filter(|c| c.sandbox_id == sb.id)
             .collect();
         self.stop_running(&inside, grace).await?;
+        self.stop_sandbox(sb).await
+    }
+
+    /// StopPodSandbox (its containers already stopped).
+    async fn stop_sandbox(&self, sb: &ObservedSandbox) -> Result<()> {
         let stopped = self
             .client
             .stop_pod_sandbox(api::StopPodSandboxRequest {
@@ -713,8 +897,9 @@ impl RuntimeManager {
         }
         self.stop_running(&observed.containers.iter().collect::<Vec<_>>(), grace)
             .await?;
+        // Every container is stopped above (one Killing event each).
         for sb in &observed.sandboxes {
-            self.kill_sandbox(observed, sb, grace).await?;
+            self.stop_sandbox(sb).await?;
         }
         for c in &observed.containers {
             let removed = self

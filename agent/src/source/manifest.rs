@@ -66,7 +66,7 @@ const POD_UNSUPPORTED: &[Unsupported] = &[
     Unsupported {
         path: "spec.volumes[*]",
         check: Check::KeysExcept(&["name", "emptyDir", "hostPath"]),
-        reason: "only emptyDir and hostPath volumes are supported",
+        reason: "static pods support only emptyDir and hostPath volumes (configMap and secret volumes are refused as upstream)",
     },
     Unsupported {
         path: "spec.ephemeralContainers",
@@ -126,6 +126,11 @@ const POD_UNSUPPORTED: &[Unsupported] = &[
     },
 ];
 
+/// Why a static pod's ConfigMap/Secret reference is reported: the kubelet
+/// refuses them (the API server rejects such mirror pods); the runtime keeps
+/// the containers waiting with `CreateContainerConfigError`.
+const STATIC_REFERENCES: &str = "static pods may not reference ConfigMaps or Secrets (as upstream); the pod's containers will not start";
+
 /// Container fields, checked on every init and app container.
 const CONTAINER_UNSUPPORTED: &[Unsupported] = &[
     Unsupported {
@@ -156,12 +161,22 @@ const CONTAINER_UNSUPPORTED: &[Unsupported] = &[
     Unsupported {
         path: "envFrom",
         check: Check::Present,
-        reason: "envFrom is not supported (no ConfigMaps or Secrets)",
+        reason: STATIC_REFERENCES,
     },
     Unsupported {
         path: "env[*].valueFrom",
-        check: Check::KeysExcept(&["fieldRef"]),
+        check: Check::KeysExcept(&["fieldRef", "configMapKeyRef", "secretKeyRef"]),
         reason: "only fieldRef is supported",
+    },
+    Unsupported {
+        path: "env[*].valueFrom.configMapKeyRef",
+        check: Check::Present,
+        reason: STATIC_REFERENCES,
+    },
+    Unsupported {
+        path: "env[*].valueFrom.secretKeyRef",
+        check: Check::Present,
+        reason: STATIC_REFERENCES,
     },
     Unsupported {
         path: "env[*].valueFrom.fieldRef.fieldPath",
@@ -1272,13 +1287,13 @@ spec:
     - {name: tmp, mountPath: /tmp}
 ");
         let expected = [
-            "spec.volumes[0].configMap: only emptyDir and hostPath volumes are supported",
+            "spec.volumes[0].configMap: static pods support only emptyDir and hostPath volumes (configMap and secret volumes are refused as upstream)",
             "spec.imagePullSecrets: registry credentials are not supported yet; images are pulled anonymously",
             "spec.securityContext.seLinuxOptions: not supported yet, ignored",
             "spec.initContainers[0].lifecycle: lifecycle hooks are not supported yet",
             "spec.containers[0].livenessProbe: probes are not supported yet",
-            "spec.containers[0].envFrom: envFrom is not supported (no ConfigMaps or Secrets)",
-            "spec.containers[0].env[2].valueFrom.secretKeyRef: only fieldRef is supported",
+            "spec.containers[0].envFrom: static pods may not reference ConfigMaps or Secrets (as upstream); the pod's containers will not start",
+            "spec.containers[0].env[2].valueFrom.secretKeyRef: static pods may not reference ConfigMaps or Secrets (as upstream); the pod's containers will not start",
             "spec.containers[0].env[3].valueFrom.fieldRef.fieldPath: this field path is not supported yet",
             "spec.containers[0].securityContext.seccompProfile: not supported yet, ignored",
         ];

@@ -13,6 +13,8 @@
 //!     etc-hosts                               the managed /etc/hosts
 //! ```
 
+pub mod atomic_writer;
+pub mod configmap;
 mod empty_dir;
 mod host_path;
 
@@ -24,6 +26,9 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 
+pub use configmap::{
+    ApiObjects, ConfigMapPlugin, NoApiServer, ObjectData, ObjectKind, SecretPlugin,
+};
 pub use empty_dir::EmptyDirPlugin;
 pub use host_path::HostPathPlugin;
 
@@ -137,6 +142,22 @@ impl VolumeManager {
         let plugins: Vec<Box<dyn VolumePlugin>> = vec![
             Box::new(EmptyDirPlugin::new(mounter.clone())),
             Box::new(HostPathPlugin),
+        ];
+        Self::with_plugins(root_dir, mounter, plugins)
+    }
+
+    /// As [`with_mounter`](Self::with_mounter), plus the configMap and secret
+    /// plugins reading their objects from `objects`.
+    pub fn with_api_objects(
+        root_dir: impl Into<PathBuf>,
+        mounter: Arc<dyn Mounter>,
+        objects: Arc<dyn ApiObjects>,
+    ) -> Self {
+        let plugins: Vec<Box<dyn VolumePlugin>> = vec![
+            Box::new(EmptyDirPlugin::new(mounter.clone())),
+            Box::new(HostPathPlugin),
+            Box::new(ConfigMapPlugin::new(objects.clone(), mounter.clone())),
+            Box::new(SecretPlugin::new(objects, mounter.clone())),
         ];
         Self::with_plugins(root_dir, mounter, plugins)
     }
