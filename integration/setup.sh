@@ -10,6 +10,9 @@
 #      busybox-1.36.tar -> localhost/berth/busybox:1.36
 #      pause-3.9.tar    -> localhost/berth/pause:3.9   (the pod sandbox image)
 #    Rebuilt only when missing (see integration/images/build.sh).
+# 4. Installs the official Python `kubernetes` client (PyPI) into a venv at
+#    $BERTH_PYVENV (default /opt/berth/pyvenv), for the cluster end-to-end
+#    tests (integration/tests/python/). Skipped when it is already there.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -79,6 +82,24 @@ check_name() { # check_name <tar> <expected-name>
 }
 check_name "$IMAGES_DIR/busybox-1.36.tar" localhost/berth/busybox:1.36
 check_name "$IMAGES_DIR/pause-3.9.tar" localhost/berth/pause:3.9
+
+# --- 4. Python kubernetes client ---------------------------------------------
+# The official client from PyPI, pinned to a release that supports kube 1.33.
+PYVENV=${BERTH_PYVENV:-/opt/berth/pyvenv}
+PY_KUBERNETES=${BERTH_PY_KUBERNETES:-33.1.0}
+if "$PYVENV/bin/python" -c 'import kubernetes' 2>/dev/null; then
+  say "python kubernetes client: present in $PYVENV"
+else
+  if ! /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    say "installing python3-venv"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv
+  fi
+  say "python kubernetes client $PY_KUBERNETES into $PYVENV"
+  rm -rf "$PYVENV"
+  /usr/bin/python3 -m venv "$PYVENV"
+  "$PYVENV/bin/pip" install -q --disable-pip-version-check "kubernetes==$PY_KUBERNETES"
+  "$PYVENV/bin/python" -c 'import kubernetes' || die "the python kubernetes client did not install into $PYVENV"
+fi
 
 # --- Notes about this host ----------------------------------------------------
 cap_eff=$(awk '/^CapEff:/ {print $2}' /proc/self/status)

@@ -7,7 +7,8 @@
 # 2. cargo build --workspace --all-targets --locked   (one dev profile for everything)
 # 3. the whole suite: cargo nextest (if installed) or cargo test, --no-fail-fast,
 #    with BERTH_REQUIRE_RUNTIME=1 so runtime tests fail instead of skipping
-# 4. a leak check: no test containerd, shim, pod, bridge or mount may remain
+# 4. a leak check: no test containerd, shim, pod, bridge, mount or cluster
+#    network namespace may remain
 # 5. integration/bench.sh, a short run (figures as JSON); BERTH_BENCH=0 skips it
 #
 # Environment:
@@ -65,7 +66,7 @@ stale() { # stale <instance-name like c12>: true when no live process holds its 
 }
 leaks=()
 while read -r line; do
-  inst=$(grep -oE "$base/[ca][0-9]+" <<<"$line" | head -1)
+  inst=$(grep -oE "$base/[cak][0-9]+" <<<"$line" | head -1)
   [[ -n $inst ]] && stale "${inst##*/}" && leaks+=("$line")
 done < <(
   pgrep -a -f "$base/" || true
@@ -76,6 +77,16 @@ while read -r link; do
   n=${link#brth}
   stale "c$n" && leaks+=("bridge $link")
 done < <(ip -o link show 2>/dev/null | awk -F': ' '{sub(/@.*/, "", $2); print $2}' | grep -E '^brth[0-9]+$' || true)
+# Cluster tests (integration/src/cluster.rs): bridge brk<N>, veths vk<N>a/b and
+# network namespaces berth-k<N>-a/b of cluster instance k<N>.
+while read -r link; do
+  n=${link#brk}; n=${n#vk}; n=${n%[ab]}
+  stale "k$n" && leaks+=("cluster link $link")
+done < <(ip -o link show 2>/dev/null | awk -F': ' '{sub(/@.*/, "", $2); print $2}' | grep -E '^(brk[0-9]+|vk[0-9]+[ab])$' || true)
+while read -r ns; do
+  n=${ns#berth-k}; n=${n%-*}
+  stale "k$n" && leaks+=("netns $ns")
+done < <(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^berth-k[0-9]+-[ab]$' || true)
 if (( ${#leaks[@]} )); then
   echo "leak check: test instances left things behind:" >&2
   printf '  %s\n' "${leaks[@]}" >&2

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Run berth on this host, on the example manifests: the README's quick start.
 #
-#   sudo integration/up.sh          start (or keep) containerd-for-berth and the agent
-#   sudo integration/up.sh --stop   stop both (pods keep running in their shims and
-#                                   are adopted again on the next start)
+#   sudo integration/up.sh            start (or keep) containerd-for-berth and the agent
+#   sudo integration/up.sh --cluster  the same plus the control plane on this host:
+#                                     berth-apiserver (SQLite; BERTH_STORAGE=etcd for a
+#                                     private etcd), berth-scheduler, and the agent joined
+#                                     to it with a node kubeconfig; prints the KUBECONFIG
+#   sudo integration/up.sh --stop     stop everything it started (pods keep running in
+#                                     their shims and are adopted again on the next start)
 #
 # What it does: integration/setup.sh (packages, test images), builds
 # berth-agent, starts a containerd of berth's own (it does not touch a system
@@ -17,7 +21,16 @@
 # /etc/berth/manifests when that directory is empty, and starts the agent
 # (log /var/log/berth-agent.log, pid file /run/berth/agent.pid).
 #
-# Environment: BERTH_STATUS_ADDRESS (default 127.0.0.1:10255).
+# --cluster adds:
+#   berth-apiserver  data /var/lib/berth-apiserver (admin.kubeconfig, tokens, pki, SQLite),
+#                    HTTPS on 127.0.0.1:6443, log /var/log/berth-apiserver.log
+#   etcd             (BERTH_STORAGE=etcd only) data /var/lib/berth/etcd, 127.0.0.1:2379,
+#                    log /var/log/berth-etcd.log
+#   berth-scheduler  log /var/log/berth-scheduler.log
+#   the agent        with --kubeconfig /etc/berth/node.kubeconfig (user system:node:<host>)
+#
+# Environment: BERTH_STATUS_ADDRESS (default 127.0.0.1:10255), BERTH_STORAGE
+# (sqlite|etcd, --cluster only).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,6 +53,18 @@ AGENT_ROOT=/var/lib/berth
 POD_LOGS=/var/log/pods
 AGENT_LOG=/var/log/berth-agent.log
 AGENT_PID=/run/berth/agent.pid
+
+API_DIR=/var/lib/berth-apiserver
+API_LISTEN=127.0.0.1:6443
+API_LOG=/var/log/berth-apiserver.log
+API_PID=/run/berth/apiserver.pid
+ETCD_DIR=/var/lib/berth/etcd
+ETCD_LOG=/var/log/berth-etcd.log
+ETCD_PID=/run/berth/etcd.pid
+SCHED_LOG=/var/log/berth-scheduler.log
+SCHED_PID=/run/berth/scheduler.pid
+NODE_KUBECONFIG=/etc/berth/node.kubeconfig
+STORAGE=${BERTH_STORAGE:-sqlite}
 
 say() { echo "==> up: $*"; }
 die() { echo "up.sh: error: $*" >&2; exit 1; }
@@ -78,20 +103,49 @@ stop_pid() {
   rm -f "$1"
 }
 
-if [[ ${1:-} == --stop ]]; then
-  stop_pid "$AGENT_PID" berth-agent berth-agent
-  stop_pid "$CD_PID" "$CD_CONFIG" containerd
-  say "stopped. Pods' containers keep running in their shims; the next start adopts them."
-  exit 0
-elif [[ -n ${1:-} ]]; then
-  die "unknown argument $1 (use --stop, or nothing to start)"
-fi
+# wait_for <what> <pid-file> <log> <seconds> <command...>: poll the command until it succeeds.
+wait_for() {
+  local what=$1 pidf=$2 log=$3 secs=$4 i
+  shift 4
+  for ((i = 0; ; i++)); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    if [[ ! -d /proc/$(cat "$pidf") ]]; then
+      tail -n 30 "$log" >&2 || true
+      die "$what exited; see $log"
+    fi
+    ((i < secs * 10)) || { tail -n 30 "$log" >&2; die "$what not ready after $secs s; see $log"; }
+    sleep 0.1
+  done
+}
+
+cluster=0
+case ${1:-} in
+  --stop)
+    stop_pid "$AGENT_PID" berth-agent berth-agent
+    stop_pid "$SCHED_PID" berth-scheduler berth-scheduler
+    stop_pid "$API_PID" berth-apiserver berth-apiserver
+    stop_pid "$ETCD_PID" "$ETCD_DIR" etcd
+    stop_pid "$CD_PID" "$CD_CONFIG" containerd
+    say "stopped. Pods' containers keep running in their shims; the next start adopts them."
+    exit 0 ;;
+  --cluster) cluster=1 ;;
+  "") ;;
+  *) die "unknown argument $1 (use --cluster, --stop, or nothing to start)" ;;
+esac
+[[ $STORAGE == sqlite || $STORAGE == etcd ]] || die "BERTH_STORAGE must be sqlite or etcd, not $STORAGE"
 
 bash "$REPO/integration/setup.sh"
 
-say "building berth-agent"
-(cd "$REPO" && cargo build --locked -p berth-agent)
+if ((cluster)); then
+  say "building berth-agent, berth-apiserver, berth-scheduler"
+  (cd "$REPO" && cargo build --locked -p berth-agent -p berth-apiserver -p berth-scheduler --bins)
+else
+  say "building berth-agent"
+  (cd "$REPO" && cargo build --locked -p berth-agent)
+fi
 AGENT_BIN=$REPO/target/debug/berth-agent
+API_BIN=$REPO/target/debug/berth-apiserver
+SCHED_BIN=$REPO/target/debug/berth-scheduler
 [[ -x $AGENT_BIN ]] || die "$AGENT_BIN was not built"
 
 mkdir -p /run/berth "$MANIFESTS" "$AGENT_ROOT" "$POD_LOGS"
@@ -142,6 +196,51 @@ else
   say "$MANIFESTS is not empty; leaving it as it is"
 fi
 
+# --- the control plane (--cluster) -------------------------------------------------
+cluster_args=()
+if ((cluster)); then
+  api_args=(--data-dir "$API_DIR" --listen "$API_LISTEN")
+  if [[ $STORAGE == etcd ]]; then
+    if pid=$(running "$ETCD_PID" "$ETCD_DIR"); then
+      say "etcd already running (pid $pid)"
+    else
+      mkdir -p "$ETCD_DIR"
+      say "starting etcd (data $ETCD_DIR), log $ETCD_LOG"
+      nohup setsid etcd --data-dir "$ETCD_DIR" --name berth \
+        --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+        --listen-peer-urls http://127.0.0.1:2380 >>"$ETCD_LOG" 2>&1 </dev/null &
+      echo $! >"$ETCD_PID"
+    fi
+    wait_for etcd "$ETCD_PID" "$ETCD_LOG" 30 etcdctl --endpoints http://127.0.0.1:2379 endpoint health
+    api_args+=(--storage etcd --etcd-servers http://127.0.0.1:2379)
+  fi
+  if pid=$(running "$API_PID" berth-apiserver); then
+    say "berth-apiserver already running (pid $pid)"
+  else
+    say "starting berth-apiserver ($STORAGE), log $API_LOG"
+    NO_COLOR=1 nohup setsid "$API_BIN" "${api_args[@]}" >>"$API_LOG" 2>&1 </dev/null &
+    echo $! >"$API_PID"
+  fi
+  wait_for berth-apiserver "$API_PID" "$API_LOG" 60 test -s "$API_DIR/admin.kubeconfig"
+  wait_for berth-apiserver "$API_PID" "$API_LOG" 60 \
+    kubectl --kubeconfig "$API_DIR/admin.kubeconfig" get --raw /readyz
+  if pid=$(running "$SCHED_PID" berth-scheduler); then
+    say "berth-scheduler already running (pid $pid)"
+  else
+    say "starting berth-scheduler, log $SCHED_LOG"
+    NO_COLOR=1 nohup setsid "$SCHED_BIN" --kubeconfig "$API_DIR/admin.kubeconfig" \
+      >>"$SCHED_LOG" 2>&1 </dev/null &
+    echo $! >"$SCHED_PID"
+  fi
+  if [[ ! -s $NODE_KUBECONFIG ]]; then
+    (umask 077 && "$API_BIN" kubeconfig --data-dir "$API_DIR" --node "$(hostname)" \
+      --server "https://$API_LISTEN" >"$NODE_KUBECONFIG.tmp")
+    mv "$NODE_KUBECONFIG.tmp" "$NODE_KUBECONFIG"
+    say "wrote $NODE_KUBECONFIG (user system:node:$(hostname))"
+  fi
+  cluster_args=(--kubeconfig "$NODE_KUBECONFIG")
+fi
+
 # --- the agent -------------------------------------------------------------------------
 if pid=$(running "$AGENT_PID" berth-agent); then
   say "berth-agent already running (pid $pid); '$0 --stop' first to run a newly built one"
@@ -154,6 +253,7 @@ else
     --root-dir "$AGENT_ROOT" \
     --pod-logs-dir "$POD_LOGS" \
     --status-address "$STATUS_ADDRESS" \
+    "${cluster_args[@]}" \
     >>"$AGENT_LOG" 2>&1 </dev/null &
   echo $! >"$AGENT_PID"
 fi
@@ -183,3 +283,16 @@ berth is running (agent pid $(cat "$AGENT_PID"), containerd pid $(cat "$CD_PID")
   runtime:   ctr --address $CD_SOCKET -n k8s.io containers ls
   stop:      $0 --stop
 MSG
+if ((cluster)); then
+  cat <<MSG
+
+The control plane runs too (berth-apiserver pid $(cat "$API_PID") on $STORAGE, berth-scheduler pid $(cat "$SCHED_PID")):
+
+  export KUBECONFIG=$API_DIR/admin.kubeconfig
+  kubectl get nodes -o wide
+  kubectl apply -f $REPO/examples/cluster/hello.yaml
+  kubectl get pods -o wide -w
+  kubectl logs hello; kubectl exec hello -- cat /etc/hostname
+  logs:      $API_LOG, $SCHED_LOG
+MSG
+fi

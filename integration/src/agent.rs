@@ -75,6 +75,11 @@ pub struct AgentOptions {
     pub cgroup_root: Option<String>,
     /// The binary; [`agent_binary`] when `None`.
     pub binary: Option<PathBuf>,
+    /// Run the agent in the named network namespace (`/run/netns/<name>`,
+    /// entered with `nsenter --net=`), as on another host. Then give
+    /// `--status-address` an address of that namespace the host can reach:
+    /// the default (127.0.0.1 with a port free on the host) is not.
+    pub netns: Option<String>,
 }
 
 impl AgentOptions {
@@ -86,6 +91,7 @@ impl AgentOptions {
             env: Vec::new(),
             cgroup_root: None,
             binary: None,
+            netns: None,
         }
     }
 
@@ -117,6 +123,12 @@ impl AgentOptions {
 
     pub fn node_name(mut self, name: impl Into<String>) -> Self {
         self.node_name = name.into();
+        self
+    }
+
+    /// Run in the named network namespace (see [`AgentOptions::netns`]).
+    pub fn netns(mut self, name: impl Into<String>) -> Self {
+        self.netns = Some(name.into());
         self
     }
 }
@@ -243,7 +255,18 @@ impl Agent {
             self.binary.display(),
             self.args.join(" ")
         )?;
-        let child = Command::new(&self.binary)
+        // nsenter execs the agent after setns: the child's PID is the agent's.
+        let mut cmd = match &self.opts.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .arg("--")
+                    .arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
+        let child = cmd
             .args(&self.args)
             // Plain log lines in agent.log (tracing-subscriber honours NO_COLOR).
             .env("NO_COLOR", "1")

@@ -90,6 +90,8 @@ pub struct Containerd {
     env: Env,
     snapshotter: String,
     restrict_oom_score_adj: bool,
+    /// The named network namespace (`/run/netns/<name>`) containerd runs in; `None`: the host's.
+    netns: Option<String>,
 }
 
 impl Containerd {
@@ -97,6 +99,20 @@ impl Containerd {
     /// of containerd's log) when it does not serve CRI with a ready network
     /// within 20 s.
     pub fn start() -> anyhow::Result<Containerd> {
+        Self::start_with_netns(None)
+    }
+
+    /// Like [`start`](Self::start), with containerd in the named network
+    /// namespace `netns` (`/run/netns/<netns>`, made by `ip netns add`), as
+    /// if on another host: its pod bridge, pod network namespaces' veths,
+    /// iptables rules and the CRI streaming server (127.0.0.1) live there.
+    /// Only the network namespace is entered (`nsenter --net=`), so mounts
+    /// stay visible to the host as for [`start`](Self::start).
+    pub fn start_in_netns(netns: &str) -> anyhow::Result<Containerd> {
+        Self::start_with_netns(Some(netns.to_string()))
+    }
+
+    fn start_with_netns(netns: Option<String>) -> anyhow::Result<Containerd> {
         let env = Env::detect().map_err(|e| anyhow!(e))?;
         crate::sweep_stale_once();
         let dir = InstanceDir::allocate("c", MAX_INSTANCES, sweep)?;
@@ -111,6 +127,7 @@ impl Containerd {
             env,
             snapshotter: String::new(),
             restrict_oom_score_adj: false,
+            netns,
         };
         // From here on a failure drops `cd`, which cleans up.
         cd.write_config()?;
@@ -166,7 +183,18 @@ impl Containerd {
             .append(true)
             .open(l.log())
             .with_context(|| format!("opening {}", l.log().display()))?;
-        let child = Command::new(&self.env.containerd_bin)
+        // nsenter execs containerd after setns: the child's PID is containerd's.
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .arg("--")
+                    .arg(&self.env.containerd_bin);
+                c
+            }
+            None => Command::new(&self.env.containerd_bin),
+        };
+        let child = cmd
             .arg("--config")
             .arg(l.config())
             .stdin(Stdio::null())
@@ -317,6 +345,11 @@ impl Containerd {
     /// The PID of the running containerd, if it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// The network namespace containerd runs in (`None`: the host's).
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
     }
 
     /// The pod bridge of this instance.

@@ -29,6 +29,7 @@
 //! [`berth_cri::RuntimeClient`] on the caller's runtime.
 
 mod agent;
+pub mod cluster;
 mod containerd;
 mod host;
 mod http;
@@ -42,6 +43,7 @@ use anyhow::Context as _;
 
 pub use agent::{Agent, AgentOptions, agent_binary};
 pub use berth_cri::api;
+pub use cluster::{Backend, Cluster, ClusterHost};
 pub use containerd::Containerd;
 pub use host::{Mount, Process, link_exists, mounts, mounts_under, processes_under};
 pub use http::{HttpResponse, http_get, http_request};
@@ -209,15 +211,20 @@ pub fn find_in_path(name: &str) -> Option<PathBuf> {
         })
 }
 
-/// Clean up every instance directory (containerd and agent) left behind by
+/// Clean up every instance directory (containerd, agent, cluster) left behind by
 /// test processes that died without cleaning up (SIGKILL, a timeout), as
 /// [`Containerd::start`] does for the number it picks. Live instances are
 /// never touched. Returns the directories swept.
 pub fn sweep_stale() -> anyhow::Result<Vec<PathBuf>> {
-    let mut swept = instance::InstanceDir::sweep_all("c", containerd::sweep)?;
+    // Clusters first (their API server would keep feeding pods to the
+    // agents), then agents (which would recreate pods), then the containerds.
+    // A containerd keeps its network namespace alive after the cluster sweep
+    // removed its name, so tearing its pods down still works.
+    let mut swept = instance::InstanceDir::sweep_all("k", cluster::sweep)?;
     swept.extend(instance::InstanceDir::sweep_all("a", |path, _| {
         host::cleanup_dir(path, None, None)
     })?);
+    swept.extend(instance::InstanceDir::sweep_all("c", containerd::sweep)?);
     Ok(swept)
 }
 
