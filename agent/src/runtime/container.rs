@@ -290,13 +290,14 @@ impl RuntimeManager {
             .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "default".into());
-        let get = |kind: ObjectKind, name: &str, optional: bool| {
-            match self.objects.get(kind, &ns, name) {
-                Ok(Some(o)) => Ok(Some(o)),
-                Ok(None) if optional => Ok(None),
-                Ok(None) => Err(format!("{} \"{name}\" not found", kind.noun())),
-                Err(message) => Err(message),
-            }
+        let get = |kind: ObjectKind, name: &str, optional: bool| match self
+            .objects
+            .get(kind, &ns, name)
+        {
+            Ok(Some(o)) => Ok(Some(o)),
+            Ok(None) if optional => Ok(None),
+            Ok(None) => Err(format!("{} \"{name}\" not found", kind.noun())),
+            Err(message) => Err(message),
         };
         let mut out: Vec<(String, String)> = Vec::new();
         let mut defined: HashMap<String, String> = HashMap::new();
@@ -356,33 +357,30 @@ impl RuntimeManager {
                 Some(expand(v, |var| defined.get(var).cloned()))
             } else if let Some(field) = from.and_then(|f| f.field_ref.as_ref()) {
                 self.field_value(pod, &field.field_path, pod_ips)
-            } else if let Some(r) = from.and_then(|f| f.config_map_key_ref.as_ref()) {
-                let optional = r.optional.unwrap_or(false);
-                match get(ObjectKind::ConfigMap, &r.name, optional)? {
+            } else if let Some((kind, label, name, key, optional)) = from.and_then(|f| {
+                let cm = f.config_map_key_ref.as_ref().map(|r| {
+                    (
+                        ObjectKind::ConfigMap,
+                        "ConfigMap",
+                        &r.name,
+                        &r.key,
+                        r.optional,
+                    )
+                });
+                cm.or_else(|| {
+                    f.secret_key_ref
+                        .as_ref()
+                        .map(|r| (ObjectKind::Secret, "Secret", &r.name, &r.key, r.optional))
+                })
+            }) {
+                let optional = optional.unwrap_or(false);
+                match get(kind, name, optional)? {
                     None => continue,
-                    Some(o) => match o.data.get(&r.key) {
+                    Some(o) => match o.data.get(key) {
                         Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
                         None if optional => continue,
                         None => {
-                            return Err(format!(
-                                "couldn't find key {} in ConfigMap {ns}/{}",
-                                r.key, r.name
-                            ));
-                        }
-                    },
-                }
-            } else if let Some(r) = from.and_then(|f| f.secret_key_ref.as_ref()) {
-                let optional = r.optional.unwrap_or(false);
-                match get(ObjectKind::Secret, &r.name, optional)? {
-                    None => continue,
-                    Some(o) => match o.data.get(&r.key) {
-                        Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
-                        None if optional => continue,
-                        None => {
-                            return Err(format!(
-                                "couldn't find key {} in Secret {ns}/{}",
-                                r.key, r.name
-                            ));
+                            return Err(format!("couldn't find key {key} in {label} {ns}/{name}"));
                         }
                     },
                 }
