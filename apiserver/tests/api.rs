@@ -288,6 +288,18 @@ async fn error_statuses() {
     let r = s.send(Method::POST, PODS, Some(pod("Bad_Name"))).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(r.body["details"]["causes"][0]["field"], "metadata.name");
+    // A bad name and a bad spec: one 422 naming both, as kube-apiserver.
+    let mut both = pod("Bad_Name");
+    both["spec"]["containers"] = json!([]);
+    let r = s.send(Method::POST, PODS, Some(both)).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let fields: Vec<&str> = r.body["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["metadata.name", "spec.containers"], "{}", r.body);
 
     let r = s
         .raw(

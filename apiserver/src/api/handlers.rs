@@ -414,7 +414,12 @@ async fn create(
     ] {
         meta.remove(k);
     }
-    validate_name(res.kind, &name)?;
+    // A bad name is reported together with the object's other field errors
+    // (one 422 listing every cause, as kube-apiserver does), so it waits.
+    let name_check = match validate_name(res.kind, &name) {
+        Err(e) if res.kind != "Pod" => return Err(e),
+        r => r,
+    };
     if let Some(ns) = &target.namespace {
         let ns_key =
             object_key("namespaces", None, ns).map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -437,7 +442,7 @@ async fn create(
                 o.insert("status".into(), json!({}));
             }
             default_pod(&mut obj);
-            validate_pod(&obj)?;
+            merge_invalid(name_check, validate_pod(&obj))?;
         }
         "Namespace" => {
             if let Some(o) = obj.as_object_mut() {
@@ -1194,4 +1199,23 @@ pub async fn reap_pods(state: &ApiState) -> Result<usize, storage::Error> {
         }
     }
     Ok(removed)
+}
+
+/// Both results' field errors in one `Invalid` (the first error otherwise).
+fn merge_invalid(a: ApiResult<()>, b: ApiResult<()>) -> ApiResult<()> {
+    match (a, b) {
+        (
+            Err(ApiError::Invalid {
+                kind,
+                name,
+                mut causes,
+            }),
+            Err(ApiError::Invalid { causes: more, .. }),
+        ) => {
+            causes.extend(more);
+            Err(ApiError::Invalid { kind, name, causes })
+        }
+        (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(())) => Ok(()),
+    }
 }
