@@ -30,15 +30,19 @@ die() { echo "setup.sh: error: $*" >&2; exit 1; }
 # the image build; iproute2/iptables: CNI and cleanup; systemd: systemd-analyze
 # for the unit test; protobuf-compiler: protoc for the CRI bindings (and
 # etcd-client's); etcd-server + etcd-client: the API server's etcd storage
-# backend tests (/usr/bin/etcd, etcdctl).
+# backend tests (/usr/bin/etcd, etcdctl); python3-venv: the venv of the
+# official Python client for the cluster tests.
 PACKAGES=(
   containerd runc crun containernetworking-plugins protobuf-compiler
   umoci busybox-static iproute2 iptables systemd ca-certificates curl jq
-  etcd-server etcd-client
+  etcd-server etcd-client python3 python3-venv
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do
-  if ! dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed'; then
+  # (Not `dpkg -s | grep -q`: grep quits at the match, dpkg gets SIGPIPE and
+  # pipefail calls an installed package missing.)
+  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+  if [[ $status != "install ok installed" ]]; then
     missing+=("$pkg")
   fi
 done
@@ -90,10 +94,6 @@ PY_KUBERNETES=${BERTH_PY_KUBERNETES:-33.1.0}
 if "$PYVENV/bin/python" -c 'import kubernetes' 2>/dev/null; then
   say "python kubernetes client: present in $PYVENV"
 else
-  if ! /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null; then
-    say "installing python3-venv"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv
-  fi
   say "python kubernetes client $PY_KUBERNETES into $PYVENV"
   rm -rf "$PYVENV"
   /usr/bin/python3 -m venv "$PYVENV"
