@@ -295,6 +295,51 @@ fn scenario_1_kubectl(c: &Cluster, checks: &mut Checks) -> anyhow::Result<()> {
         );
         Ok(())
     });
+    // STREAMING: stdin that ends (v5's close of stdin, carried to the
+    // runtime over SPDY by the agent): the command sees its end and returns.
+    checks.soft("STREAMING echo hi | kubectl exec -i -- cat", || {
+        let out = kubectl_stdin(c, &["exec", "-i", "web", "--", "cat"], b"hi\n")?;
+        ensure!(
+            out.status.success() && out.stdout == b"hi\n",
+            "exited {:?}, stdout {:?}, stderr {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    });
+    checks.soft("STREAMING kubectl cp into the pod and back", || {
+        let dir = c.temp_dir().join("files");
+        let sent = dir.join("cp-in.bin");
+        let back = dir.join("cp-back.bin");
+        std::fs::create_dir_all(&dir)?;
+        let bytes: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&sent, &bytes)?;
+        let sent_s = sent.display().to_string();
+        let back_s = back.display().to_string();
+        let into = kubectl_stdin(c, &["cp", &sent_s, "web:/tmp/cp-in.bin"], b"")?;
+        ensure!(
+            into.status.success(),
+            "kubectl cp into the pod exited {:?}: {}",
+            into.status.code(),
+            String::from_utf8_lossy(&into.stderr)
+        );
+        let out = kubectl_stdin(c, &["cp", "web:/tmp/cp-in.bin", &back_s], b"")?;
+        ensure!(
+            out.status.success(),
+            "kubectl cp from the pod exited {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = std::fs::read(&back).context("the copied-back file")?;
+        ensure!(
+            got == bytes,
+            "copied back {} bytes, sent {}",
+            got.len(),
+            bytes.len()
+        );
+        Ok(())
+    });
 
     // delete waits for the object to go, which the agent allows once the
     // containers are stopped: by then none may run.
@@ -350,6 +395,39 @@ fn scenario_1_kubectl(c: &Cluster, checks: &mut Checks) -> anyhow::Result<()> {
     }
     eprintln!("kubectl get pods -w streamed {statuses:?}");
     Ok(())
+}
+
+/// Run kubectl (admin) with `input` as its stdin (then closed); at most 60 s,
+/// after which it is killed and that is an error (a session that never sees
+/// the end of its stdin hangs).
+fn kubectl_stdin(c: &Cluster, args: &[&str], input: &[u8]) -> anyhow::Result<std::process::Output> {
+    use std::io::Write as _;
+    let mut child = c
+        .kubectl_command(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting kubectl {args:?}"))?;
+    let mut stdin = child.stdin.take().context("kubectl's stdin")?;
+    stdin.write_all(input)?;
+    drop(stdin);
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => Ok(out?),
+        Err(_) => {
+            // Only the kubectl started here, by its pid.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            bail!("kubectl {args:?} did not return within 60 s")
+        }
+    }
 }
 
 /// `kubectl logs -f`: new lines arrive while the container runs.

@@ -385,3 +385,209 @@ fn logs_exec_and_run_through_the_authenticated_server() -> Result<()> {
     .map_err(|e| anyhow!("{e:#}\nagent log:\n{}", agent.log_tail(40)))?;
     Ok(())
 }
+
+/// Exec over WebSocket v5 sending `frames` as they are (channel byte first),
+/// then reading until the close: (stdout, stderr, the status on channel 3,
+/// the close code).
+async fn exec_ws_frames(
+    kubelet: &Kubelet,
+    path: &str,
+    frames: Vec<Vec<u8>>,
+) -> Result<(Vec<u8>, String, Value, Option<u16>)> {
+    let mut req = format!("wss://localhost{path}").into_client_request()?;
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "v5.channel.k8s.io".parse()?);
+    let (ws, _) = tokio_tungstenite::client_async(req, kubelet.connect().await?)
+        .await
+        .context("WebSocket handshake")?;
+    let (mut tx, mut rx) = ws.split();
+    // Written while the output is read, as kubectl does: a command may not
+    // read all its input before its output is drained.
+    let writer = tokio::spawn(async move {
+        for f in frames {
+            tx.send(Message::Binary(f.into())).await?;
+        }
+        Ok::<_, anyhow::Error>(tx)
+    });
+    let (mut out, mut err, mut status, mut close) = (Vec::new(), Vec::new(), Vec::new(), None);
+    loop {
+        match tokio::time::timeout(T, rx.next())
+            .await
+            .context("exec output")?
+        {
+            Some(Ok(Message::Binary(data))) => match data.first() {
+                Some(1) => out.extend_from_slice(&data[1..]),
+                Some(2) => err.extend_from_slice(&data[1..]),
+                Some(3) => status.extend_from_slice(&data[1..]),
+                _ => {}
+            },
+            Some(Ok(Message::Close(frame))) => {
+                close = frame.map(|f| u16::from(f.code));
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => bail!("exec stream: {e}"),
+            None => break,
+        }
+    }
+    let _ = writer.await?;
+    let status: Value = serde_json::from_slice(&status)
+        .with_context(|| format!("channel 3: {:?}", String::from_utf8_lossy(&status)))?;
+    Ok((
+        out,
+        String::from_utf8_lossy(&err).into_owned(),
+        status,
+        close,
+    ))
+}
+
+const STDIN_POD: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: stdin
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: main
+      image: IMAGE
+      command: ["sleep", "3600"]
+"#;
+
+/// v5's "stdin closed" (`[255, 0]`) reaches the command: the agent bridges
+/// sessions with stdin to containerd over SPDY/3.1, whose FIN ends stdin.
+#[test]
+fn exec_stdin_close_reaches_the_command() -> Result<()> {
+    let Some(_env) = require_runtime("exec_stdin_close_reaches_the_command") else {
+        return Ok(());
+    };
+    let cd = Containerd::start()?;
+    let pki = pki()?;
+    let ca_file = cd.temp_dir().join("client-ca.crt");
+    std::fs::write(&ca_file, &pki.ca_pem)?;
+    let port = free_port()?;
+    let agent = Agent::start_with(AgentOptions::for_containerd(&cd).args([
+        "--port".to_string(),
+        port.to_string(),
+        "--address".to_string(),
+        "127.0.0.1".to_string(),
+        "--client-ca-file".to_string(),
+        ca_file.display().to_string(),
+    ]))?;
+    agent.write_manifest("stdin.yaml", &STDIN_POD.replace("IMAGE", IMAGE))?;
+    let name = agent.static_pod_name("stdin");
+    agent.poll(T, "main running", || {
+        Ok(agent
+            .pod("default", &name)?
+            .filter(|p| status_of(p, "main").is_some_and(|s| s["state"]["running"].is_object())))
+    })?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let kubelet = Kubelet::new(SocketAddr::from(([127, 0, 0, 1], port)), &pki)?;
+    rt.block_on(async {
+        // cat ends when stdin does.
+        let cat = format!("/exec/default/{name}/main?command=cat&stdin=true&stdout=true&stderr=true");
+        let started = std::time::Instant::now();
+        let frames = vec![b"\x00hello\n".to_vec(), vec![255, 0]];
+        let (out, err, status, close) = tokio::time::timeout(
+            Duration::from_secs(10),
+            exec_ws_frames(&kubelet, &cat, frames),
+        )
+        .await
+        .context("cat did not end after stdin closed")??;
+        let took = started.elapsed();
+        anyhow::ensure!(out == b"hello\n" && err.is_empty(), "cat: {:?} {err:?}", String::from_utf8_lossy(&out));
+        anyhow::ensure!(status["status"] == "Success", "cat status {status}");
+        anyhow::ensure!(close == Some(1000), "cat close {close:?}");
+        anyhow::ensure!(took < Duration::from_secs(5), "cat took {took:?}");
+        eprintln!("cat with stdin closed: {took:?}");
+
+        // 100 KiB of stdin: more than the 64 KiB initial SPDY window.
+        let count = format!(
+            "/exec/default/{name}/main?command=sh&command=-c&command=cat%20%3E%20%2Ftmp%2Fx%3B%20wc%20-c%20%3C%20%2Ftmp%2Fx&stdin=true&stdout=true&stderr=true"
+        );
+        let mut frames: Vec<Vec<u8>> = (0..25)
+            .map(|i| {
+                let mut f = vec![0u8];
+                f.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, 4096));
+                f
+            })
+            .collect();
+        frames.push(vec![255, 0]);
+        let started = std::time::Instant::now();
+        let (out, err, status, close) = tokio::time::timeout(
+            Duration::from_secs(20),
+            exec_ws_frames(&kubelet, &count, frames),
+        )
+        .await
+        .context("wc did not end after 100 KiB of stdin")??;
+        let out = String::from_utf8_lossy(&out).into_owned();
+        anyhow::ensure!(out.trim() == "102400" && err.is_empty(), "wc: {out:?} {err:?}");
+        anyhow::ensure!(status["status"] == "Success" && close == Some(1000), "wc: {status} {close:?}");
+        eprintln!("100 KiB through stdin: {:?}", started.elapsed());
+
+        // 1 MiB through cat both ways at once: stdin is written while stdout
+        // is read (neither direction may wait for the other).
+        let input: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let mut frames: Vec<Vec<u8>> = input
+            .chunks(32 * 1024)
+            .map(|c| {
+                let mut f = vec![0u8];
+                f.extend_from_slice(c);
+                f
+            })
+            .collect();
+        frames.push(vec![255, 0]);
+        let started = std::time::Instant::now();
+        let (out, _, status, close) = tokio::time::timeout(
+            Duration::from_secs(30),
+            exec_ws_frames(&kubelet, &cat, frames),
+        )
+        .await
+        .context("cat of 1 MiB did not end")??;
+        anyhow::ensure!(
+            out == input && status["status"] == "Success" && close == Some(1000),
+            "cat of 1 MiB: {} bytes back, {status} {close:?}",
+            out.len()
+        );
+        eprintln!("1 MiB through cat: {:?}", started.elapsed());
+
+        // A tty: the resize (channel 4) reaches the terminal. The runtime
+        // applies it asynchronously (as for the kubelet), so the command
+        // looks a few times.
+        let tty = format!(
+            "/exec/default/{name}/main?command=sh&command=-c&command=read%20x%3B%20for%20i%20in%201%202%203%204%205%206%207%208%209%2010%3B%20do%20s%3D%24%28stty%20size%202%3E%2Fdev%2Fnull%29%3B%20%5B%20%22%24s%22%20%3D%20%2240%20100%22%20%5D%20%26%26%20break%3B%20sleep%200.2%3B%20done%3B%20echo%20%22size%20%24s%22&stdin=true&stdout=true&tty=true"
+        );
+        let frames = vec![
+            b"\x04{\"Width\":100,\"Height\":40}".to_vec(),
+            b"\x00go\n".to_vec(),
+        ];
+        let (out, _, status, close) = tokio::time::timeout(
+            Duration::from_secs(10),
+            exec_ws_frames(&kubelet, &tty, frames),
+        )
+        .await
+        .context("the tty session did not end")??;
+        let out = String::from_utf8_lossy(&out).into_owned();
+        anyhow::ensure!(
+            out.contains("size 40 100") && status["status"] == "Success" && close == Some(1000),
+            "tty: {out:?} {status} {close:?}"
+        );
+
+        // A failing command still reports its exit code.
+        let failing = format!(
+            "/exec/default/{name}/main?command=sh&command=-c&command=cat%3B%20exit%207&stdin=true&stdout=true"
+        );
+        let (out, _, status, close) =
+            exec_ws_frames(&kubelet, &failing, vec![b"\x00x".to_vec(), vec![255, 0]]).await?;
+        anyhow::ensure!(
+            out == b"x"
+                && status["reason"] == "NonZeroExitCode"
+                && status["details"]["causes"][0]["message"] == "7"
+                && close == Some(1000),
+            "exit 7: {status} {close:?}"
+        );
+        Ok::<_, anyhow::Error>(())
+    })
+    .map_err(|e| anyhow!("{e:#}\nagent log:\n{}", agent.log_tail(40)))?;
+    Ok(())
+}

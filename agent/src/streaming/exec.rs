@@ -9,12 +9,18 @@
 //!   server speaks v1–v4 and SPDY). Both protocols frame data the same way:
 //!   one leading byte naming the channel (0 stdin, 1 stdout, 2 stderr, 3 error:
 //!   a JSON `metav1.Status`, 4 resize). v5 adds the client's `[255, channel]`
-//!   "stream closed" message, which v4 cannot express: it is dropped, so a
-//!   command reading stdin to its end does not see the end (a limit of
-//!   bridging to a v4-only runtime; the kubelet instead translates v5 to SPDY,
-//!   which can half-close). When the runtime closes (after the exit status on
-//!   channel 3) the client gets a normal close (1000), which is how kubectl
-//!   knows the streams ended.
+//!   "stream closed" message, which v4 cannot express. So a session with
+//!   stdin is bridged to the runtime over **SPDY/3.1** instead (remotecommand
+//!   `v4.channel.k8s.io` on [`super::spdy`], as the kubelet's client-go does):
+//!   one SPDY stream per channel (error, stdin, stdout, stderr, resize with a
+//!   tty), channel 0 → stdin data, `[255, 0]` → FIN on the stdin stream (the
+//!   command sees the end of its input: `echo hi | kubectl exec -i … cat`,
+//!   `kubectl cp`), channel 4 → the resize stream, stdout/stderr data →
+//!   channels 1/2, the error stream's `metav1.Status` → channel 3. A v4 client
+//!   never closes stdin; its session ends when the command does, as before.
+//!   Sessions without stdin keep the v4 WebSocket to the runtime. When the
+//!   runtime is done (after the exit status on channel 3) the client gets a
+//!   normal close (1000), which is how kubectl knows the streams ended.
 //! - **SPDY/3.1** (`Upgrade: SPDY/3.1`, older kubectl): the upgrade request is
 //!   replayed to the runtime's URL and the two connections are joined byte for
 //!   byte after the runtime's 101, which the client gets as is.
@@ -41,7 +47,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use super::{Host, container_status, runtime_id, text};
+use super::{Host, container_status, runtime_id, spdy, text};
 
 /// The WebSocket subprotocols served, preferred first.
 pub const V5: &str = "v5.channel.k8s.io";
@@ -208,6 +214,10 @@ pub async fn exec(
     };
     tracing::info!(pod = %format!("{namespace}/{pod_name}"), %container, container_id = %container_id, command = ?opts.command, upgrade = ?upgrade, "exec");
     match upgrade {
+        // Only SPDY can carry the end of stdin to the runtime.
+        Upgrade::WebSocket(protocol) if opts.stdin => {
+            websocket_spdy(req, &uri, protocol, opts).await
+        }
         Upgrade::WebSocket(protocol) => websocket(req, &uri, protocol).await,
         _ => spdy(req, &uri).await,
     }
@@ -324,6 +334,339 @@ async fn relay(client: WebSocket, upstream: Upstream, v5: bool) {
         })))
         .await;
     let _ = client_tx.close().await;
+}
+
+/// Dial the runtime's URL over SPDY/3.1 (`v4.channel.k8s.io`), then upgrade
+/// the client's WebSocket and bridge the two. Used for sessions with stdin:
+/// only SPDY can tell the runtime that stdin ended (see the module docs).
+async fn websocket_spdy(
+    req: Request,
+    uri: &Uri,
+    protocol: &'static str,
+    opts: ExecOptions,
+) -> Response {
+    let (mut parts, _body) = req.into_parts();
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(u) => u,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let (tcp, leftover) = match tokio::time::timeout(DIAL_TIMEOUT, spdy::dial(uri, V4)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("error dialing the runtime's streaming server: {e}"),
+            );
+        }
+        Err(_) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("timed out dialing the runtime's streaming server {uri}"),
+            );
+        }
+    };
+    upgrade
+        .protocols([protocol])
+        .on_upgrade(move |client| spdy_relay(client, tcp, leftover, opts, protocol == V5))
+}
+
+/// The remotecommand streams of one session, opened in client-go's order
+/// (`streamProtocolV3.createStreams`: error first, resize only with a tty).
+struct Streams {
+    error: u32,
+    stdin: Option<u32>,
+    stdout: Option<u32>,
+    stderr: Option<u32>,
+    resize: Option<u32>,
+}
+
+impl Streams {
+    async fn open(
+        writer: &mut spdy::Writer<tokio::net::tcp::OwnedWriteHalf>,
+        opts: &ExecOptions,
+    ) -> Result<Streams, spdy::Error> {
+        let mut open = async |kind: &str, wanted: bool| -> Result<Option<u32>, spdy::Error> {
+            if !wanted {
+                return Ok(None);
+            }
+            let headers = vec![("streamtype".to_string(), vec![kind.to_string()])];
+            writer.open_stream(headers).await.map(Some)
+        };
+        let error = open("error", true).await?.unwrap_or_default();
+        Ok(Streams {
+            error,
+            stdin: open("stdin", opts.stdin).await?,
+            stdout: open("stdout", opts.stdout).await?,
+            stderr: open("stderr", opts.stderr && !opts.tty).await?,
+            resize: open("resize", opts.tty).await?,
+        })
+    }
+
+    fn all(&self) -> Vec<u32> {
+        [
+            Some(self.error),
+            self.stdin,
+            self.stdout,
+            self.stderr,
+            self.resize,
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
+/// How a bridged SPDY session ended.
+enum SpdyEnd {
+    /// The runtime finished (its streams or its connection ended).
+    Done,
+    /// The WebSocket client went away.
+    ClientGone,
+    /// The runtime's connection failed.
+    Failed(String),
+}
+
+/// A `metav1.Status` failure for channel 3, when the runtime's connection
+/// ended without an exit status.
+fn failure_status(message: &str) -> Vec<u8> {
+    serde_json::json!({
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": "InternalError",
+        "code": 500,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Bridge the client's WebSocket to the runtime's SPDY connection; then hand
+/// the exit status (channel 3) on and close the WebSocket normally, as
+/// [`relay`] does.
+async fn spdy_relay(
+    client: WebSocket,
+    tcp: TcpStream,
+    leftover: Vec<u8>,
+    opts: ExecOptions,
+    v5: bool,
+) {
+    let (read, write) = tcp.into_split();
+    let (mut frames, reader) = spdy::spawn_reader(read, leftover);
+    let (mut client_tx, mut client_rx) = client.split();
+    let mut status = Vec::new();
+    let end = match spdy::Writer::new(write) {
+        Ok(mut writer) => match Streams::open(&mut writer, &opts).await {
+            Ok(streams) => {
+                let (queues, writer_task) = spdy::spawn_writer(writer);
+                let end = spdy_session(
+                    &mut client_tx,
+                    &mut client_rx,
+                    &mut frames,
+                    queues,
+                    &streams,
+                    v5,
+                    &mut status,
+                )
+                .await;
+                // The queues are gone: the writer flushes and shuts down, or
+                // is stopped if the runtime no longer reads.
+                match tokio::time::timeout(Duration::from_secs(5), writer_task).await {
+                    Ok(_) => {}
+                    Err(_) => tracing::debug!("SPDY writer did not finish; dropped"),
+                }
+                end
+            }
+            Err(e) => SpdyEnd::Failed(e.to_string()),
+        },
+        Err(e) => SpdyEnd::Failed(e.to_string()),
+    };
+    reader.abort();
+    match end {
+        SpdyEnd::ClientGone => return,
+        SpdyEnd::Failed(reason) => {
+            tracing::debug!(error = %reason, "SPDY exec session failed");
+            if status.is_empty() {
+                status = failure_status(&format!("error streaming from the runtime: {reason}"));
+            }
+        }
+        SpdyEnd::Done => {
+            if status.is_empty() {
+                status = failure_status(
+                    "the runtime's streaming connection ended without an exit status",
+                );
+            }
+        }
+    }
+    let mut frame = vec![3u8];
+    frame.extend_from_slice(&status);
+    let _ = client_tx.send(Message::Binary(frame.into())).await;
+    let _ = client_tx
+        .send(Message::Close(Some(CloseFrame {
+            code: 1000,
+            reason: "".into(),
+        })))
+        .await;
+    let _ = client_tx.close().await;
+}
+
+/// The bridge proper: WebSocket channel 0 → the stdin stream (v5's
+/// `[255, 0]` → FIN on it), channel 4 → the resize stream; the stdout and
+/// stderr streams → channels 1 and 2; the error stream's content (a
+/// `metav1.Status`) is collected into `status`. Ends when the runtime has
+/// finished its error, stdout and stderr streams, or sent GOAWAY, or closed.
+async fn spdy_session(
+    client_tx: &mut futures::stream::SplitSink<WebSocket, Message>,
+    client_rx: &mut futures::stream::SplitStream<WebSocket>,
+    frames: &mut tokio::sync::mpsc::Receiver<Result<spdy::Frame, spdy::Error>>,
+    queues: spdy::WriterQueues,
+    streams: &Streams,
+    v5: bool,
+    status: &mut Vec<u8>,
+) -> SpdyEnd {
+    use spdy::Frame;
+    let control = |f: Frame| queues.control.send(f).is_ok();
+    let mut send = spdy::SendWindows::default();
+    let mut recv = spdy::RecvWindows::default();
+    let mut unreplied: std::collections::HashSet<u32> = streams.all().into_iter().collect();
+    for id in &unreplied {
+        send.open(*id);
+    }
+    // The runtime's halves still open, of the streams the session waits for.
+    let mut remote_open: std::collections::HashSet<u32> =
+        [Some(streams.error), streams.stdout, streams.stderr]
+            .into_iter()
+            .flatten()
+            .collect();
+    // stdin read from the client and not yet sent (the peer's window is shut),
+    // and whether the client closed stdin.
+    let mut pending: Vec<u8> = Vec::new();
+    let mut stdin_closing = false;
+    let mut stdin_open = streams.stdin.is_some();
+    loop {
+        if remote_open.is_empty() {
+            return SpdyEnd::Done;
+        }
+        let stdin_id = streams.stdin.filter(|_| stdin_open);
+        // As client-go, data waits for the runtime to accept every stream.
+        let read_client = unreplied.is_empty() && pending.is_empty() && !stdin_closing;
+        let write_stdin = stdin_id.is_some_and(|id| {
+            (!pending.is_empty() && send.available(id) > 0) || (pending.is_empty() && stdin_closing)
+        });
+        tokio::select! {
+            permit = queues.data.reserve(), if write_stdin => {
+                let (Ok(permit), Some(id)) = (permit, stdin_id) else {
+                    return SpdyEnd::Failed("the connection's writer stopped".into());
+                };
+                if pending.is_empty() {
+                    permit.send(Frame::Data { stream_id: id, flags: spdy::FLAG_FIN, data: Vec::new() });
+                    stdin_open = false;
+                    stdin_closing = false;
+                    tracing::debug!(stream = id, "stdin closed by the client: FIN sent");
+                } else {
+                    let n = pending.len().min(send.available(id)).min(spdy::MAX_DATA_CHUNK);
+                    let data: Vec<u8> = pending.drain(..n).collect();
+                    send.consume(id, n);
+                    permit.send(Frame::Data { stream_id: id, flags: 0, data });
+                }
+            }
+            msg = client_rx.next(), if read_client => match msg {
+                Some(Ok(Message::Binary(data))) => match (data.first().copied(), data.get(1).copied()) {
+                    (Some(0), _) if stdin_id.is_some() => pending.extend_from_slice(&data[1..]),
+                    (Some(4), _) => {
+                        if let Some(id) = streams.resize {
+                            let data = data[1..].to_vec();
+                            if !control(Frame::Data { stream_id: id, flags: 0, data }) {
+                                return SpdyEnd::Failed("the connection's writer stopped".into());
+                            }
+                        }
+                    }
+                    (Some(STREAM_CLOSE), Some(0)) if v5 => stdin_closing = stdin_id.is_some(),
+                    (Some(STREAM_CLOSE), channel) if v5 => {
+                        tracing::debug!(?channel, "client closed a stream other than stdin; ignored");
+                    }
+                    _ => {}
+                },
+                // Pings are answered by the WebSocket layer; text is not part
+                // of the channel protocols.
+                Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return SpdyEnd::ClientGone,
+            },
+            frame = frames.recv() => match frame {
+                None => return SpdyEnd::Done,
+                Some(Err(e)) => return SpdyEnd::Failed(e.to_string()),
+                Some(Ok(Frame::SynReply { stream_id, flags, .. })) => {
+                    unreplied.remove(&stream_id);
+                    if flags & spdy::FLAG_FIN != 0 {
+                        remote_open.remove(&stream_id);
+                    }
+                }
+                Some(Ok(Frame::Data { stream_id, flags, data })) => {
+                    let channel = if Some(stream_id) == streams.stdout {
+                        Some(1u8)
+                    } else if Some(stream_id) == streams.stderr {
+                        Some(2)
+                    } else {
+                        None
+                    };
+                    let n = data.len();
+                    if stream_id == streams.error {
+                        if status.len() + n > MAX_HEAD {
+                            return SpdyEnd::Failed(format!("an exit status over {MAX_HEAD} bytes"));
+                        }
+                        status.extend_from_slice(&data);
+                    } else if let (Some(channel), false) = (channel, data.is_empty()) {
+                        let mut frame = Vec::with_capacity(n + 1);
+                        frame.push(channel);
+                        frame.extend_from_slice(&data);
+                        if client_tx.send(Message::Binary(frame.into())).await.is_err() {
+                            return SpdyEnd::ClientGone;
+                        }
+                    }
+                    if n > 0 {
+                        // Consumed: give the window back.
+                        for update in recv.consumed(stream_id, n) {
+                            control(update);
+                        }
+                    }
+                    if flags & spdy::FLAG_FIN != 0 {
+                        remote_open.remove(&stream_id);
+                        recv.close(stream_id);
+                    }
+                }
+                Some(Ok(Frame::Headers { stream_id, flags, .. })) => {
+                    if flags & spdy::FLAG_FIN != 0 {
+                        remote_open.remove(&stream_id);
+                    }
+                }
+                Some(Ok(Frame::RstStream { stream_id, status: code })) => {
+                    tracing::debug!(stream = stream_id, code, "runtime reset a stream");
+                    remote_open.remove(&stream_id);
+                    unreplied.remove(&stream_id);
+                    if Some(stream_id) == streams.stdin {
+                        stdin_open = false;
+                        stdin_closing = false;
+                        pending.clear();
+                    }
+                }
+                Some(Ok(Frame::Settings { entries, .. })) => send.on_settings(&entries),
+                Some(Ok(Frame::WindowUpdate { stream_id, delta })) => {
+                    send.on_window_update(stream_id, delta);
+                }
+                // The runtime's pings (even ids) are echoed; this client sends none.
+                Some(Ok(Frame::Ping { id })) => {
+                    if id % 2 == 0 && !control(Frame::Ping { id }) {
+                        return SpdyEnd::Failed("the connection's writer stopped".into());
+                    }
+                }
+                Some(Ok(Frame::GoAway { .. })) => return SpdyEnd::Done,
+                // No server push here.
+                Some(Ok(Frame::SynStream { stream_id, .. })) => {
+                    control(Frame::RstStream { stream_id, status: spdy::REFUSED_STREAM });
+                }
+                Some(Ok(Frame::Unknown { .. })) => {}
+            },
+        }
+    }
 }
 
 /// The request headers that make an SPDY upgrade, replayed to the runtime.

@@ -15,8 +15,9 @@
 //!   container exits).
 //! - [`exec`]: `/exec/{namespace}/{pod}/{container}`: a WebSocket
 //!   (`v5.channel.k8s.io`, `v4.channel.k8s.io`) terminated here and bridged to
-//!   the runtime's streaming URL (CRI `Exec`), or an SPDY/3.1 upgrade passed
-//!   through byte for byte; and `POST /run/...` (CRI `ExecSync`).
+//!   the runtime's streaming URL (CRI `Exec`; over [`spdy`] when the session
+//!   has stdin, so that its end reaches the command), or an SPDY/3.1 upgrade
+//!   passed through byte for byte; and `POST /run/...` (CRI `ExecSync`).
 //! - `/healthz` and `/pods`, as on the status server.
 //!
 //! Pods are found among the pods the agent runs ([`NodeView::pods`], with
@@ -24,6 +25,7 @@
 
 pub mod exec;
 pub mod logs;
+pub mod spdy;
 pub mod tls;
 
 use std::net::SocketAddr;
