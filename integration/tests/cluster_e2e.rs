@@ -267,6 +267,33 @@ fn scenario_1_kubectl(c: &Cluster, checks: &mut Checks) -> anyhow::Result<()> {
         "kubectl get pods -o wide: {table}"
     );
 
+    // Events: the scheduler's and the agent's, as `kubectl describe` and
+    // `kubectl get events` show them.
+    checks.soft("EVENTS kubectl describe pod web", || {
+        let out = c.kubectl_ok(&["describe", "pod", "web"])?;
+        let events = out
+            .split("Events:")
+            .nth(1)
+            .ok_or_else(|| anyhow!("no Events section: {out}"))?;
+        for reason in ["Scheduled", "Pulled", "Created", "Started"] {
+            ensure!(events.contains(reason), "no {reason} event in:{events}");
+        }
+        ensure!(
+            events.contains(&format!("Successfully assigned {NS}/web to {node}")),
+            "{events}"
+        );
+        let table = c.kubectl_ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=web",
+        ])?;
+        ensure!(
+            table.starts_with("LAST SEEN") && table.contains("pod/web"),
+            "kubectl get events: {table}"
+        );
+        Ok(())
+    });
     // STREAMING: pods/log through the API server to the agent.
     checks.soft("STREAMING kubectl logs", || {
         let logs = c.kubectl_ok(&["logs", "web"])?;
