@@ -123,6 +123,51 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     )
 }
 
+/// The protobuf media type of `/openapi/v2` (gnostic's `openapi_v2.Document`)
+/// as kube-openapi answers it: clients ask for `…spec.v2@v1.0+protobuf`, but
+/// `@` is no MIME token character and Go's `mime.ParseMediaType` in kubectl
+/// rejects it, so the answer uses the dotted form.
+pub const OPENAPI_V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
+/// `/openapi/v2`: a document with no definitions, as protobuf (what kubectl
+/// asks for) or JSON.
+///
+/// Why serve it at all: kubectl validates a `kind: List` (what `kubectl get -o
+/// yaml` writes) on the client against the v2 models, because the v3
+/// field-validation check answers "unsupported" for `v1/List`; with no
+/// `/openapi/v2` every `kubectl apply -f list.yaml` fails. With no
+/// definitions, kubectl finds no model for the items and skips them, and
+/// each item is still validated by this server (kubectl sends every item
+/// with `fieldValidation=Strict`), so nothing goes unchecked. The v3
+/// documents stay the schema source.
+pub fn openapi_v2(protobuf: bool) -> (&'static str, Vec<u8>) {
+    let title = "berth-apiserver";
+    let version = env!("CARGO_PKG_VERSION");
+    if !protobuf {
+        let doc = serde_json::json!({"swagger": "2.0",
+            "info": {"title": title, "version": version}, "paths": {}, "definitions": {}});
+        return (
+            "application/json",
+            serde_json::to_vec(&doc).unwrap_or_default(),
+        );
+    }
+    // Document { swagger = 1: "2.0", info = 2: Info { title = 1, version = 2 } },
+    // encoded by hand: two strings and one nested message.
+    fn field(out: &mut Vec<u8>, number: u8, bytes: &[u8]) {
+        out.push(number << 3 | 2);
+        // Lengths here are far below 128: one varint byte.
+        out.push(u8::try_from(bytes.len()).unwrap_or(0));
+        out.extend_from_slice(bytes);
+    }
+    let mut info = Vec::new();
+    field(&mut info, 1, title.as_bytes());
+    field(&mut info, 2, version.as_bytes());
+    let mut doc = Vec::new();
+    field(&mut doc, 1, b"2.0");
+    field(&mut doc, 2, &info);
+    (OPENAPI_V2_PROTOBUF, doc)
+}
+
 /// The `/openapi/v3` index.
 pub fn openapi_v3_index() -> Value {
     let mut paths = serde_json::Map::new();

@@ -150,6 +150,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(|| async { axum::Json(discovery::openapi_v3_index()) }),
         )
         .route("/openapi/v3/{*path}", get(openapi_v3))
+        .route("/openapi/v2", get(openapi_v2))
         .route("/api", any(handlers::dispatch))
         .route("/api/{*rest}", any(handlers::dispatch))
         .route("/apis", any(handlers::dispatch))
@@ -158,6 +159,15 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn(trace_request))
         .with_state(state)
+}
+
+async fn openapi_v2(headers: axum::http::HeaderMap) -> Response {
+    let protobuf = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("protobuf"));
+    let (content_type, body) = discovery::openapi_v2(protobuf);
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 async fn openapi_v3(axum::extract::Path(path): axum::extract::Path<String>) -> Response {
