@@ -70,6 +70,18 @@ struct Cli {
     /// (kube-controller-manager's flag of the same name).
     #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
     node_monitor_grace_period: std::time::Duration,
+    /// SQLite: keep at least this many recent changes for watches to resume
+    /// from; older ones are compacted (a watch from before gets 410 Gone).
+    #[arg(long, default_value_t = 10_000)]
+    sqlite_history_events: i64,
+    /// SQLite: and keep at least this much recent history.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    sqlite_history_age: std::time::Duration,
+    /// SQLite: how often to compact history beyond both limits (the analogue
+    /// of kube-apiserver's --etcd-compaction-interval; with etcd, etcd's own
+    /// --auto-compaction-* settings decide).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    sqlite_compaction_interval: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,7 +249,15 @@ async fn main() -> anyhow::Result<()> {
         Some(Authenticator::load(&tokens).map_err(anyhow::Error::msg)?)
     };
     let storage: Arc<dyn Storage> = match cli.storage {
-        Backend::Sqlite => Arc::new(SqliteStorage::open(&dir, SqliteOptions::default())?),
+        Backend::Sqlite => Arc::new(SqliteStorage::open(
+            &dir,
+            SqliteOptions {
+                retain_events: cli.sqlite_history_events,
+                retain_age: cli.sqlite_history_age,
+                compaction_interval: cli.sqlite_compaction_interval,
+                ..SqliteOptions::default()
+            },
+        )?),
         Backend::Etcd => Arc::new(EtcdStorage::connect(&cli.etcd_servers, "").await?),
     };
     let state = ApiState::with_kubelet_client(
