@@ -597,7 +597,10 @@ async fn events_reach_the_api_server_and_are_aggregated() {
     assert_eq!(b.type_.as_deref(), Some("Warning"));
     assert_eq!(
         b.message.as_deref(),
-        Some(format!("Back-off restarting failed container crash in pod crashy_default({uid})").as_str())
+        Some(
+            format!("Back-off restarting failed container crash in pod crashy_default({uid})")
+                .as_str()
+        )
     );
     assert!(b.last_timestamp.as_ref().unwrap().0 >= b.first_timestamp.as_ref().unwrap().0);
     let o = &b.involved_object;
@@ -676,7 +679,13 @@ async fn config_maps_and_secrets_in_env_and_volumes() {
             let pods = pods.clone();
             async move {
                 let p = pods.get_opt("configured").await.ok().flatten()?;
-                let w = p.status?.container_statuses?.first()?.state.clone()?.waiting?;
+                let w = p
+                    .status?
+                    .container_statuses?
+                    .first()?
+                    .state
+                    .clone()?
+                    .waiting?;
                 (w.reason.as_deref() == Some("CreateContainerConfigError")
                     && w.message.as_deref() == Some("configmap \"late\" not found"))
                 .then_some(())
@@ -689,18 +698,24 @@ async fn config_maps_and_secrets_in_env_and_volumes() {
     // Created: the pod recovers at its next retry.
     cms.create(
         &PostParams::default(),
-        &serde_json::from_value(serde_json::json!({"metadata": {"name": "late"}, "data": {"k": "v"}}))
-            .unwrap(),
+        &serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "late"}, "data": {"k": "v"}}),
+        )
+        .unwrap(),
     )
     .await
     .unwrap();
-    eventually(Duration::from_secs(40), "pod Running after the configmap appears", || {
-        let pods = pods.clone();
-        async move {
-            let p = pods.get_opt("configured").await.ok().flatten()?;
-            (p.status?.phase.as_deref() == Some("Running")).then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(40),
+        "pod Running after the configmap appears",
+        || {
+            let pods = pods.clone();
+            async move {
+                let p = pods.get_opt("configured").await.ok().flatten()?;
+                (p.status?.phase.as_deref() == Some("Running")).then_some(())
+            }
+        },
+    )
     .await;
     let c = cluster
         .fake
@@ -731,13 +746,21 @@ async fn config_maps_and_secrets_in_env_and_volumes() {
         .find(|m| m.container_path == "/etc/conf")
         .expect("the configMap volume is mounted");
     let host = Path::new(&mount.host_path);
-    assert_eq!(std::fs::read_to_string(host.join("mode.txt")).unwrap(), "fast");
+    assert_eq!(
+        std::fs::read_to_string(host.join("mode.txt")).unwrap(),
+        "fast"
+    );
     assert!(host.join("..data").is_symlink());
     // Updated when the object changes (at the next sync: a container exit triggers one).
     let mut cfg = cms.get("cfg").await.unwrap();
-    cfg.data.as_mut().unwrap().insert("MODE".into(), "slow".into());
+    cfg.data
+        .as_mut()
+        .unwrap()
+        .insert("MODE".into(), "slow".into());
     cfg.metadata.managed_fields = None;
-    cms.replace("cfg", &PostParams::default(), &cfg).await.unwrap();
+    cms.replace("cfg", &PostParams::default(), &cfg)
+        .await
+        .unwrap();
     cluster.fake.exit_containers_named("app", 1);
     let host = host.to_path_buf();
     eventually(Duration::from_secs(30), "volume file updated", || {
@@ -795,7 +818,13 @@ async fn config_maps_and_secrets_in_env_and_volumes() {
         let pods = pods.clone();
         async move {
             let p = pods.get_opt("novol").await.ok().flatten()?;
-            let w = p.status?.container_statuses?.first()?.state.clone()?.waiting?;
+            let w = p
+                .status?
+                .container_statuses?
+                .first()?
+                .state
+                .clone()?
+                .waiting?;
             (w.reason.as_deref() == Some("ContainerCreating")).then_some(())
         }
     })

@@ -64,8 +64,12 @@ impl RuntimeManager {
             ("Never", None) => {
                 let message =
                     format!("Container image \"{image}\" is not present with pull policy of Never");
-                self.events
-                    .record(obj, EventType::Warning, "ErrImageNeverPull", message.clone());
+                self.events.record(
+                    obj,
+                    EventType::Warning,
+                    "ErrImageNeverPull",
+                    message.clone(),
+                );
                 return Err(ImageError::Waiting(Waiting {
                     reason: "ErrImageNeverPull".into(),
                     message,

@@ -117,8 +117,12 @@ fn container_waits(
     reason: &str,
     message: String,
 ) {
-    ps.events
-        .record(obj, EventType::Warning, "Failed", format!("Error: {message}"));
+    ps.events.record(
+        obj,
+        EventType::Warning,
+        "Failed",
+        format!("Error: {message}"),
+    );
     transient.waiting.insert(
         name.to_string(),
         Waiting {
@@ -198,7 +202,11 @@ impl RuntimeManager {
                     "Failed",
                     format!("Error: {message}"),
                 );
-                for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+                for c in spec
+                    .containers
+                    .iter()
+                    .chain(spec.init_containers.iter().flatten())
+                {
                     transient.waiting.insert(
                         c.name.clone(),
                         Waiting {
@@ -226,8 +234,12 @@ impl RuntimeManager {
                     }
                     other => other.to_string(),
                 };
-                self.events
-                    .record(&ObjectRef::pod(pod), EventType::Warning, "FailedMount", message);
+                self.events.record(
+                    &ObjectRef::pod(pod),
+                    EventType::Warning,
+                    "FailedMount",
+                    message,
+                );
                 if ready.is_empty() {
                     // As the kubelet: no sandbox until the volumes are there; the
                     // containers show ContainerCreating meanwhile.
@@ -552,10 +564,7 @@ impl RuntimeManager {
         transient: &mut Transient,
     ) -> Result<()> {
         let obj = ObjectRef::pod(ps.pod).container(&c.name, init);
-        let image_ref = match self
-            .ensure_image(ps.uid, c, &ps.sandbox_config, &obj)
-            .await
-        {
+        let image_ref = match self.ensure_image(ps.uid, c, &ps.sandbox_config, &obj).await {
             Ok(r) => r,
             Err(ImageError::Runtime(e)) => return Err(cri(format!("image of {}", c.name))(e)),
             Err(ImageError::Waiting(w)) => {
