@@ -24,7 +24,6 @@ use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
@@ -153,22 +152,6 @@ pub fn cluster_prerequisites(backend: Backend) -> Result<(), String> {
     } else {
         Err(missing.join("; "))
     }
-}
-
-/// Whether the agent binary has the streaming server flags (`--port`,
-/// `--address`); asked once per process from its `--help`.
-pub fn agent_has_streaming_server() -> bool {
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        crate::agent_binary()
-            .ok()
-            .and_then(|b| Command::new(b).arg("--help").output().ok())
-            .map(|o| {
-                let help = String::from_utf8_lossy(&o.stdout);
-                help.contains("--port ") && help.contains("--address ")
-            })
-            .unwrap_or(false)
-    })
 }
 
 /// The names of cluster `index`'s network objects.
@@ -919,19 +902,16 @@ fn start_host(
 ) -> anyhow::Result<ClusterHost> {
     let containerd = Containerd::start_in_netns(&netns)
         .with_context(|| format!("starting containerd of {name} in netns {netns}"))?;
-    let mut opts = AgentOptions::for_containerd(&containerd)
+    let opts = AgentOptions::for_containerd(&containerd)
         .netns(netns.clone())
         .node_name(name.clone())
         .arg("--kubeconfig")
         .arg(kubeconfig.display().to_string())
         .args(["--node-ip", &ip])
         .arg("--status-address")
-        .arg(format!("{ip}:{AGENT_STATUS_PORT}"));
-    if agent_has_streaming_server() {
-        opts = opts
-            .args(["--address", "0.0.0.0", "--port"])
-            .arg(AGENT_PORT.to_string());
-    }
+        .arg(format!("{ip}:{AGENT_STATUS_PORT}"))
+        .args(["--address", "0.0.0.0", "--port"])
+        .arg(AGENT_PORT.to_string());
     let agent = Agent::start_with(opts.args(agent_args.iter().cloned()))
         .with_context(|| format!("starting the agent of {name}"))?;
     Ok(ClusterHost {

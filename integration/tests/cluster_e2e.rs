@@ -21,9 +21,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
-use berth_integration::cluster::{
-    Auth, ClusterOptions, agent_has_streaming_server, cluster_prerequisites, python_client,
-};
+use berth_integration::cluster::{Auth, ClusterOptions, cluster_prerequisites, python_client};
 use berth_integration::{BUSYBOX_IMAGE, Backend, Cluster, require, workspace_dir};
 use serde_json::{Value, json};
 
@@ -230,12 +228,10 @@ fn scenario_1_kubectl(c: &Cluster, checks: &mut Checks) -> anyhow::Result<()> {
         ensure!(health.status == 200, "{}: {health:?}", h.name());
         let node = c.kubectl_json(&["get", "node", h.name()])?;
         let port = &node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"];
-        eprintln!(
-            "{}: {} pods {} kubelet port {port} (agent streaming server: {})",
-            h.name(),
-            h.ip(),
-            h.containerd().subnet(),
-            agent_has_streaming_server()
+        ensure!(
+            port == 10250,
+            "{}: the Node's kubelet port is {port}, not the agent's streaming server",
+            h.name()
         );
     }
     ensure!(c.hosts()[0].containerd().subnet() != c.hosts()[1].containerd().subnet());
