@@ -585,19 +585,17 @@ impl RuntimeManager {
                 return Ok(());
             }
         };
-        if let Err(message) = self.verify_run_as_non_root(ps.pod, c, &image_ref).await? {
-            container_waits(
-                ps,
-                transient,
-                &obj,
-                &c.name,
-                "CreateContainerConfigError",
-                message,
-            );
-            return Ok(());
-        }
-        let mounts = match self.container_mounts(ps.pod, c, index, init, &ps.pod_ips) {
-            Ok(m) => m,
+        // Everything that can leave the container waiting with
+        // CreateContainerConfigError (as the kubelet's generateContainerConfig):
+        // runAsNonRoot, mounts (subPath, configMap/secret volumes), env.
+        let prepared = match self.verify_run_as_non_root(ps.pod, c, &image_ref).await? {
+            Err(message) => Err(message),
+            Ok(()) => self
+                .container_mounts(ps.pod, c, index, init, &ps.pod_ips)
+                .and_then(|mounts| Ok((mounts, self.container_env(ps.pod, c, &ps.pod_ips)?))),
+        };
+        let (mounts, env) = match prepared {
+            Ok(p) => p,
             Err(message) => {
                 container_waits(
                     ps,
@@ -616,20 +614,6 @@ impl RuntimeManager {
             path: log_dir.clone(),
             source,
         })?;
-        let env = match self.container_env(ps.pod, c, &ps.pod_ips) {
-            Ok(env) => env,
-            Err(message) => {
-                container_waits(
-                    ps,
-                    transient,
-                    &obj,
-                    &c.name,
-                    "CreateContainerConfigError",
-                    message,
-                );
-                return Ok(());
-            }
-        };
         let config = self.container_config(
             ps.pod,
             c,
