@@ -696,8 +696,31 @@ async fn delete(
     params: &Params,
     body: &[u8],
 ) -> ApiResult<Response> {
-    let res = target.res;
     let opts = delete_options(params, body)?;
+    // Like kube-apiserver's GuaranteedUpdate: a write that lost a race with
+    // another writer (the scheduler or an agent patching status) is retried
+    // on the fresh object; only a resourceVersion precondition from the
+    // client turns it into 409.
+    for _ in 0..16 {
+        if let Some(resp) = delete_attempt(state, target, name, &opts).await? {
+            return Ok(resp);
+        }
+    }
+    Err(ApiError::Conflict {
+        resource: target.res.qualified(),
+        name: name.into(),
+        detail: MODIFIED.into(),
+    })
+}
+
+/// One try of [`delete`]; `None` when the object changed under it.
+async fn delete_attempt(
+    state: &ApiState,
+    target: &Target,
+    name: &str,
+    opts: &Value,
+) -> ApiResult<Option<Response>> {
+    let res = target.res;
     let (old, rev) = get_object(state, target, name).await?;
     let conflict = |detail: String| ApiError::Conflict {
         resource: res.qualified(),
@@ -717,6 +740,7 @@ async fn delete(
             "Precondition failed: ResourceVersion in precondition: {pre_rv}, ResourceVersion in object meta: {rev}"
         )));
     }
+    let retry_on_conflict = pre_rv.is_empty();
     let dry = opts
         .get("dryRun")
         .and_then(Value::as_array)
@@ -743,7 +767,7 @@ async fn delete(
                 .pointer("/metadata/deletionGracePeriodSeconds")
                 .and_then(Value::as_i64);
             if existing.is_some_and(|e| e <= grace) {
-                return Ok(respond(StatusCode::OK, &old, &[]));
+                return Ok(Some(respond(StatusCode::OK, &old, &[])));
             }
             let mut new = old.clone();
             let at = jiff::Timestamp::now()
@@ -753,31 +777,29 @@ async fn delete(
             meta.insert("deletionTimestamp".into(), json!(format_time(at)));
             meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
             if dry {
-                return Ok(respond(StatusCode::OK, &new, &[]));
+                return Ok(Some(respond(StatusCode::OK, &new, &[])));
             }
-            let new_rev = state
-                .storage
-                .update(&key, encode(&new)?, Some(rev))
-                .await
-                .map_err(storage_err(target, name))?;
+            let new_rev = match state.storage.update(&key, encode(&new)?, Some(rev)).await {
+                Err(storage::Error::Conflict { .. }) if retry_on_conflict => return Ok(None),
+                r => r.map_err(storage_err(target, name))?,
+            };
             storage::set_resource_version(&mut new, new_rev).map_err(ApiError::Internal)?;
-            return Ok(respond(StatusCode::OK, &new, &[]));
+            return Ok(Some(respond(StatusCode::OK, &new, &[])));
         }
     }
     if dry {
-        return Ok(respond(StatusCode::OK, &old, &[]));
+        return Ok(Some(respond(StatusCode::OK, &old, &[])));
     }
     if res.kind == "Namespace" {
         delete_namespace_contents(state, name).await?;
     }
-    let (del_rev, _) = state
-        .storage
-        .delete(&key, Some(rev))
-        .await
-        .map_err(storage_err(target, name))?;
+    let (del_rev, _) = match state.storage.delete(&key, Some(rev)).await {
+        Err(storage::Error::Conflict { .. }) if retry_on_conflict => return Ok(None),
+        r => r.map_err(storage_err(target, name))?,
+    };
     let mut obj = old;
     storage::set_resource_version(&mut obj, del_rev).map_err(ApiError::Internal)?;
-    Ok(respond(StatusCode::OK, &obj, &[]))
+    Ok(Some(respond(StatusCode::OK, &obj, &[])))
 }
 
 async fn delete_namespace_contents(state: &ApiState, ns: &str) -> ApiResult<()> {
