@@ -22,7 +22,8 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 
-bash integration/setup.sh
+# The suite drives the real kubectl: its absence is an error here, not a skip.
+BERTH_REQUIRE_KUBECTL=1 bash integration/setup.sh
 
 export BERTH_REQUIRE_RUNTIME=1
 export BERTH_SOAK=${BERTH_SOAK:-0}

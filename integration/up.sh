@@ -222,8 +222,9 @@ if ((cluster)); then
     echo $! >"$API_PID"
   fi
   wait_for berth-apiserver "$API_PID" "$API_LOG" 60 test -s "$API_DIR/admin.kubeconfig"
+  # (curl, not kubectl: running berth needs no kubectl, only using it does.)
   wait_for berth-apiserver "$API_PID" "$API_LOG" 60 \
-    kubectl --kubeconfig "$API_DIR/admin.kubeconfig" get --raw /readyz
+    curl -fsS --cacert "$API_DIR/pki/ca.crt" "https://$API_LISTEN/readyz"
   if pid=$(running "$SCHED_PID" berth-scheduler); then
     say "berth-scheduler already running (pid $pid)"
   else
@@ -234,7 +235,7 @@ if ((cluster)); then
   fi
   if [[ ! -s $NODE_KUBECONFIG ]]; then
     (umask 077 && "$API_BIN" kubeconfig --data-dir "$API_DIR" --node "$(hostname)" \
-      --server "https://$API_LISTEN" >"$NODE_KUBECONFIG.tmp")
+      >"$NODE_KUBECONFIG.tmp")
     mv "$NODE_KUBECONFIG.tmp" "$NODE_KUBECONFIG"
     say "wrote $NODE_KUBECONFIG (user system:node:$(hostname))"
   fi
@@ -295,4 +296,8 @@ The control plane runs too (berth-apiserver pid $(cat "$API_PID") on $STORAGE, b
   kubectl logs hello; kubectl exec hello -- cat /etc/hostname
   logs:      $API_LOG, $SCHED_LOG
 MSG
+  if ! command -v kubectl >/dev/null; then
+    echo "  (kubectl is not installed: Debian 12 has none recent enough; get 1.27-1.33 from"
+    echo "   Kubernetes' apt repository, https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/)"
+  fi
 fi

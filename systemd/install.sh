@@ -3,7 +3,8 @@
 #
 #   sudo systemd/install.sh [path/to/berth-agent]
 #
-# Without an argument, builds the agent (cargo build --release). Installs:
+# Without an argument, installs the packages to build and run the agent
+# (integration/setup.sh --install) and builds it (cargo build --release). Installs:
 #   /usr/local/bin/berth-agent
 #   /etc/systemd/system/berth-agent.service
 #   /etc/berth/config.yaml           (an existing one is kept)
@@ -28,6 +29,11 @@ fi
 bin=${1:-}
 if [[ -z $bin ]]; then
   command -v cargo >/dev/null || die "cargo not found (install Rust >= 1.88 with rustup, or pass a built binary: $0 path/to/berth-agent)"
+  if [[ -z $ROOT ]]; then
+    # The packages to build and run the agent (C toolchain, protoc, containerd,
+    # runc, CNI plugins), as on a fresh host nothing else installs them.
+    bash "$REPO/integration/setup.sh" --install
+  fi
   say "building berth-agent (release)"
   (cd "$REPO" && cargo build --release --locked -p berth-agent)
   bin=$REPO/target/release/berth-agent
