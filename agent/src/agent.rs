@@ -144,8 +144,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     let mut api_client_for_runtime: Option<kube::Client> = None;
     let cluster = match &config.kubeconfig {
         Some(path) => {
-            let api_client = crate::cluster::client_from_kubeconfig(path).await?;
-            tracing::info!(kubeconfig = %path.display(), "registering with the API server");
+            let (api_client, server) = crate::cluster::client_from_kubeconfig(path).await?;
+            tracing::info!(kubeconfig = %path.display(), server = %server, "registering with the API server");
             let (recorder, rx) = crate::events::EventRecorder::channel(
                 crate::events::QUEUE_CAPACITY,
                 Some(metrics.clone()),
@@ -161,6 +161,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
             api_client_for_runtime = Some(api_client.clone());
             Some(crate::cluster::spawn(crate::cluster::Context {
                 client: api_client,
+                server,
                 node_name: config.node_name.clone(),
                 node_ip: config.node_ip.clone(),
                 root_dir: config.root_dir.clone(),

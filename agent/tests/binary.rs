@@ -123,3 +123,65 @@ async fn healthz_names_a_missing_runtime() {
     }
     panic!("/healthz never explained the missing runtime; last answer {last:?}");
 }
+
+/// An API server that is not there: the log names the URL the agent tried
+/// and the cause, not only kube's "client error (Connect)" (a kubeconfig
+/// pointing at the wrong port left a newcomer with nothing else to go on).
+#[tokio::test(flavor = "multi_thread")]
+async fn log_names_an_unreachable_api_server() {
+    let fake = FakeRuntime::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = format!("https://127.0.0.1:{}", free_port());
+    let kubeconfig = dir.path().join("node.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n\
+             users:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\n\
+             current-context: c\n"
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("manifests")).unwrap();
+    let log = dir.path().join("agent.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_berth-agent"))
+        .args(["--container-runtime-endpoint", &fake.endpoint()])
+        .arg("--pod-manifest-path")
+        .arg(dir.path().join("manifests"))
+        .arg("--root-dir")
+        .arg(dir.path().join("root"))
+        .arg("--pod-logs-dir")
+        .arg(dir.path().join("logs"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--node-name", "node-a", "--port", "0", "--status-address"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .env("NO_COLOR", "1")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("berth-agent starts");
+    let _agent = Agent(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut text = String::new();
+    while Instant::now() < deadline {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains("lease renewal failed") || l.contains("node status update failed"))
+        {
+            assert!(
+                line.contains(&server),
+                "the failure does not name {server}: {line}"
+            );
+            assert!(
+                line.to_lowercase().contains("connection refused"),
+                "the failure does not say why: {line}"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("no failed API call in the agent's log within 20 s:\n{text}");
+}

@@ -183,7 +183,7 @@ async fn node_lease_pods_status_deletion_and_outage() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Apiserver::start(bin, &dir.path().join("apiserver"));
     let node_kubeconfig = server.node_kubeconfig(NODE);
-    let admin = berth_agent::cluster::client_from_kubeconfig(
+    let (admin, _) = berth_agent::cluster::client_from_kubeconfig(
         &dir.path().join("apiserver/admin.kubeconfig"),
     )
     .await
@@ -497,7 +497,7 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let server = Apiserver::start(bin, &dir.path().join("apiserver"));
         let node_kubeconfig = server.node_kubeconfig(NODE);
-        let admin = berth_agent::cluster::client_from_kubeconfig(
+        let (admin, _) = berth_agent::cluster::client_from_kubeconfig(
             &dir.path().join("apiserver/admin.kubeconfig"),
         )
         .await

@@ -3,11 +3,12 @@
 //! ```text
 //! berth-apiserver --data-dir DIR [--listen 127.0.0.1:6443] [--storage sqlite|etcd]
 //!                 [--etcd-servers http://127.0.0.1:2379]
-//! berth-apiserver kubeconfig --data-dir DIR --node NAME
+//! berth-apiserver kubeconfig --data-dir DIR --node NAME [--server URL]
 //! ```
 //!
 //! On first start it writes `DIR/tokens.csv` (an admin token),
-//! `DIR/admin.kubeconfig`, and under `DIR/pki/` the CA, the serving
+//! `DIR/admin.kubeconfig` (pointed at the listen address again on every
+//! start, and the default `--server` of `kubeconfig`), and under `DIR/pki/` the CA, the serving
 //! certificate and the client certificate for node agents
 //! (`apiserver-kubelet-client.crt`, unless `--kubelet-client-certificate`
 //! and `--kubelet-client-key` name others).
@@ -95,9 +96,10 @@ enum Command {
         /// The node's name.
         #[arg(long)]
         node: String,
-        /// The server URL written into the kubeconfig.
-        #[arg(long, default_value = "https://127.0.0.1:6443")]
-        server: String,
+        /// The server URL written into the kubeconfig; by default the one
+        /// the server in DIR serves, as its DIR/admin.kubeconfig says.
+        #[arg(long)]
+        server: Option<String>,
     },
 }
 
@@ -147,6 +149,93 @@ current-context: berth
     )
 }
 
+/// The fields of a kubeconfig this program reads back: the server URL of its
+/// first cluster and the token of its first user.
+#[derive(Debug, Default, serde::Deserialize)]
+struct KubeconfigFile {
+    #[serde(default)]
+    clusters: Vec<NamedCluster>,
+    #[serde(default)]
+    users: Vec<NamedUser>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct NamedCluster {
+    cluster: ClusterEntry,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ClusterEntry {
+    server: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct NamedUser {
+    user: UserEntry,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct UserEntry {
+    token: Option<String>,
+}
+
+impl KubeconfigFile {
+    fn read(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    fn server(&self) -> Option<&str> {
+        self.clusters.first().map(|c| c.cluster.server.as_str())
+    }
+
+    fn token(&self) -> Option<&str> {
+        self.users.first().and_then(|u| u.user.token.as_deref())
+    }
+}
+
+/// The URL clients reach a server listening on `listen` at: the listen
+/// address itself, or 127.0.0.1 for a wildcard.
+fn server_url(listen: SocketAddr) -> String {
+    let ip = if listen.ip().is_unspecified() {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+    } else {
+        listen.ip()
+    };
+    format!("https://{}", SocketAddr::new(ip, listen.port()))
+}
+
+/// Write DIR/admin.kubeconfig with a new admin token on first start; on a
+/// later start under another `--listen`, point the existing one (same
+/// token) at the new address, so the kubeconfig and `kubeconfig --node`
+/// (which takes its default server from this file) name what is served.
+fn ensure_admin_kubeconfig(
+    dir: &Path,
+    tokens: &Path,
+    listen: SocketAddr,
+    ca_pem: &str,
+) -> anyhow::Result<()> {
+    let path = dir.join("admin.kubeconfig");
+    let server = server_url(listen);
+    if tokens.exists() && path.exists() {
+        let existing = KubeconfigFile::read(&path)?;
+        if existing.server() == Some(server.as_str()) {
+            return Ok(());
+        }
+        if let Some(token) = existing.token() {
+            write_private(&path, &kubeconfig(&server, ca_pem, "admin", token))?;
+            tracing::info!(path = %path.display(), server = %server, was = ?existing.server(), "admin kubeconfig now names the listen address");
+            return Ok(());
+        }
+        // No token to keep: a new admin token below.
+    }
+    let token = add_token(dir, "admin", "system:masters")?;
+    write_private(&path, &kubeconfig(&server, ca_pem, "admin", &token))?;
+    tracing::info!(path = %path.display(), server = %server, "wrote admin kubeconfig");
+    Ok(())
+}
+
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -177,7 +266,17 @@ async fn main() -> anyhow::Result<()> {
         server,
     }) = &cli.command
     {
-        std::fs::create_dir_all(data_dir)?;
+        let server = match server {
+            Some(server) => server.clone(),
+            None => {
+                let admin = data_dir.join("admin.kubeconfig");
+                KubeconfigFile::read(&admin)
+                    .context("finding the server's address (start the server once first, or pass --server)")?
+                    .server()
+                    .with_context(|| format!("{} names no server; pass --server", admin.display()))?
+                    .to_string()
+            }
+        };
         let user = format!("system:node:{node}");
         let pki = PkiPaths::new(data_dir);
         let ca = std::fs::read_to_string(&pki.ca_cert).with_context(|| {
@@ -187,7 +286,7 @@ async fn main() -> anyhow::Result<()> {
             )
         })?;
         let token = add_token(data_dir, &user, "system:nodes")?;
-        print!("{}", kubeconfig(server, &ca, &user, &token));
+        print!("{}", kubeconfig(&server, &ca, &user, &token));
         return Ok(());
     }
     let Some(dir) = cli.data_dir.clone() else {
@@ -224,24 +323,7 @@ async fn main() -> anyhow::Result<()> {
     let tls_config = tls::server_config(&pki).context("loading certificates")?;
     let ca_pem = std::fs::read_to_string(&pki.ca_cert)?;
     let tokens = dir.join("tokens.csv");
-    let admin_config = dir.join("admin.kubeconfig");
-    if !tokens.exists() || !admin_config.exists() {
-        let token = add_token(&dir, "admin", "system:masters")?;
-        let host = if cli.listen.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            cli.listen.ip().to_string()
-        };
-        let server = format!(
-            "https://{}",
-            SocketAddr::new(host.parse()?, cli.listen.port())
-        );
-        write_private(
-            &admin_config,
-            &kubeconfig(&server, &ca_pem, "admin", &token),
-        )?;
-        tracing::info!(path = %admin_config.display(), "wrote admin kubeconfig");
-    }
+    ensure_admin_kubeconfig(&dir, &tokens, cli.listen, &ca_pem)?;
     let authenticator = if cli.insecure_no_auth {
         tracing::warn!("authentication disabled (--insecure-no-auth)");
         None

@@ -51,8 +51,15 @@ impl Apiserver {
             eprintln!("SKIPPED: kubectl not found on PATH");
             return None;
         };
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        Some(Self::spawn(
+            kubectl,
+            tempfile::tempdir().unwrap(),
+            free_port(),
+        ))
+    }
+
+    /// Start the server on `dir` listening on `port`; wait until it is ready.
+    fn spawn(kubectl: PathBuf, dir: tempfile::TempDir, port: u16) -> Apiserver {
         let child = Command::new(env!("CARGO_BIN_EXE_berth-apiserver"))
             .arg("--data-dir")
             .arg(dir.path())
@@ -81,7 +88,18 @@ impl Apiserver {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Some(server)
+        server
+    }
+
+    /// Stop the server and start it again on the same data directory,
+    /// listening on `port`.
+    fn restart_on(mut self, port: u16) -> Apiserver {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
+        let kubectl = self.kubectl.clone();
+        drop(self);
+        Self::spawn(kubectl, dir, port)
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -376,6 +394,77 @@ fn server_url(kubeconfig: &Path) -> String {
         .find_map(|l| l.trim().strip_prefix("server: "))
         .unwrap()
         .to_string()
+}
+
+/// `berth-apiserver kubeconfig --data-dir DIR --node NAME` with no `--server`.
+fn node_kubeconfig(dir: &Path, node: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_berth-apiserver"))
+        .args(["kubeconfig", "--data-dir"])
+        .arg(dir)
+        .args(["--node", node])
+        .output()
+        .unwrap()
+}
+
+/// The README's by-hand cluster path as a newcomer types it: a server on a
+/// port other than 6443, then `kubeconfig --node` without `--server`. It wrote
+/// `https://127.0.0.1:6443` before, and the node never connected.
+#[test]
+fn node_kubeconfig_names_the_address_the_server_serves() {
+    let Some(k) = Apiserver::start() else { return };
+    let served = server_url(&k.kubeconfig);
+    let out = node_kubeconfig(k._dir.path(), "n1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = k.write("n1.kubeconfig", &String::from_utf8(out.stdout).unwrap());
+    assert_eq!(server_url(&config), served);
+    let node = k.write("node.json", NODE);
+    let out = k
+        .command(&["apply", "-f", path_str(&node)])
+        .env("KUBECONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Restarted under another --listen: admin.kubeconfig follows it with the
+    // same token, and so does the default of `kubeconfig --node`.
+    let port = free_port();
+    let k = k.restart_on(port);
+    assert_eq!(
+        server_url(&k.kubeconfig),
+        format!("https://127.0.0.1:{port}")
+    );
+    assert!(k.ok(&["get", "nodes", "-o", "name"]).contains("node/n1"));
+    let out = node_kubeconfig(k._dir.path(), "n2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = k.write("n2.kubeconfig", &String::from_utf8(out.stdout).unwrap());
+    assert_eq!(server_url(&config), format!("https://127.0.0.1:{port}"));
+    // The same restart twice changes nothing.
+    let before = std::fs::read_to_string(&k.kubeconfig).unwrap();
+    let k = k.restart_on(port);
+    assert_eq!(std::fs::read_to_string(&k.kubeconfig).unwrap(), before);
+
+    // A directory no server ever ran in: a clear error, nothing written.
+    let empty = tempfile::tempdir().unwrap();
+    let out = node_kubeconfig(empty.path(), "n3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("admin.kubeconfig") && stderr.contains("--server"),
+        "{stderr}"
+    );
+    assert!(!empty.path().join("tokens.csv").exists());
 }
 
 /// kubectl's generators write through typed clients with protobuf bodies.

@@ -27,7 +27,7 @@ pub async fn run(ctx: Context) {
                 RENEW_INTERVAL
             }
             Err(e) => {
-                tracing::warn!(node = %ctx.node_name, error = %e, retry_in = ?retry, "lease renewal failed");
+                tracing::warn!(node = %ctx.node_name, server = %ctx.server, error = %super::error_chain(&e), retry_in = ?retry, "lease renewal failed");
                 let r = retry;
                 retry = (retry * 2).min(Duration::from_secs(7));
                 r

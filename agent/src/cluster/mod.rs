@@ -34,9 +34,11 @@ pub const API_SOURCE: &str = "api";
 /// The kubelet version the node reports.
 pub const KUBELET_VERSION: &str = "v1.33.0-berth";
 
-/// Build a client from a kubeconfig file (its current context). Nothing is
-/// contacted yet, so an unreachable API server is not an error here.
-pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Client> {
+/// Build a client from a kubeconfig file (its current context), with the
+/// server URL it talks to (for logs: an unreachable server is named, not
+/// just "client error (Connect)"). Nothing is contacted yet, so an
+/// unreachable API server is not an error here.
+pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<(kube::Client, String)> {
     let kubeconfig = kube::config::Kubeconfig::read_from(path)
         .with_context(|| format!("--kubeconfig: cannot read {}", path.display()))?;
     let config = kube::Config::from_custom_kubeconfig(
@@ -45,7 +47,10 @@ pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Client>
     )
     .await
     .with_context(|| format!("--kubeconfig: {}", path.display()))?;
-    kube::Client::try_from(config).with_context(|| format!("--kubeconfig: {}", path.display()))
+    let server = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config)
+        .with_context(|| format!("--kubeconfig: {}", path.display()))?;
+    Ok((client, server))
 }
 
 /// The CA certificates (DER) of the kubeconfig's cluster
@@ -68,6 +73,8 @@ pub async fn kubeconfig_ca(path: &Path) -> anyhow::Result<Option<Vec<Vec<u8>>>> 
 #[derive(Clone)]
 pub struct Context {
     pub client: kube::Client,
+    /// The API server's URL, as the kubeconfig names it (for logs).
+    pub server: String,
     pub node_name: String,
     pub node_ip: String,
     /// Measured for `ephemeral-storage`.
@@ -99,6 +106,24 @@ pub async fn sleep_or_cancel(cancel: &CancellationToken, d: std::time::Duration)
         _ = cancel.cancelled() => false,
         _ = tokio::time::sleep(d) => true,
     }
+}
+
+/// An error with its causes, `outer: inner: root`: kube's own message for an
+/// unreachable server is only "client error (Connect)"; the cause says
+/// "Connection refused" or "No route to host".
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // hyper and kube often repeat the inner message in the outer one.
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// True when the API answered 404.

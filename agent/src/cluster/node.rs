@@ -73,7 +73,7 @@ pub async fn run(ctx: Context) {
             // readiness is reported as soon as it is true.
             Ok(()) => Duration::from_secs(1),
             Err(e) => {
-                tracing::warn!(node = %ctx.node_name, error = %e, retry_in = ?retry, "node status update failed");
+                tracing::warn!(node = %ctx.node_name, server = %ctx.server, error = %super::error_chain(&e), retry_in = ?retry, "node status update failed");
                 if super::is_not_found(&e) {
                     // Deleted behind our back: register again.
                     registered = false;

@@ -132,7 +132,7 @@ async fn watch_loop(ctx: &Context, store: &Store) {
             None => return,
             Some(Err(e)) => {
                 // The back-off wrapper retries; the last snapshot stays in force.
-                tracing::warn!(error = %e, "pod watch failed; pods keep running, retrying");
+                tracing::warn!(server = %ctx.server, error = %super::error_chain(&e), "pod watch failed; pods keep running, retrying");
                 false
             }
             Some(Ok(Event::Init)) => {
