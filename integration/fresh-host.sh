@@ -126,9 +126,14 @@ sources=(
 key=$(printf '%s\n' "$RECIPE" "$(mmdebstrap --version)" minbase "$SUITE" "${sources[@]}" | sha256sum | cut -c1-16)
 base=$CACHE/minbase-$SUITE-$key.tar
 mkdir -p "$CACHE/apt-archives/partial"
-# One builder of the cached root at a time (two checks at once share it).
+# One check at a time: they share the cached root and apt's download cache,
+# whose lock a second apt would fail on. Held to the end (children inherit it;
+# kill -9 of the whole check releases it).
 exec 9>"$CACHE/lock"
-flock 9
+if ! flock -n 9; then
+  say "another fresh-host check is running; waiting for it"
+  flock 9
+fi
 if [[ -f $base && -s $base ]]; then
   say "minimal root: cached $base"
 else
@@ -139,7 +144,6 @@ else
     || { rm -f "$base.tmp"; die "mmdebstrap failed (is Debian's archive reachable at $MIRROR?)"; }
   mv "$base.tmp" "$base"
 fi
-flock -u 9
 
 # Work directories of earlier checks that were killed (kill -9 skips the trap):
 # their namespaces died with them, so nothing is mounted there any more.
