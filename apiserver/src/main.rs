@@ -219,7 +219,15 @@ fn ensure_admin_kubeconfig(
     let path = dir.join("admin.kubeconfig");
     let server = server_url(listen);
     if tokens.exists() && path.exists() {
-        let existing = KubeconfigFile::read(&path)?;
+        // A file someone edited into something unreadable is left alone: the
+        // server still starts (as before this file was read back).
+        let existing = match KubeconfigFile::read(&path) {
+            Ok(existing) => existing,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = format!("{e:#}"), "admin kubeconfig not updated to the listen address");
+                return Ok(());
+            }
+        };
         if existing.server() == Some(server.as_str()) {
             return Ok(());
         }
