@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::source::validation::parse_quantity_millis;
+use berth_api::restart;
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
@@ -59,11 +59,7 @@ pub mod phase {
 }
 
 /// QoS classes (`status.qosClass`).
-pub mod qos {
-    pub const GUARANTEED: &str = "Guaranteed";
-    pub const BURSTABLE: &str = "Burstable";
-    pub const BEST_EFFORT: &str = "BestEffort";
-}
+pub use berth_api::qos;
 
 /// Pod condition types the kubelet owns, and the reasons it gives them.
 pub mod condition {
@@ -84,10 +80,6 @@ pub mod condition {
 pub const REASON_CONTAINER_CREATING: &str = "ContainerCreating";
 /// The waiting reason of a not-yet-created container of a pod with init containers.
 pub const REASON_POD_INITIALIZING: &str = "PodInitializing";
-
-const RESTART_ALWAYS: &str = "Always";
-const RESTART_ON_FAILURE: &str = "OnFailure";
-const RESTART_NEVER: &str = "Never";
 
 /// True for the phases a pod never leaves (`Succeeded`, `Failed`).
 pub fn is_terminal(phase: &str) -> bool {
@@ -214,7 +206,7 @@ pub fn compute_pod_status(
             Some(pod_ips.into_iter().map(|ip| PodIP { ip }).collect())
         },
         start_time,
-        qos_class: Some(qos_class(pod).to_string()),
+        qos_class: Some(qos::pod_qos_class(pod).to_string()),
         reason,
         message,
         init_container_statuses: if has_init { Some(init_statuses) } else { None },
@@ -304,7 +296,7 @@ impl Ctx<'_> {
         // running; a regular init container is ready once it exited 0.
         let running = is_running(&status);
         status.started = Some(running);
-        status.ready = if init && !is_restartable_init(spec) {
+        status.ready = if init && !restart::is_restartable_init_container(spec) {
             terminated(&status).is_some_and(|t| t.exit_code == 0)
         } else {
             running
@@ -369,33 +361,11 @@ impl Ctx<'_> {
             observed::ContainerState::Running => false,
             observed::ContainerState::Created | observed::ContainerState::Unknown => true,
             observed::ContainerState::Exited => {
-                let policy = if init && is_restartable_init(spec) {
-                    RESTART_ALWAYS
-                } else {
-                    restart_policy(self.pod.spec.as_ref())
-                };
-                match policy {
-                    RESTART_NEVER => false,
-                    RESTART_ON_FAILURE => c.exit_code != 0,
-                    _ => true,
-                }
+                let policy = restart::container_restart_policy(self.pod.spec.as_ref(), spec, init);
+                restart::restarts_after_exit(policy, c.exit_code)
             }
         }
     }
-}
-
-/// The pod's restart policy, defaulted to `Always`.
-fn restart_policy(spec: Option<&PodSpec>) -> &str {
-    match spec.and_then(|s| s.restart_policy.as_deref()) {
-        Some(RESTART_NEVER) => RESTART_NEVER,
-        Some(RESTART_ON_FAILURE) => RESTART_ON_FAILURE,
-        _ => RESTART_ALWAYS,
-    }
-}
-
-/// A sidecar: an init container with `restartPolicy: Always`.
-fn is_restartable_init(c: &Container) -> bool {
-    c.restart_policy.as_deref() == Some(RESTART_ALWAYS)
 }
 
 /// The kubelet's `HasAnyActiveRegularContainerStarted`: an app container exists
@@ -437,12 +407,15 @@ fn pod_phase(
     pod_has_initialized: bool,
 ) -> &'static str {
     let init_specs: &[Container] = spec.init_containers.as_deref().unwrap_or(&[]);
-    let policy = restart_policy(Some(spec));
+    let policy = restart::pod_restart_policy(Some(spec));
 
     let mut pending_regular_init = 0;
     let mut pending_restartable_init = 0;
     let mut failed_init = 0;
-    for c in init_specs.iter().filter(|c| !is_restartable_init(c)) {
+    for c in init_specs
+        .iter()
+        .filter(|c| !restart::is_restartable_init_container(c))
+    {
         let Some(s) = find_status(init_statuses, &c.name) else {
             pending_regular_init += 1;
             continue;
@@ -469,7 +442,10 @@ fn pod_phase(
     }
 
     let (mut unknown, mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0, 0);
-    for c in init_specs.iter().filter(|c| is_restartable_init(c)) {
+    for c in init_specs
+        .iter()
+        .filter(|c| restart::is_restartable_init_container(c))
+    {
         let Some(s) = find_status(init_statuses, &c.name) else {
             unknown += 1;
             continue;
@@ -517,7 +493,7 @@ fn pod_phase(
         }
     }
 
-    if failed_init > 0 && policy == RESTART_NEVER {
+    if failed_init > 0 && policy == restart::NEVER {
         return phase::FAILED;
     }
     if pending_regular_init > 0 || (pending_restartable_init > 0 && !pod_has_initialized) {
@@ -530,13 +506,13 @@ fn pod_phase(
         return phase::RUNNING;
     }
     if running == 0 && stopped > 0 && unknown == 0 {
-        if policy == RESTART_ALWAYS {
+        if policy == restart::ALWAYS {
             return phase::RUNNING;
         }
         if stopped == succeeded {
             return phase::SUCCEEDED;
         }
-        if policy == RESTART_NEVER {
+        if policy == restart::NEVER {
             return phase::FAILED;
         }
         return phase::RUNNING;
@@ -591,7 +567,7 @@ fn initialized_condition(
         match find_status(init_statuses, &c.name) {
             None => unknown.push(c.name.as_str()),
             Some(s) => {
-                let initialized = if is_restartable_init(c) {
+                let initialized = if restart::is_restartable_init_container(c) {
                     s.started == Some(true)
                 } else {
                     s.ready
@@ -682,7 +658,7 @@ fn containers_ready_condition(
     let mut considered: Vec<&ContainerStatus> = Vec::new();
     let sidecars = init_specs
         .iter()
-        .filter(|c| is_restartable_init(c))
+        .filter(|c| restart::is_restartable_init_container(c))
         .map(|c| (c, init_statuses));
     let apps = spec.containers.iter().map(|c| (c, app_statuses));
     for (c, statuses) in sidecars.chain(apps) {
@@ -798,63 +774,6 @@ fn ready_condition(
         ready.message = Some(messages.join(", "));
     }
     ready
-}
-
-/// The pod's QoS class, as the kubelet computes it (`ComputePodQOS` in
-/// pkg/apis/core/v1/helper/qos): only `cpu` and `memory` count; a container's
-/// request defaults to its limit (as API defaulting does); Guaranteed when every
-/// container (init containers included) sets both limits and the summed requests
-/// equal the summed limits; BestEffort when nothing is requested or limited;
-/// Burstable otherwise.
-pub fn qos_class(pod: &Pod) -> &'static str {
-    const SUPPORTED: [&str; 2] = ["cpu", "memory"];
-    let Some(spec) = pod.spec.as_ref() else {
-        return qos::BEST_EFFORT;
-    };
-    let mut requests: BTreeMap<&str, i128> = BTreeMap::new();
-    let mut limits: BTreeMap<&str, i128> = BTreeMap::new();
-    let mut guaranteed = true;
-    let all = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten());
-    for c in all {
-        let res = c.resources.as_ref();
-        let lim = res.and_then(|r| r.limits.as_ref());
-        let req = res.and_then(|r| r.requests.as_ref());
-        let mut limits_found = 0;
-        for name in SUPPORTED {
-            let limit = lim
-                .and_then(|l| l.get(name))
-                .and_then(|q| parse_quantity_millis(&q.0).ok());
-            let request = req
-                .and_then(|r| r.get(name))
-                .and_then(|q| parse_quantity_millis(&q.0).ok())
-                .or(limit);
-            if let Some(v) = request.filter(|v| *v > 0) {
-                let sum = requests.entry(name).or_insert(0);
-                *sum = sum.saturating_add(v);
-            }
-            if let Some(v) = limit.filter(|v| *v > 0) {
-                limits_found += 1;
-                let sum = limits.entry(name).or_insert(0);
-                *sum = sum.saturating_add(v);
-            }
-        }
-        if limits_found < SUPPORTED.len() {
-            guaranteed = false;
-        }
-    }
-    if requests.is_empty() && limits.is_empty() {
-        return qos::BEST_EFFORT;
-    }
-    if guaranteed
-        && requests.len() == limits.len()
-        && requests.iter().all(|(k, v)| limits.get(k) == Some(v))
-    {
-        return qos::GUARANTEED;
-    }
-    qos::BURSTABLE
 }
 
 fn find_status<'a>(statuses: &'a [ContainerStatus], name: &str) -> Option<&'a ContainerStatus> {
@@ -1751,67 +1670,6 @@ mod tests {
         assert!(proxy.ready);
         assert_eq!(cond(&s, "Initialized").status, "True");
         assert_eq!(cond(&s, "ContainersReady").status, "True");
-    }
-
-    fn resources_pod(containers: serde_json::Value) -> Pod {
-        pod(json!({ "containers": containers }))
-    }
-
-    #[test]
-    fn qos_classes() {
-        let cases = [
-            (json!([{"name": "a"}]), "BestEffort"),
-            (
-                json!([{"name": "a", "resources": {"requests": {"cpu": "0"}}}]),
-                "BestEffort",
-            ),
-            (
-                json!([{"name": "a", "resources": {"requests": {"nvidia.com/gpu": "1"}}}]),
-                "BestEffort",
-            ),
-            (
-                json!([{"name": "a", "resources": {"requests": {"cpu": "100m"}}}]),
-                "Burstable",
-            ),
-            (
-                json!([{"name": "a", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]),
-                "Guaranteed",
-            ),
-            (
-                json!([{"name": "a", "resources": {
-                    "requests": {"cpu": "1000m", "memory": "1073741824"},
-                    "limits": {"cpu": "1", "memory": "1Gi"}}}]),
-                "Guaranteed",
-            ),
-            (
-                json!([{"name": "a", "resources": {
-                    "requests": {"cpu": "500m", "memory": "1Gi"},
-                    "limits": {"cpu": "1", "memory": "1Gi"}}}]),
-                "Burstable",
-            ),
-            (
-                json!([{"name": "a", "resources": {"limits": {"cpu": "1"}}}]),
-                "Burstable",
-            ),
-            (
-                json!([
-                    {"name": "a", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}},
-                    {"name": "b"},
-                ]),
-                "Burstable",
-            ),
-        ];
-        for (containers, want) in cases {
-            let p = resources_pod(containers.clone());
-            assert_eq!(qos_class(&p), want, "{containers}");
-        }
-        // An init container without limits makes a Guaranteed pod Burstable.
-        let p = pod(json!({
-            "initContainers": [{"name": "i", "resources": {"requests": {"cpu": "100m"}}}],
-            "containers": [{"name": "a", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}],
-        }));
-        assert_eq!(qos_class(&p), "Burstable");
-        assert_eq!(qos_class(&Pod::default()), "BestEffort");
     }
 
     #[test]

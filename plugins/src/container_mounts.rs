@@ -414,16 +414,9 @@ pub fn pod_hostname_and_domain(
     Ok((hostname, domain))
 }
 
-/// RFC 1123 label: 1–63 of `[a-z0-9-]`, alphanumeric at both ends.
+/// RFC 1123 label (`berth_api::names`), or an error naming the field.
 fn check_dns1123_label(field: &str, value: &str) -> Result<()> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-')
-        && !value.ends_with('-');
-    if ok {
+    if berth_api::names::is_dns1123_label(value) {
         Ok(())
     } else {
         Err(Error::invalid(

@@ -315,94 +315,10 @@ pub(crate) fn safe_make_dir(base: &Path, rel: &Path, sub_path: &str, perm: u32) 
     Ok(())
 }
 
-/// A Kubernetes resource quantity (`64Mi`, `1G`, `0.5Gi`, `1e3`, `100m`) as an
-/// integer, rounded up as `Quantity.Value()` does. `None` for malformed,
-/// negative or overflowing values.
-pub(crate) fn parse_quantity(q: &str) -> Option<u128> {
-    let s = q.trim();
-    let s = s.strip_prefix('+').unwrap_or(s);
-    if s.starts_with('-') {
-        return None;
-    }
-    let end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, suffix) = s.split_at(end);
-    let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
-    if (int_part.is_empty() && frac_part.is_empty()) || frac_part.contains('.') {
-        return None;
-    }
-    let digits = format!("{int_part}{frac_part}");
-    let digits = digits.trim_start_matches('0');
-    if digits.len() > 38 {
-        return None;
-    }
-    let mantissa: u128 = if digits.is_empty() {
-        0
-    } else {
-        digits.parse().ok()?
-    };
-    let mut exp10 = -i32::try_from(frac_part.len()).ok()?;
-    let mut exp2 = 0u32;
-    match suffix {
-        "" => {}
-        "n" => exp10 -= 9,
-        "u" => exp10 -= 6,
-        "m" => exp10 -= 3,
-        "k" => exp10 += 3,
-        "M" => exp10 += 6,
-        "G" => exp10 += 9,
-        "T" => exp10 += 12,
-        "P" => exp10 += 15,
-        "E" => exp10 += 18,
-        "Ki" => exp2 = 10,
-        "Mi" => exp2 = 20,
-        "Gi" => exp2 = 30,
-        "Ti" => exp2 = 40,
-        "Pi" => exp2 = 50,
-        "Ei" => exp2 = 60,
-        other => {
-            let exp = other
-                .strip_prefix('e')
-                .or_else(|| other.strip_prefix('E'))?;
-            exp10 = exp10.checked_add(exp.parse::<i32>().ok()?)?;
-        }
-    }
-    let value = mantissa.checked_mul(1u128 << exp2)?;
-    if exp10 >= 0 {
-        value.checked_mul(10u128.checked_pow(exp10.unsigned_abs())?)
-    } else {
-        match 10u128.checked_pow(exp10.unsigned_abs()) {
-            Some(divisor) => Some(value.div_ceil(divisor)),
-            // Smaller than any divisor we can represent: rounds up to 1 (or stays 0).
-            None => Some(u128::from(value > 0)),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
-
-    #[test]
-    fn quantities_round_up_like_value() {
-        assert_eq!(parse_quantity("64Mi"), Some(64 << 20));
-        assert_eq!(parse_quantity("1G"), Some(1_000_000_000));
-        assert_eq!(parse_quantity("0.5Gi"), Some(512 << 20));
-        assert_eq!(parse_quantity("1.5"), Some(2));
-        assert_eq!(parse_quantity("100m"), Some(1));
-        assert_eq!(parse_quantity("1e3"), Some(1000));
-        assert_eq!(parse_quantity("1E-3"), Some(1));
-        assert_eq!(parse_quantity("0"), Some(0));
-        assert_eq!(parse_quantity(".5k"), Some(500));
-        assert_eq!(parse_quantity("12345"), Some(12345));
-        assert_eq!(parse_quantity("-1Gi"), None);
-        assert_eq!(parse_quantity("1Xi"), None);
-        assert_eq!(parse_quantity("Mi"), None);
-        assert_eq!(parse_quantity("1.2.3"), None);
-        assert_eq!(parse_quantity("1e-99"), Some(1));
-    }
 
     #[test]
     fn components_and_backsteps() {

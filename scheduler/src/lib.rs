@@ -22,7 +22,8 @@ pub mod controller;
 pub mod harness;
 mod plugins;
 pub mod queue;
-pub mod resources;
+/// The resource arithmetic lives in `berth-api`, shared with the agent.
+pub use berth_api::resource as resources;
 mod scheduler;
 mod snapshot;
 

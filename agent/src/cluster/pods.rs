@@ -65,7 +65,7 @@ pub fn desired(pod: &Pod) -> Pod {
     pod.metadata.resource_version = None;
     pod.metadata.managed_fields = None;
     pod.metadata.generation = None;
-    crate::source::defaults::apply(&mut pod);
+    berth_api::defaults::apply(&mut pod);
     pod
 }
 

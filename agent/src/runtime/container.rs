@@ -37,10 +37,16 @@ const DEFAULT_READONLY_PATHS: &[&str] = &[
 
 /// Smallest CPU shares the kernel takes (the kubelet's `MinShares`).
 const MIN_SHARES: i64 = 2;
+/// Largest CPU shares the kernel takes (the kubelet's `MaxShares`).
+const MAX_SHARES: i64 = 262_144;
 /// CFS period the kubelet uses (100 ms).
 const QUOTA_PERIOD: i64 = 100_000;
 /// Smallest CFS quota the kubelet sets.
 const MIN_QUOTA: i64 = 1_000;
+/// Largest CFS quota the kernel accepts (`MAX_BW`, 2^44 - 1 µs): a larger limit
+/// (`cpu: 1T`) would make the runtime's cgroup write fail with EINVAL, so it is
+/// clamped here, which for any real host means "no limit".
+const MAX_QUOTA: i64 = (1 << 44) - 1;
 
 /// A stable hash of a container's spec (the `io.kubernetes.container.hash`
 /// annotation). A changed hash means the running container no longer matches
@@ -184,12 +190,13 @@ impl RuntimeManager {
                 BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
             >,
              key: &str| map.as_ref().and_then(|m| m.get(key)).cloned();
+        // Validation refused quantities that do not parse; what is left saturates.
         let cpu = |q: Option<_>| {
-            q.and_then(|q| crate::source::validation::parse_cpu_millis(&q).ok())
+            q.and_then(|q| berth_api::quantity::cpu_millis(&q).ok())
                 .unwrap_or(0)
         };
         let mem = |q: Option<_>| {
-            q.and_then(|q| crate::source::validation::parse_memory_bytes(&q).ok())
+            q.and_then(|q| berth_api::quantity::int_value(&q).ok())
                 .unwrap_or(0)
         };
         let cpu_request = cpu(quantity(&resources.requests, "cpu"));
@@ -203,20 +210,14 @@ impl RuntimeManager {
             milli_cpu_to_shares(cpu_request)
         };
         let (cpu_period, cpu_quota) = if cpu_limit > 0 {
-            (
-                QUOTA_PERIOD,
-                (cpu_limit * QUOTA_PERIOD / 1000).max(MIN_QUOTA),
-            )
+            (QUOTA_PERIOD, milli_cpu_to_quota(cpu_limit))
         } else {
             (0, 0)
         };
-        let oom_score_adj = match crate::status::qos_class(pod) {
-            "Guaranteed" => -997,
-            "BestEffort" => 1000,
-            _ => {
-                let capacity = node_memory_bytes().max(1);
-                (1000 - (1000 * mem_request) / capacity).clamp(2, 999)
-            }
+        let oom_score_adj = match berth_api::qos::pod_qos_class(pod) {
+            berth_api::qos::GUARANTEED => -997,
+            berth_api::qos::BEST_EFFORT => 1000,
+            _ => burstable_oom_score_adj(mem_request, node_memory_bytes()),
         };
 
         let sc = container.security_context.clone().unwrap_or_default();
@@ -321,7 +322,7 @@ impl RuntimeManager {
             let mut invalid = Vec::new();
             for (k, v) in &object.data {
                 let key = format!("{prefix}{k}");
-                if !is_env_var_name(&key) {
+                if !berth_api::names::is_env_var_name(&key) {
                     invalid.push(key);
                     continue;
                 }
@@ -427,23 +428,27 @@ impl RuntimeManager {
     }
 }
 
-/// A valid environment variable name (apimachinery's `IsEnvVarName`:
-/// `[-._a-zA-Z][-._a-zA-Z0-9]*`).
-pub fn is_env_var_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    let ok_first = |c: char| c.is_ascii_alphabetic() || matches!(c, '-' | '.' | '_');
-    match chars.next() {
-        Some(c) if ok_first(c) => chars.all(|c| ok_first(c) || c.is_ascii_digit()),
-        _ => false,
-    }
+/// The kubelet's `MilliCPUToShares`, clamped to `[MinShares, MaxShares]`.
+pub fn milli_cpu_to_shares(milli: i64) -> i64 {
+    let shares = i128::from(milli) * 1024 / 1000;
+    i64::try_from(shares.clamp(i128::from(MIN_SHARES), i128::from(MAX_SHARES)))
+        .unwrap_or(MIN_SHARES)
 }
 
-/// The kubelet's `milliCPUToShares`.
-pub fn milli_cpu_to_shares(milli: i64) -> i64 {
-    if milli == 0 {
-        return MIN_SHARES;
-    }
-    (milli * 1024 / 1000).max(MIN_SHARES)
+/// The kubelet's `MilliCPUToQuota` for the 100 ms period, at least `MIN_QUOTA`
+/// and at most what the kernel accepts.
+pub fn milli_cpu_to_quota(milli: i64) -> i64 {
+    let quota = i128::from(milli) * i128::from(QUOTA_PERIOD) / 1000;
+    i64::try_from(quota.clamp(i128::from(MIN_QUOTA), i128::from(MAX_QUOTA))).unwrap_or(MIN_QUOTA)
+}
+
+/// A Burstable container's `oom_score_adj` (the kubelet's `GetContainerOOMScoreAdjust`):
+/// `1000 - 1000 × request / capacity`, kept within `[2, 999]`. Computed in 128 bits:
+/// a request of `7Ei` must not wrap.
+pub fn burstable_oom_score_adj(memory_request: i64, memory_capacity: i64) -> i64 {
+    let capacity = i128::from(memory_capacity.max(1));
+    let adj = 1000 - 1000 * i128::from(memory_request.max(0)) / capacity;
+    i64::try_from(adj.clamp(2, 999)).unwrap_or(999)
 }
 
 /// MemTotal from /proc/meminfo, in bytes (0 if unreadable).
@@ -506,6 +511,7 @@ pub fn expand(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs
@@ -533,6 +539,28 @@ mod tests {
         assert_eq!(milli_cpu_to_shares(1), 2);
         assert_eq!(milli_cpu_to_shares(100), 102);
         assert_eq!(milli_cpu_to_shares(1000), 1024);
+        assert_eq!(milli_cpu_to_shares(-5), 2);
+    }
+
+    /// Regression (issue 7): `limits: {cpu: 1T}` and `requests: {memory: 7Ei}`
+    /// multiplied unchecked, panicking the pod's worker in a debug build and
+    /// wrapping into a garbage quota or `oom_score_adj` in a release build.
+    #[test]
+    fn huge_quantities_clamp_instead_of_overflowing() {
+        let one_t = berth_api::quantity::cpu_millis(&Quantity("1T".into())).expect("1T");
+        assert_eq!(one_t, 1_000_000_000_000_000);
+        assert_eq!(milli_cpu_to_shares(one_t), MAX_SHARES);
+        assert_eq!(milli_cpu_to_quota(one_t), MAX_QUOTA);
+        assert_eq!(milli_cpu_to_quota(i64::MAX), MAX_QUOTA);
+        assert_eq!(milli_cpu_to_shares(i64::MAX), MAX_SHARES);
+        assert_eq!(milli_cpu_to_quota(1), MIN_QUOTA);
+        assert_eq!(milli_cpu_to_quota(1500), 150_000);
+        let seven_ei = berth_api::quantity::int_value(&Quantity("7Ei".into())).expect("7Ei");
+        assert_eq!(burstable_oom_score_adj(seven_ei, 8 << 30), 2);
+        assert_eq!(burstable_oom_score_adj(i64::MAX, i64::MAX), 2);
+        assert_eq!(burstable_oom_score_adj(0, 8 << 30), 999);
+        assert_eq!(burstable_oom_score_adj(1 << 30, 4 << 30), 750);
+        assert_eq!(burstable_oom_score_adj(1, 0), 2);
     }
 
     #[test]

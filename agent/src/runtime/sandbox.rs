@@ -123,9 +123,9 @@ impl RuntimeManager {
     pub fn pod_cgroup_parent(&self, pod: &Pod) -> String {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let root = self.settings.cgroup_root.trim_end_matches('/');
-        match crate::status::qos_class(pod) {
-            "Guaranteed" => format!("{root}/pod{uid}"),
-            "Burstable" => format!("{root}/burstable/pod{uid}"),
+        match berth_api::qos::pod_qos_class(pod) {
+            berth_api::qos::GUARANTEED => format!("{root}/pod{uid}"),
+            berth_api::qos::BURSTABLE => format!("{root}/burstable/pod{uid}"),
             _ => format!("{root}/besteffort/pod{uid}"),
         }
     }

@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use berth_api::restart;
 use berth_cri::api;
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
@@ -38,30 +39,17 @@ pub enum SyncOutcome {
     Gone,
 }
 
-/// Whether a container that exited with `exit_code` is started again.
-pub fn should_restart(policy: &str, exit_code: i32) -> bool {
-    match policy {
-        "Never" => false,
-        "OnFailure" => exit_code != 0,
-        _ => true,
-    }
-}
-
-fn restart_policy(spec: &PodSpec) -> &str {
-    spec.restart_policy.as_deref().unwrap_or("Always")
-}
-
 /// True when the pod has finished for good: no container will run again
 /// (the condition behind the Succeeded and Failed phases).
 pub fn pod_is_done(spec: &PodSpec, observed: &ObservedPod) -> bool {
-    let policy = restart_policy(spec);
-    if policy == "Always" {
+    let policy = restart::pod_restart_policy(Some(spec));
+    if policy == restart::ALWAYS {
         return false;
     }
     // An init container that failed under restartPolicy Never fails the pod.
     let init_failed = spec.init_containers.iter().flatten().any(|c| {
         observed.latest_container(&c.name, true).is_some_and(|l| {
-            l.state == ContainerState::Exited && l.exit_code != 0 && policy == "Never"
+            l.state == ContainerState::Exited && l.exit_code != 0 && policy == restart::NEVER
         })
     });
     if init_failed {
@@ -70,7 +58,8 @@ pub fn pod_is_done(spec: &PodSpec, observed: &ObservedPod) -> bool {
     !spec.containers.is_empty()
         && spec.containers.iter().all(|c| {
             observed.latest_container(&c.name, false).is_some_and(|l| {
-                l.state == ContainerState::Exited && !should_restart(policy, l.exit_code)
+                l.state == ContainerState::Exited
+                    && !restart::restarts_after_exit(policy, l.exit_code)
             })
         })
 }
@@ -159,7 +148,7 @@ impl RuntimeManager {
         };
         let pod = &sourced.pod;
         let spec = pod.spec.clone().unwrap_or_default();
-        let policy = restart_policy(&spec).to_string();
+        let policy = restart::pod_restart_policy(Some(&spec));
         let grace = spec
             .termination_grace_period_seconds
             .unwrap_or(DEFAULT_GRACE_SECONDS);
@@ -272,7 +261,7 @@ impl RuntimeManager {
             ),
             None => {
                 let created_before = observed.containers.iter().any(|c| !c.init);
-                if policy == "Never" && created_before {
+                if policy == restart::NEVER && created_before {
                     // The kubelet does not give a Never pod a new sandbox once its
                     // containers ran: they are done, and so is the pod.
                     self.stop_running(&observed.containers.iter().collect::<Vec<_>>(), grace)
@@ -449,7 +438,7 @@ impl RuntimeManager {
         transient: &mut Transient,
         grace: i64,
     ) -> Result<()> {
-        let policy = restart_policy(&ps.spec).to_string();
+        let policy = restart::pod_restart_policy(Some(&ps.spec));
         let containers = ps.spec.containers.clone();
         for (index, c) in containers.iter().enumerate() {
             let latest = observed.latest_container(&c.name, false);
@@ -467,7 +456,7 @@ impl RuntimeManager {
                     .await?;
                 }
                 Some(l) if l.sandbox_id == ps.sandbox_id && l.state == ContainerState::Exited => {
-                    if !should_restart(&policy, l.exit_code) {
+                    if !restart::restarts_after_exit(policy, l.exit_code) {
                         transient.waiting.remove(&c.name);
                         continue;
                     }
@@ -482,7 +471,7 @@ impl RuntimeManager {
                 // From an older sandbox: in the new one, OnFailure does not
                 // rerun a container that already succeeded.
                 Some(l)
-                    if policy == "OnFailure"
+                    if policy == restart::ON_FAILURE
                         && l.state == ContainerState::Exited
                         && l.exit_code == 0 =>
                 {
@@ -959,19 +948,5 @@ impl RuntimeManager {
                 .map_err(|e| e.to_string())?,
         );
         Ok(mounts)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn restart_policies() {
-        assert!(should_restart("Always", 0));
-        assert!(should_restart("Always", 1));
-        assert!(!should_restart("OnFailure", 0));
-        assert!(should_restart("OnFailure", 3));
-        assert!(!should_restart("Never", 3));
     }
 }

@@ -14,12 +14,10 @@ use k8s_openapi::api::core::v1::{Pod, Toleration};
 use md5::{Digest, Md5};
 use serde_json::Value;
 
-use super::validation::FieldError;
-use super::{ManifestError, SourcedPod, defaults, validation};
+use berth_api::defaults;
+use berth_api::validation::{self, ErrorType, FieldError};
 
-pub use super::validation::{
-    QuantityError, parse_cpu_millis, parse_memory_bytes, parse_quantity_millis,
-};
+use super::{ManifestError, SourcedPod};
 
 /// Manifests larger than this are rejected before they are read.
 pub const MAX_MANIFEST_BYTES: u64 = 10 * 1024 * 1024;
@@ -457,14 +455,18 @@ fn check_type_field(
     key: &str,
     want: &str,
 ) -> Option<FieldError> {
-    let reason = match obj.get(key) {
-        None | Some(Value::Null) => format!("Required value: must be {want:?}"),
+    let (error_type, reason) = match obj.get(key) {
+        None | Some(Value::Null) => (
+            ErrorType::Required,
+            format!("Required value: must be {want:?}"),
+        ),
         Some(Value::String(s)) if s == want => return None,
-        Some(Value::String(s)) => format!("must be {want:?}, got {s:?}"),
-        Some(other) => format!("must be {want:?}, got {other}"),
+        Some(Value::String(s)) => (ErrorType::Invalid, format!("must be {want:?}, got {s:?}")),
+        Some(other) => (ErrorType::Invalid, format!("must be {want:?}, got {other}")),
     };
     Some(FieldError {
         field: key.to_string(),
+        error_type,
         reason,
     })
 }
@@ -486,6 +488,7 @@ fn schema_error(e: serde_path_to_error::Error<serde_json::Error>) -> FieldError 
         };
         return FieldError {
             field,
+            error_type: ErrorType::Required,
             reason: "Required value".to_string(),
         };
     }
@@ -495,6 +498,7 @@ fn schema_error(e: serde_path_to_error::Error<serde_json::Error>) -> FieldError 
         } else {
             path
         },
+        error_type: ErrorType::Invalid,
         reason: msg,
     }
 }
@@ -1127,8 +1131,8 @@ spec:
             .as_ref()
             .and_then(|r| r.limits.clone())
             .expect("limits");
-        assert_eq!(parse_cpu_millis(&limits["cpu"]), Ok(1000));
-        assert_eq!(parse_memory_bytes(&limits["memory"]), Ok(1000));
+        assert_eq!(berth_api::quantity::cpu_millis(&limits["cpu"]), Ok(1000));
+        assert_eq!(berth_api::quantity::int_value(&limits["memory"]), Ok(1000));
     }
 
     #[test]

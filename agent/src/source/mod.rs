@@ -7,10 +7,8 @@
 //! Pods are held per source ([`FILE_SOURCE`], and `api` when the agent talks
 //! to an API server): each source replaces only its own pods.
 
-pub(crate) mod defaults;
 pub mod file;
 pub mod manifest;
-pub mod validation;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

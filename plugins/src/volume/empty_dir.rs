@@ -82,9 +82,13 @@ impl VolumePlugin for EmptyDirPlugin {
             }
         };
         let size_limit = match &source.size_limit {
-            Some(q) => Some(fsutil::parse_quantity(&q.0).ok_or_else(|| {
-                Error::invalid("emptyDir.sizeLimit", format!("invalid quantity {:?}", q.0))
-            })?),
+            Some(q) => Some(
+                berth_api::quantity::non_negative_int_value(q)
+                    .map(u128::from)
+                    .ok_or_else(|| {
+                        Error::invalid("emptyDir.sizeLimit", format!("invalid quantity {:?}", q.0))
+                    })?,
+            ),
             None => None,
         };
 

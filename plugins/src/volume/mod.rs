@@ -414,10 +414,11 @@ fn volume_source_kind(field: &str, vol: &Volume) -> Result<Option<String>> {
 /// restartable init "sidecar" containers) and the largest one-shot init
 /// container (plus the sidecars started before it), plus `spec.overhead`.
 fn pod_memory_limit(pod: &Pod) -> Option<u64> {
+    use berth_api::quantity::non_negative_int_value;
     let spec = pod.spec.as_ref()?;
     let limit = |c: &Container| -> Option<u128> {
         let q = c.resources.as_ref()?.limits.as_ref()?.get("memory")?;
-        fsutil::parse_quantity(&q.0).filter(|v| *v > 0)
+        non_negative_int_value(q).map(u128::from).filter(|v| *v > 0)
     };
     let mut sidecars: u128 = 0;
     let mut max_init: u128 = 0;
@@ -435,7 +436,7 @@ fn pod_memory_limit(pod: &Pod) -> Option<u64> {
     }
     let mut total = app.checked_add(sidecars)?.max(max_init);
     if let Some(overhead) = spec.overhead.as_ref().and_then(|o| o.get("memory")) {
-        total = total.checked_add(fsutil::parse_quantity(&overhead.0)?)?;
+        total = total.checked_add(u128::from(non_negative_int_value(overhead)?))?;
     }
     u64::try_from(total).ok()
 }

@@ -1,11 +1,15 @@
-//! Resource quantities as the scheduler counts them: CPU in millicores, memory,
-//! ephemeral storage and extended resources as integers (rounded up), pods as a
-//! count; and a pod's requests as `resourcehelper.PodRequests` computes them.
+//! Resource amounts as the scheduler counts them (`framework.Resource`): CPU in
+//! millicores, memory, ephemeral storage and extended resources as integers
+//! (rounded up, saturating), pods as a count; and a pod's requests as
+//! `resourcehelper.PodRequests` computes them, for the scheduler's fit and
+//! anything else that needs what a pod asks of its node.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use crate::quantity;
 
 /// CPU requested by a container that requests none, for scoring
 /// (`schedutil.DefaultMilliCPURequest`).
@@ -14,114 +18,33 @@ pub const DEFAULT_MILLI_CPU_REQUEST: i64 = 100;
 /// (`schedutil.DefaultMemoryRequest`, 200Mi).
 pub const DEFAULT_MEMORY_REQUEST: i64 = 200 * 1024 * 1024;
 
-/// A quantity string that is not a Kubernetes quantity, or does not fit.
+/// A quantity in a resource list that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum QuantityError {
-    /// Not `<signedNumber><suffix>`.
-    #[error(
-        "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$': {0:?}"
-    )]
-    Invalid(String),
-    /// Larger than the scheduler's 64-bit counters.
-    #[error("quantity {0:?} is too large")]
-    TooLarge(String),
+#[error("quantity {value:?}: {source}")]
+pub struct QuantityError {
+    /// The text as written.
+    pub value: String,
+    /// Why it does not parse.
+    #[source]
+    pub source: quantity::QuantityError,
 }
 
-/// `value × 1000`, rounded up (towards +∞) to an integer: the thousandths
-/// resolution `resource.Quantity.MilliValue` has.
-fn thousandths(text: &str) -> Result<i128, QuantityError> {
-    let invalid = || QuantityError::Invalid(text.to_owned());
-    let too_large = || QuantityError::TooLarge(text.to_owned());
-    let (negative, body) = match text.as_bytes().first() {
-        Some(b'-') => (true, &text[1..]),
-        Some(b'+') => (false, &text[1..]),
-        _ => (false, text),
-    };
-    let split = body
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(body.len());
-    let (number, suffix) = body.split_at(split);
-    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
-    if whole.is_empty() && frac.is_empty() || frac.contains('.') {
-        return Err(invalid());
-    }
-    // value = mantissa × 10^ten × 2^two
-    let (mut ten, two): (i32, u32) = match suffix {
-        "" => (0, 0),
-        "n" => (-9, 0),
-        "u" => (-6, 0),
-        "m" => (-3, 0),
-        "k" => (3, 0),
-        "M" => (6, 0),
-        "G" => (9, 0),
-        "T" => (12, 0),
-        "P" => (15, 0),
-        "E" => (18, 0),
-        "Ki" => (0, 10),
-        "Mi" => (0, 20),
-        "Gi" => (0, 30),
-        "Ti" => (0, 40),
-        "Pi" => (0, 50),
-        "Ei" => (0, 60),
-        other => {
-            let exp = other
-                .strip_prefix(['e', 'E'])
-                .filter(|e| {
-                    let digits = e.trim_start_matches(['+', '-']);
-                    !digits.is_empty()
-                        && digits.len() + 1 >= e.len()
-                        && digits.bytes().all(|b| b.is_ascii_digit())
-                })
-                .ok_or_else(invalid)?;
-            (exp.parse::<i32>().map_err(|_| too_large())?, 0)
-        }
-    };
-    let frac = frac.trim_end_matches('0');
-    let digits = format!("{whole}{frac}");
-    let digits = digits.trim_start_matches('0');
-    if digits.len() > 30 {
-        return Err(too_large());
-    }
-    let mut mantissa: i128 = if digits.is_empty() {
-        0
-    } else {
-        digits.parse().map_err(|_| invalid())?
-    };
-    mantissa = mantissa.checked_shl(two).ok_or_else(too_large)?;
-    if two > 0 && mantissa >> two != digits.parse::<i128>().unwrap_or(0) {
-        return Err(too_large());
-    }
-    ten += 3 - i32::try_from(frac.len()).map_err(|_| too_large())?;
-    let magnitude = if mantissa == 0 {
-        0
-    } else if ten >= 0 {
-        let scale = 10i128
-            .checked_pow(ten.unsigned_abs())
-            .ok_or_else(too_large)?;
-        mantissa.checked_mul(scale).ok_or_else(too_large)?
-    } else {
-        match 10i128.checked_pow(ten.unsigned_abs()) {
-            Some(scale) => mantissa / scale + i128::from(mantissa % scale != 0),
-            None => 1,
-        }
-    };
-    if magnitude > i128::from(i64::MAX) * 1000 {
-        return Err(too_large());
-    }
-    Ok(if negative { -magnitude } else { magnitude })
+fn parsed(q: &Quantity) -> Result<quantity::Quantity, QuantityError> {
+    quantity::Quantity::try_from(q).map_err(|source| QuantityError {
+        value: q.0.clone(),
+        source,
+    })
 }
 
-/// A CPU quantity in millicores, rounded up (`Quantity.MilliValue`).
+/// A CPU quantity in millicores, rounded up (`Quantity.MilliValue`), saturating.
 pub fn milli_value(q: &Quantity) -> Result<i64, QuantityError> {
-    i64::try_from(thousandths(&q.0)?).map_err(|_| QuantityError::TooLarge(q.0.clone()))
+    parsed(q).map(|q| q.milli_value())
 }
 
-/// A quantity as an integer, rounded up (`Quantity.Value`): bytes for memory and
-/// storage, a count for pods and extended resources.
+/// A quantity as an integer, rounded up (`Quantity.Value`), saturating: bytes for
+/// memory and storage, a count for pods and extended resources.
 pub fn value(q: &Quantity) -> Result<i64, QuantityError> {
-    let t = thousandths(&q.0)?;
-    let v = t.div_euclid(1000) + i128::from(t.rem_euclid(1000) != 0);
-    i64::try_from(v).map_err(|_| QuantityError::TooLarge(q.0.clone()))
+    parsed(q).map(|q| q.value())
 }
 
 /// Whether the scheduler counts a resource name as a scalar resource
@@ -342,19 +265,13 @@ mod tests {
     #[test]
     fn parses_quantities() {
         assert_eq!(milli_value(&q("100m")), Ok(100));
-        assert_eq!(milli_value(&q("0.5")), Ok(500));
-        assert_eq!(milli_value(&q("2")), Ok(2000));
-        assert_eq!(milli_value(&q("1.0001")), Ok(1001));
-        assert_eq!(milli_value(&q("1e3")), Ok(1_000_000));
         assert_eq!(value(&q("200Mi")), Ok(200 * 1024 * 1024));
-        assert_eq!(value(&q("1G")), Ok(1_000_000_000));
-        assert_eq!(value(&q("1.5Gi")), Ok(1536 * 1024 * 1024));
-        assert_eq!(value(&q("100m")), Ok(1));
-        assert_eq!(value(&q("110")), Ok(110));
-        assert_eq!(value(&q("-1.5")), Ok(-1));
-        assert!(matches!(value(&q("1Xi")), Err(QuantityError::Invalid(_))));
-        assert!(matches!(value(&q("")), Err(QuantityError::Invalid(_))));
-        assert!(matches!(value(&q("e3")), Err(QuantityError::Invalid(_))));
-        assert!(matches!(value(&q("99Ei")), Err(QuantityError::TooLarge(_))));
+        assert_eq!(value(&q("99Ei")), Ok(i64::MAX), "saturated");
+        let err = value(&q("1Xi")).expect_err("invalid");
+        assert_eq!(err.source, quantity::QuantityError::Invalid);
+        assert!(
+            err.to_string()
+                .starts_with("quantity \"1Xi\": quantities must match")
+        );
     }
 }

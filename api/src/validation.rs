@@ -1,7 +1,7 @@
-//! Validation of a defaulted static pod, after the parts of
-//! `pkg/apis/core/validation` (and `apimachinery/pkg/util/validation`) that matter
-//! for running it; and resource quantities (`100m`, `64Mi`), which the runtime
-//! manager reuses for CRI resources.
+//! Pod validation after upstream's `ValidatePod` and `ValidatePodUpdate`
+//! (`pkg/apis/core/validation`): the one port, used by the API server on every
+//! write, by the agent on static pods and again on every pod the API server
+//! hands it, before it runs anything.
 //!
 //! Every error names the field as Kubernetes does (`spec.containers[0].image`) and
 //! words the reason as `field.Error` does (`Required value`, `Invalid value: "x": …`,
@@ -16,158 +16,57 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-// ---------------------------------------------------------------------------
-// Quantities
-// ---------------------------------------------------------------------------
-
-/// Why a resource quantity could not be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum QuantityError {
-    /// Not of the form `<signedNumber><suffix>`.
-    #[error(
-        "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
-    )]
-    Invalid,
-    /// Well formed, but too large (or too precise) to represent.
-    #[error("quantity is too large")]
-    TooLarge,
-}
-
-/// The value of a Kubernetes quantity in thousandths of its unit, rounded up
-/// (as Kubernetes rounds `0.1m` up to `1m`).
-///
-/// Accepts `<signedNumber><suffix>` with a decimal SI suffix (`n u m "" k M G T P E`),
-/// a binary one (`Ki Mi Gi Ti Pi Ei`) or a decimal exponent (`e3`, `E-2`).
-pub fn parse_quantity_millis(s: &str) -> Result<i128, QuantityError> {
-    let bytes = s.as_bytes();
-    let mut pos = 0;
-    let mut negative = false;
-    match bytes.first() {
-        Some(b'-') => {
-            negative = true;
-            pos = 1;
-        }
-        Some(b'+') => pos = 1,
-        _ => {}
-    }
-    let int_start = pos;
-    while pos < bytes.len() && bytes[pos].is_ascii_digit() {
-        pos += 1;
-    }
-    let int_digits = &s[int_start..pos];
-    let mut frac_digits = "";
-    if pos < bytes.len() && bytes[pos] == b'.' {
-        pos += 1;
-        let frac_start = pos;
-        while pos < bytes.len() && bytes[pos].is_ascii_digit() {
-            pos += 1;
-        }
-        frac_digits = &s[frac_start..pos];
-    }
-    if int_digits.is_empty() && frac_digits.is_empty() {
-        return Err(QuantityError::Invalid);
-    }
-    let suffix = &s[pos..];
-    let (dec_exp, bin_exp): (i64, u32) = match suffix {
-        "" => (0, 0),
-        "n" => (-9, 0),
-        "u" => (-6, 0),
-        "m" => (-3, 0),
-        "k" => (3, 0),
-        "M" => (6, 0),
-        "G" => (9, 0),
-        "T" => (12, 0),
-        "P" => (15, 0),
-        "E" => (18, 0),
-        "Ki" => (0, 10),
-        "Mi" => (0, 20),
-        "Gi" => (0, 30),
-        "Ti" => (0, 40),
-        "Pi" => (0, 50),
-        "Ei" => (0, 60),
-        _ => {
-            let rest = suffix
-                .strip_prefix('e')
-                .or_else(|| suffix.strip_prefix('E'))
-                .ok_or(QuantityError::Invalid)?;
-            let digits = rest
-                .strip_prefix('-')
-                .or_else(|| rest.strip_prefix('+'))
-                .unwrap_or(rest);
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(QuantityError::Invalid);
-            }
-            let exp: i64 = rest.parse().map_err(|_| QuantityError::TooLarge)?;
-            if exp.abs() > 1000 {
-                return Err(QuantityError::TooLarge);
-            }
-            (exp, 0)
-        }
-    };
-
-    // The digits as one integer N, so value = N × 10^(dec_exp - frac_len) × 2^bin_exp.
-    let frac_trimmed = frac_digits.trim_end_matches('0');
-    let all: String = format!("{int_digits}{frac_trimmed}");
-    let significant = all.trim_start_matches('0');
-    if significant.len() > 36 {
-        return Err(QuantityError::TooLarge);
-    }
-    let n: i128 = if significant.is_empty() {
-        0
-    } else {
-        significant.parse().map_err(|_| QuantityError::TooLarge)?
-    };
-    let frac_len = i64::try_from(frac_trimmed.len()).map_err(|_| QuantityError::TooLarge)?;
-    let n = n
-        .checked_mul(1i128 << bin_exp)
-        .ok_or(QuantityError::TooLarge)?;
-    // Thousandths: scale by 10^(dec_exp - frac_len + 3).
-    let exp = dec_exp - frac_len + 3;
-    let magnitude = if n == 0 {
-        0
-    } else if exp >= 0 {
-        let scale = u32::try_from(exp)
-            .ok()
-            .and_then(|e| 10i128.checked_pow(e))
-            .ok_or(QuantityError::TooLarge)?;
-        n.checked_mul(scale).ok_or(QuantityError::TooLarge)?
-    } else {
-        match u32::try_from(-exp).ok().and_then(|e| 10i128.checked_pow(e)) {
-            // Round up, as Kubernetes does.
-            Some(div) => (n + div - 1) / div,
-            // Smaller than a thousandth, but not zero: one thousandth.
-            None => 1,
-        }
-    };
-    Ok(if negative { -magnitude } else { magnitude })
-}
-
-/// A CPU quantity (`100m`, `0.5`, `2`) in millicores, rounded up.
-pub fn parse_cpu_millis(q: &Quantity) -> Result<i64, QuantityError> {
-    let millis = parse_quantity_millis(&q.0)?;
-    i64::try_from(millis).map_err(|_| QuantityError::TooLarge)
-}
-
-/// A memory (or storage) quantity (`64Mi`, `1G`, `1000`) in bytes, rounded up.
-pub fn parse_memory_bytes(q: &Quantity) -> Result<i64, QuantityError> {
-    let millis = parse_quantity_millis(&q.0)?;
-    let bytes = if millis >= 0 {
-        (millis + 999) / 1000
-    } else {
-        millis / 1000
-    };
-    i64::try_from(bytes).map_err(|_| QuantityError::TooLarge)
-}
+use crate::names::{
+    dns1123_label_errors, dns1123_subdomain_errors, env_var_name_errors, label_value_errors,
+    port_name_errors, qualified_name_errors,
+};
+use crate::quantity;
 
 // ---------------------------------------------------------------------------
 // Field errors
 // ---------------------------------------------------------------------------
+
+/// The kind of a validation failure (`field.ErrorType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorType {
+    /// A required field is missing.
+    Required,
+    /// The value is malformed or out of range.
+    Invalid,
+    /// The value must be unique and is not.
+    Duplicate,
+    /// The value refers to something that does not exist.
+    NotFound,
+    /// The value is not allowed here.
+    Forbidden,
+    /// The value is not one of the supported values.
+    NotSupported,
+    /// The value is too long.
+    TooLong,
+}
+
+impl ErrorType {
+    /// The `reason` of a `StatusCause` (`metav1.CauseType`).
+    pub fn cause_type(self) -> &'static str {
+        match self {
+            ErrorType::Required => "FieldValueRequired",
+            ErrorType::Invalid => "FieldValueInvalid",
+            ErrorType::Duplicate => "FieldValueDuplicate",
+            ErrorType::NotFound => "FieldValueNotFound",
+            ErrorType::Forbidden => "FieldValueForbidden",
+            ErrorType::NotSupported => "FieldValueNotSupported",
+            ErrorType::TooLong => "FieldValueTooLong",
+        }
+    }
+}
 
 /// One validation failure: the field path and the reason, as `field.Error` words it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
     /// The field as Kubernetes names it (`spec.containers[0].image`).
     pub field: String,
+    /// What kind of failure.
+    pub error_type: ErrorType,
     /// Why it is invalid (`Required value`, `Invalid value: "x": …`).
     pub reason: String,
 }
@@ -220,9 +119,10 @@ impl From<bool> for Shown<'_> {
 struct Errors(Vec<FieldError>);
 
 impl Errors {
-    fn push(&mut self, field: impl Into<String>, reason: String) {
+    fn push(&mut self, field: impl Into<String>, error_type: ErrorType, reason: String) {
         self.0.push(FieldError {
             field: field.into(),
+            error_type,
             reason,
         });
     }
@@ -232,24 +132,33 @@ impl Errors {
         } else {
             format!("Required value: {detail}")
         };
-        self.push(field, reason);
+        self.push(field, ErrorType::Required, reason);
     }
     fn invalid<'a>(&mut self, field: impl Into<String>, value: impl Into<Shown<'a>>, detail: &str) {
-        self.push(field, format!("Invalid value: {}: {detail}", value.into()));
+        self.push(
+            field,
+            ErrorType::Invalid,
+            format!("Invalid value: {}: {detail}", value.into()),
+        );
     }
     fn duplicate<'a>(&mut self, field: impl Into<String>, value: impl Into<Shown<'a>>) {
-        self.push(field, format!("Duplicate value: {}", value.into()));
+        self.push(
+            field,
+            ErrorType::Duplicate,
+            format!("Duplicate value: {}", value.into()),
+        );
     }
     fn not_found(&mut self, field: impl Into<String>, value: &str) {
-        self.push(field, format!("Not found: {value:?}"));
+        self.push(field, ErrorType::NotFound, format!("Not found: {value:?}"));
     }
     fn forbidden(&mut self, field: impl Into<String>, detail: &str) {
-        self.push(field, format!("Forbidden: {detail}"));
+        self.push(field, ErrorType::Forbidden, format!("Forbidden: {detail}"));
     }
     fn not_supported(&mut self, field: impl Into<String>, value: &str, supported: &[&str]) {
         let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
         self.push(
             field,
+            ErrorType::NotSupported,
             format!(
                 "Unsupported value: {value:?}: supported values: {}",
                 list.join(", ")
@@ -262,206 +171,6 @@ impl Errors {
             self.invalid(field, value, &msg);
         }
     }
-}
-
-// ---------------------------------------------------------------------------
-// String formats (apimachinery/pkg/util/validation)
-// ---------------------------------------------------------------------------
-
-const DNS1123_LABEL_MAX: usize = 63;
-const DNS1123_SUBDOMAIN_MAX: usize = 253;
-const DNS1123_LABEL_FMT: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?";
-const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character";
-const DNS1123_SUBDOMAIN_FMT: &str =
-    "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
-const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character";
-const QUALIFIED_NAME_FMT: &str = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]";
-const QUALIFIED_NAME_MSG: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
-const LABEL_VALUE_MSG: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
-const LABEL_VALUE_FMT: &str = "(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?";
-const ENV_VAR_NAME_MSG: &str = "a valid environment variable name must consist only of printable ASCII characters other than '='";
-
-fn max_len_error(n: usize) -> String {
-    format!("must be no more than {n} characters")
-}
-
-fn regex_error(msg: &str, fmt: &str, examples: &[&str]) -> String {
-    if examples.is_empty() {
-        return format!("{msg} (regex used for validation is '{fmt}')");
-    }
-    let mut out = format!("{msg} (e.g. ");
-    for (i, e) in examples.iter().enumerate() {
-        if i > 0 {
-            out.push_str(" or ");
-        }
-        out.push_str(&format!("'{e}', "));
-    }
-    out.push_str(&format!("regex used for validation is '{fmt}')"));
-    out
-}
-
-fn matches_dns1123_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    match (b.first(), b.last()) {
-        (Some(first), Some(last)) => {
-            alnum(first) && alnum(last) && b.iter().all(|c| alnum(c) || *c == b'-')
-        }
-        _ => false,
-    }
-}
-
-fn matches_dns1123_subdomain(s: &str) -> bool {
-    s.split('.').all(matches_dns1123_label)
-}
-
-/// `IsDNS1123Label`: the messages for an invalid label (empty when valid).
-pub fn dns1123_label_errors(s: &str) -> Vec<String> {
-    let mut errs = Vec::new();
-    if s.len() > DNS1123_LABEL_MAX {
-        errs.push(max_len_error(DNS1123_LABEL_MAX));
-    }
-    if !matches_dns1123_label(s) {
-        if matches_dns1123_subdomain(s) {
-            errs.push("must not contain dots".to_string());
-        } else {
-            errs.push(regex_error(
-                DNS1123_LABEL_MSG,
-                DNS1123_LABEL_FMT,
-                &["my-name", "123-abc"],
-            ));
-        }
-    }
-    errs
-}
-
-/// `IsDNS1123Subdomain`: the messages for an invalid subdomain (empty when valid).
-pub fn dns1123_subdomain_errors(s: &str) -> Vec<String> {
-    let mut errs = Vec::new();
-    if s.len() > DNS1123_SUBDOMAIN_MAX {
-        errs.push(max_len_error(DNS1123_SUBDOMAIN_MAX));
-    }
-    if !matches_dns1123_subdomain(s) {
-        errs.push(regex_error(
-            DNS1123_SUBDOMAIN_MSG,
-            DNS1123_SUBDOMAIN_FMT,
-            &["example.com"],
-        ));
-    }
-    errs
-}
-
-fn matches_qualified_name_part(s: &str) -> bool {
-    let b = s.as_bytes();
-    match (b.first(), b.last()) {
-        (Some(first), Some(last)) => {
-            first.is_ascii_alphanumeric()
-                && last.is_ascii_alphanumeric()
-                && b.iter()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-        }
-        _ => false,
-    }
-}
-
-/// `IsQualifiedName` (label and annotation keys): `[prefix/]name`.
-fn qualified_name_errors(s: &str) -> Vec<String> {
-    let mut errs = Vec::new();
-    let parts: Vec<&str> = s.split('/').collect();
-    let name = match parts.as_slice() {
-        [name] => *name,
-        [prefix, name] => {
-            if prefix.is_empty() {
-                errs.push("prefix part must be non-empty".to_string());
-            } else {
-                for msg in dns1123_subdomain_errors(prefix) {
-                    errs.push(format!("prefix part {msg}"));
-                }
-            }
-            *name
-        }
-        _ => {
-            errs.push(format!(
-                "a qualified name {}",
-                regex_error(
-                    QUALIFIED_NAME_MSG,
-                    QUALIFIED_NAME_FMT,
-                    &["MyName", "my.name", "123-abc"]
-                )
-            ));
-            return errs;
-        }
-    };
-    if name.is_empty() {
-        errs.push("name part must be non-empty".to_string());
-    } else if name.len() > 63 {
-        errs.push(format!("name part {}", max_len_error(63)));
-    }
-    if !name.is_empty() && !matches_qualified_name_part(name) {
-        errs.push(format!(
-            "name part {}",
-            regex_error(
-                QUALIFIED_NAME_MSG,
-                QUALIFIED_NAME_FMT,
-                &["MyName", "my.name", "123-abc"]
-            )
-        ));
-    }
-    errs
-}
-
-fn label_value_errors(s: &str) -> Vec<String> {
-    let mut errs = Vec::new();
-    if s.len() > 63 {
-        errs.push(max_len_error(63));
-    }
-    if !s.is_empty() && !matches_qualified_name_part(s) {
-        errs.push(regex_error(
-            LABEL_VALUE_MSG,
-            LABEL_VALUE_FMT,
-            &["MyValue", "my_value", "12345"],
-        ));
-    }
-    errs
-}
-
-/// `IsValidPortName` (IANA_SVC_NAME).
-fn port_name_errors(s: &str) -> Vec<String> {
-    let mut errs = Vec::new();
-    if s.len() > 15 {
-        errs.push(max_len_error(15));
-    }
-    if s.is_empty()
-        || !s
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-    {
-        errs.push(
-            "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".to_string(),
-        );
-    }
-    if !s.bytes().any(|c| c.is_ascii_lowercase()) {
-        errs.push("must contain at least one letter (a-z)".to_string());
-    }
-    if s.contains("--") {
-        errs.push("must not contain consecutive hyphens".to_string());
-    }
-    if s.starts_with('-') || s.ends_with('-') {
-        errs.push("must not begin or end with a hyphen".to_string());
-    }
-    errs
-}
-
-/// `IsRelaxedEnvVarName`: printable ASCII other than `=`.
-fn env_var_name_errors(s: &str) -> Vec<String> {
-    let mut errs = Vec::new();
-    if s.is_empty() {
-        errs.push("environment variable name must be non-empty".to_string());
-    }
-    if s.chars().any(|c| !(' '..='~').contains(&c) || c == '=') {
-        errs.push(ENV_VAR_NAME_MSG.to_string());
-    }
-    errs
 }
 
 fn valid_port_num(p: i32) -> bool {
@@ -509,7 +218,7 @@ pub const ENV_FIELD_PATHS: &[&str] = &[
     "status.podIPs",
 ];
 
-/// Validate a defaulted static pod; every failure, in the order Kubernetes checks them.
+/// Validate a defaulted pod (`ValidatePodCreate`); every failure, in the order Kubernetes checks them.
 pub fn validate_pod(pod: &Pod) -> Vec<FieldError> {
     let mut errs = Errors::default();
     validate_metadata(pod, &mut errs);
@@ -545,6 +254,7 @@ fn validate_metadata(pod: &Pod, errs: &mut Errors) {
     if total > ANNOTATIONS_MAX {
         errs.push(
             "metadata.annotations",
+            ErrorType::TooLong,
             format!("Too long: may not be more than {ANNOTATIONS_MAX} bytes"),
         );
     }
@@ -692,9 +402,9 @@ fn volume_source_count(v: &Volume) -> usize {
     }
 }
 
-fn check_quantity(errs: &mut Errors, field: &str, q: &Quantity) -> Option<i128> {
-    match parse_quantity_millis(&q.0) {
-        Ok(v) if v < 0 => {
+fn check_quantity(errs: &mut Errors, field: &str, q: &Quantity) -> Option<quantity::Quantity> {
+    match quantity::Quantity::try_from(q) {
+        Ok(v) if v.signum() < 0 => {
             errs.invalid(field, q.0.as_str(), "must be greater than or equal to 0");
             None
         }
@@ -984,7 +694,7 @@ fn resource_name_ok(name: &str) -> bool {
 }
 
 fn validate_resources(r: &ResourceRequirements, path: &str, errs: &mut Errors) {
-    let mut limits: BTreeMap<&str, (i128, &str)> = BTreeMap::new();
+    let mut limits: BTreeMap<&str, (quantity::Quantity, &str)> = BTreeMap::new();
     for (name, q) in r.limits.iter().flatten() {
         let field = format!("{path}.limits[{name}]");
         if !resource_name_ok(name) {
@@ -1044,65 +754,9 @@ fn validate_security_context(sc: &SecurityContext, path: &str, errs: &mut Errors
 mod tests {
     use super::*;
 
-    fn q(s: &str) -> Quantity {
-        Quantity(s.to_string())
-    }
-
-    #[test]
-    fn cpu_quantities() {
-        assert_eq!(parse_cpu_millis(&q("100m")), Ok(100));
-        assert_eq!(parse_cpu_millis(&q("0.5")), Ok(500));
-        assert_eq!(parse_cpu_millis(&q("2")), Ok(2000));
-        assert_eq!(parse_cpu_millis(&q(".25")), Ok(250));
-        assert_eq!(parse_cpu_millis(&q("1.")), Ok(1000));
-        assert_eq!(parse_cpu_millis(&q("0.1m")), Ok(1), "rounded up");
-        assert_eq!(parse_cpu_millis(&q("1e3")), Ok(1_000_000));
-        assert_eq!(parse_cpu_millis(&q("+1")), Ok(1000));
-        assert_eq!(parse_cpu_millis(&q("-1")), Ok(-1000));
-        assert_eq!(parse_cpu_millis(&q("500u")), Ok(1));
-        assert_eq!(parse_cpu_millis(&q("0")), Ok(0));
-    }
-
-    #[test]
-    fn memory_quantities() {
-        assert_eq!(parse_memory_bytes(&q("64Mi")), Ok(64 << 20));
-        assert_eq!(parse_memory_bytes(&q("1G")), Ok(1_000_000_000));
-        assert_eq!(parse_memory_bytes(&q("1000")), Ok(1000));
-        assert_eq!(parse_memory_bytes(&q("1.5Ki")), Ok(1536));
-        assert_eq!(parse_memory_bytes(&q("1k")), Ok(1000));
-        assert_eq!(parse_memory_bytes(&q("1E")), Ok(1_000_000_000_000_000_000));
-        assert_eq!(parse_memory_bytes(&q("1Ei")), Ok(1 << 60));
-        assert_eq!(parse_memory_bytes(&q("1.5")), Ok(2), "rounded up");
-        assert_eq!(parse_memory_bytes(&q("129e6")), Ok(129_000_000));
-        assert_eq!(parse_memory_bytes(&q("12E-1")), Ok(2));
-    }
-
-    #[test]
-    fn bad_quantities() {
-        for bad in [
-            "", "abc", "1Qi", "1 Mi", " 1", "1.2.3", ".", "Mi", "1e", "1e+", "--1", "1mm", "0x10",
-        ] {
-            assert_eq!(
-                parse_quantity_millis(bad),
-                Err(QuantityError::Invalid),
-                "{bad:?}"
-            );
-        }
-        assert_eq!(parse_memory_bytes(&q("16Ei")), Err(QuantityError::TooLarge));
-        assert_eq!(
-            parse_quantity_millis("1e99999999999999999999"),
-            Err(QuantityError::TooLarge)
-        );
-        assert_eq!(
-            parse_quantity_millis("99999999999999999999999999999999999999999"),
-            Err(QuantityError::TooLarge)
-        );
-        // Tiny but non-zero rounds up to a thousandth.
-        assert_eq!(parse_quantity_millis("1e-900"), Ok(1));
-    }
-
     #[test]
     fn string_formats() {
+        use crate::names::*;
         assert!(dns1123_label_errors("web-1").is_empty());
         assert!(!dns1123_label_errors("Foo_bar").is_empty());
         assert_eq!(dns1123_label_errors("a.b"), vec!["must not contain dots"]);

@@ -1,0 +1,21 @@
+//! berth-api: the Kubernetes API rules every part of berth shares, on top of
+//! `k8s-openapi`'s types. The agent, the API server, the scheduler and the
+//! plugins call these; none keeps its own copy of an API rule.
+//!
+//! | module | upstream |
+//! |---|---|
+//! | [`quantity`] | `apimachinery/pkg/api/resource` (`ParseQuantity`, `Cmp`, `Add`, `Value`, `MilliValue`) |
+//! | [`names`] | `apimachinery/pkg/util/validation` (DNS-1123, qualified names, label values) |
+//! | [`defaults`] | `pkg/apis/core/v1/defaults.go` (`SetDefaults_Pod` and friends) |
+//! | [`validation`] | `pkg/apis/core/validation` (`ValidatePod`, `ValidatePodUpdate`, object metadata) |
+//! | [`qos`] | `pkg/apis/core/v1/helper/qos` (`ComputePodQOS`) |
+//! | [`restart`] | the kubelet's restart rules (`ShouldContainerBeRestarted`) |
+//! | [`resource`] | `component-helpers/resource` (`PodRequests`) and the scheduler's `framework.Resource` |
+
+pub mod defaults;
+pub mod names;
+pub mod qos;
+pub mod quantity;
+pub mod resource;
+pub mod restart;
+pub mod validation;
