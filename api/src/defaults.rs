@@ -1,6 +1,6 @@
-//! API defaults, as the API server applies them when a pod is created
-//! (`pkg/apis/core/v1/defaults.go`): what a manifest leaves out is filled in
-//! here, so the rest of the agent never guesses.
+//! API defaults (`pkg/apis/core/v1/defaults.go`): what a pod leaves out is
+//! filled in here, by the API server on every write and by the agent on static
+//! pods (and, idempotently, on API pods), so nothing downstream guesses.
 
 use k8s_openapi::api::core::v1::{
     Container, HTTPGetAction, LifecycleHandler, Pod, PodSecurityContext, PodSpec, Probe,
@@ -14,9 +14,9 @@ pub const DEFAULT_SCHEDULER_NAME: &str = "default-scheduler";
 pub const DEFAULT_TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
 
 /// Apply the API defaults to a pod (`SetDefaults_Pod`, `SetDefaults_PodSpec`,
-/// `SetDefaults_Container`, …). The status is dropped: a manifest's status means nothing.
+/// `SetDefaults_Container`, …). Only the spec is touched; applying them twice
+/// changes nothing.
 pub fn apply(pod: &mut Pod) {
-    pod.status = None;
     let spec = pod.spec.get_or_insert_with(PodSpec::default);
 
     if spec.dns_policy.as_deref().unwrap_or("").is_empty() {

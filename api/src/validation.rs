@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{
     VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::names::{
     dns1123_label_errors, dns1123_subdomain_errors, env_var_name_errors, label_value_errors,
@@ -221,21 +222,63 @@ pub const ENV_FIELD_PATHS: &[&str] = &[
 /// Validate a defaulted pod (`ValidatePodCreate`); every failure, in the order Kubernetes checks them.
 pub fn validate_pod(pod: &Pod) -> Vec<FieldError> {
     let mut errs = Errors::default();
-    validate_metadata(pod, &mut errs);
+    object_meta(&pod.metadata, true, NameRule::Subdomain, &mut errs);
     let default_spec = PodSpec::default();
     let spec = pod.spec.as_ref().unwrap_or(&default_spec);
     validate_spec(spec, &mut errs);
     errs.0
 }
 
-fn validate_metadata(pod: &Pod, errs: &mut Errors) {
-    let meta = &pod.metadata;
+/// Validate a defaulted pod's spec (`ValidatePodSpec`), for callers that
+/// validate the metadata themselves.
+pub fn validate_pod_spec(spec: &PodSpec) -> Vec<FieldError> {
+    let mut errs = Errors::default();
+    validate_spec(spec, &mut errs);
+    errs.0
+}
+
+/// Which names a kind's objects may have (`ValidateNameFunc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// A DNS-1123 subdomain (most kinds).
+    Subdomain,
+    /// A DNS-1123 label (namespaces).
+    Label,
+}
+
+/// `ValidateObjectMeta` for any kind: the name by `rule`, the namespace (required
+/// for a namespaced kind, forbidden otherwise), label keys and values, annotation
+/// keys and their total size.
+pub fn validate_object_meta(
+    meta: &ObjectMeta,
+    namespaced: bool,
+    rule: NameRule,
+) -> Vec<FieldError> {
+    let mut errs = Errors::default();
+    object_meta(meta, namespaced, rule, &mut errs);
+    errs.0
+}
+
+fn object_meta(meta: &ObjectMeta, namespaced: bool, rule: NameRule, errs: &mut Errors) {
     match meta.name.as_deref() {
         None | Some("") => errs.required("metadata.name", "name or generateName is required"),
-        Some(name) => errs.invalid_each("metadata.name", name, dns1123_subdomain_errors(name)),
+        Some(name) => {
+            let msgs = match rule {
+                NameRule::Subdomain => dns1123_subdomain_errors(name),
+                NameRule::Label => dns1123_label_errors(name),
+            };
+            errs.invalid_each("metadata.name", name, msgs)
+        }
     }
-    if let Some(ns) = meta.namespace.as_deref() {
-        errs.invalid_each("metadata.namespace", ns, dns1123_label_errors(ns));
+    match (namespaced, meta.namespace.as_deref()) {
+        (true, Some(ns)) if !ns.is_empty() => {
+            errs.invalid_each("metadata.namespace", ns, dns1123_label_errors(ns))
+        }
+        (true, _) => {}
+        (false, Some(ns)) if !ns.is_empty() => {
+            errs.forbidden("metadata.namespace", "not allowed on this type")
+        }
+        (false, _) => {}
     }
     for (key, value) in meta.labels.iter().flatten() {
         errs.invalid_each("metadata.labels", key, qualified_name_errors(key));
@@ -250,7 +293,6 @@ fn validate_metadata(pod: &Pod, errs: &mut Errors) {
         );
         total = total.saturating_add(key.len()).saturating_add(value.len());
     }
-    const ANNOTATIONS_MAX: usize = 256 * 1024;
     if total > ANNOTATIONS_MAX {
         errs.push(
             "metadata.annotations",
@@ -258,6 +300,58 @@ fn validate_metadata(pod: &Pod, errs: &mut Errors) {
             format!("Too long: may not be more than {ANNOTATIONS_MAX} bytes"),
         );
     }
+}
+
+/// The most bytes all of an object's annotations may hold together
+/// (`TotalAnnotationSizeLimitB`).
+pub const ANNOTATIONS_MAX: usize = 256 * 1024;
+
+/// The spec fields a pod update may change (`ValidatePodUpdate`), as upstream lists them.
+const POD_UPDATE_MESSAGE: &str = "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";
+
+/// `ValidatePodUpdate`: the new pod is valid, and its spec differs from the old
+/// one only in container images, `activeDeadlineSeconds` and added tolerations.
+pub fn validate_pod_update(new: &Pod, old: &Pod) -> Vec<FieldError> {
+    let mut errs = validate_pod(new);
+    let default_spec = PodSpec::default();
+    errs.extend(validate_pod_spec_update(
+        new.spec.as_ref().unwrap_or(&default_spec),
+        old.spec.as_ref().unwrap_or(&default_spec),
+    ));
+    errs
+}
+
+/// The immutability half of `ValidatePodUpdate`, on the specs alone.
+pub fn validate_pod_spec_update(new: &PodSpec, old: &PodSpec) -> Vec<FieldError> {
+    let mut errs = Errors::default();
+    let strip = |spec: &PodSpec| {
+        let mut spec = spec.clone();
+        spec.active_deadline_seconds = None;
+        spec.tolerations = None;
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
+            c.image = None;
+        }
+        serde_json::to_value(spec).unwrap_or_default()
+    };
+    if strip(new) != strip(old) {
+        errs.forbidden("spec", POD_UPDATE_MESSAGE);
+    }
+    let tolerations = |spec: &PodSpec| spec.tolerations.clone().unwrap_or_default();
+    let new_tolerations = tolerations(new);
+    if tolerations(old)
+        .iter()
+        .any(|t| !new_tolerations.contains(t))
+    {
+        errs.forbidden(
+            "spec.tolerations",
+            "existing toleration can not be modified except its tolerationSeconds",
+        );
+    }
+    errs.0
 }
 
 fn validate_spec(spec: &PodSpec, errs: &mut Errors) {

@@ -287,6 +287,114 @@ fn kubectl_apply_rejects_unknown_fields() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
 }
 
+/// The API server validates pods with berth-api's port of `ValidatePod`, and
+/// the metadata of every kind: what the kubelet would refuse is refused at
+/// `kubectl create`, with every cause named (issue 7).
+#[test]
+fn kubectl_create_refuses_what_upstream_validation_refuses() {
+    let Some(k) = Apiserver::start() else { return };
+    let bad = k.write(
+        "bad.yaml",
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: bad
+  labels:
+    app: a b;c/d
+spec:
+  containers:
+  - name: c
+    image: busybox:1.36
+    ports: [{containerPort: 70000}]
+    resources:
+      requests: {cpu: '2'}
+      limits: {cpu: '1'}
+",
+    );
+    for _ in 0..2 {
+        let out = k.run(&["create", "-f", path_str(&bad)]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Pod \"bad\" is invalid"), "{err}");
+        for field in [
+            "metadata.labels: Invalid value: \"a b;c/d\"",
+            "spec.containers[0].ports[0].containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive",
+            "spec.containers[0].resources.requests[cpu]: Invalid value: \"2\": must be less than or equal to cpu limit of 1",
+        ] {
+            assert!(err.contains(field), "{field} in {err}");
+        }
+    }
+    let out = k.run(&["get", "pod", "bad"]);
+    assert!(!out.status.success(), "nothing was stored");
+
+    // Metadata is validated for every kind.
+    let out = k.run(&["create", "configmap", "cm", "--from-literal=a=b"]);
+    assert!(out.status.success());
+    // (kubectl label checks values itself; a patch reaches the server.)
+    let out = k.run(&[
+        "patch",
+        "configmap",
+        "cm",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"labels":{"x":"has space"}}}"#,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("metadata.labels: Invalid value: \"has space\""),
+        "{err}"
+    );
+    let big = k.write(
+        "big.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: big\n  annotations:\n    big: {}\n",
+            "x".repeat(300 * 1024)
+        ),
+    );
+    let out = k.run(&["create", "-f", path_str(&big)]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("metadata.annotations: Too long: may not be more than 262144 bytes"),
+        "{err}"
+    );
+}
+
+/// Regressions (issue 7): the QoS class compares quantities (`1`/`64Mi` equals
+/// `1000m`/`67108864`), and `x:latest@sha256:…` pulls Always, as upstream.
+#[test]
+fn kubectl_sees_upstream_qos_and_pull_policy() {
+    let Some(k) = Apiserver::start() else { return };
+    let digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    let pod = k.write(
+        "pod.yaml",
+        &format!(
+            "apiVersion: v1
+kind: Pod
+metadata:
+  name: g
+spec:
+  containers:
+  - name: c
+    image: busybox:latest@{digest}
+    resources:
+      requests: {{cpu: '1', memory: 64Mi}}
+      limits: {{cpu: 1000m, memory: '67108864'}}
+"
+        ),
+    );
+    k.ok(&["create", "-f", path_str(&pod)]);
+    let got = k.ok(&[
+        "get",
+        "pod",
+        "g",
+        "-o",
+        "jsonpath={.status.qosClass} {.spec.containers[0].imagePullPolicy}",
+    ]);
+    assert_eq!(got.trim(), "Guaranteed Always");
+}
+
 /// `kubectl get -o yaml` writes a `kind: List`; applying it back must work with
 /// kubectl's default validation (which checks Lists against /openapi/v2), and
 /// an unknown field in one item is still refused, by this server.

@@ -670,6 +670,8 @@ pub fn parse_manifest(
         _ => static_pod_uid(path, node_name, &read),
     };
 
+    // A manifest's status means nothing.
+    pod.status = None;
     defaults::apply(&mut pod);
     apply_static(&mut pod, uid, node_name);
 

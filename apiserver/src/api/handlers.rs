@@ -17,13 +17,13 @@ use super::authz;
 use super::discovery;
 use super::error::{ApiError, ApiResult, MODIFIED};
 use super::objects::{
-    default_pod, format_time, meta_mut, name_suffix, new_uid, now_rfc3339, parse_time, str_at,
-    validate_name, validate_pod, validate_pod_update,
+    format_time, meta_mut, name_suffix, new_uid, now_rfc3339, parse_time, str_at,
 };
 use super::patch::{self, PatchType};
 use super::protobuf;
 use super::resources::{self, Resource};
 use super::selectors::{FieldSelector, LabelSelector};
+use super::strategy;
 use super::table::{self, IncludeObject};
 use super::validation::{self, FieldValidation};
 use crate::storage::{
@@ -414,12 +414,6 @@ async fn create(
     ] {
         meta.remove(k);
     }
-    // A bad name is reported together with the object's other field errors
-    // (one 422 listing every cause, as kube-apiserver does), so it waits.
-    let name_check = match validate_name(res.kind, &name) {
-        Err(e) if res.kind != "Pod" => return Err(e),
-        r => r,
-    };
     if let Some(ns) = &target.namespace {
         let ns_key =
             object_key("namespaces", None, ns).map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -436,22 +430,11 @@ async fn create(
             });
         }
     }
-    match res.kind {
-        "Pod" => {
-            if let Some(o) = obj.as_object_mut() {
-                o.insert("status".into(), json!({}));
-            }
-            default_pod(&mut obj);
-            merge_invalid(name_check, validate_pod(&obj))?;
-        }
-        "Namespace" => {
-            if let Some(o) = obj.as_object_mut() {
-                o.insert("spec".into(), json!({"finalizers": ["kubernetes"]}));
-                o.insert("status".into(), json!({"phase": "Active"}));
-            }
-        }
-        _ => {}
-    }
+    // Every field error at once (one 422 listing every cause, as kube-apiserver does).
+    res.strategy.prepare_for_create(&mut obj)?;
+    let mut errs = strategy::validate_meta(res, &obj)?;
+    errs.extend(res.strategy.validate(&obj)?);
+    strategy::invalid(res, &obj, errs)?;
     if is_dry_run(params) {
         return Ok(respond(StatusCode::CREATED, &obj, &warnings));
     }
@@ -505,11 +488,14 @@ fn prepare_update(target: &Target, old: &Value, mut new: Value) -> ApiResult<Val
             None => o.remove("status"),
         };
     }
-    if res.kind == "Pod" {
-        default_pod(&mut new);
-        validate_pod(&new)?;
-        validate_pod_update(old, &new)?;
-    }
+    res.strategy.prepare_for_update(old, &mut new)?;
+    let mut errs = strategy::validate_meta(res, &new)?;
+    errs.extend(res.strategy.validate_update(
+        old,
+        &new,
+        target.sub.as_deref() == Some("status"),
+    )?);
+    strategy::invalid(res, &new, errs)?;
     if old.get("spec") != new.get("spec") {
         let g = old_meta
             .get("generation")
@@ -1221,23 +1207,4 @@ pub async fn reap_pods(state: &ApiState) -> Result<usize, storage::Error> {
         }
     }
     Ok(removed)
-}
-
-/// Both results' field errors in one `Invalid` (the first error otherwise).
-fn merge_invalid(a: ApiResult<()>, b: ApiResult<()>) -> ApiResult<()> {
-    match (a, b) {
-        (
-            Err(ApiError::Invalid {
-                kind,
-                name,
-                mut causes,
-            }),
-            Err(ApiError::Invalid { causes: more, .. }),
-        ) => {
-            causes.extend(more);
-            Err(ApiError::Invalid { kind, name, causes })
-        }
-        (Err(e), _) | (Ok(()), Err(e)) => Err(e),
-        (Ok(()), Ok(())) => Ok(()),
-    }
 }

@@ -25,6 +25,7 @@ pub mod protobuf;
 pub mod proxy;
 pub mod resources;
 pub mod selectors;
+pub mod strategy;
 pub mod table;
 pub mod tls;
 pub mod validation;

@@ -1,7 +1,13 @@
-//! The table of served resources that drives every generic handler.
+//! The table of served resources that drives every generic handler: one entry
+//! per resource, with its [`Strategy`] for what differs by kind. Adding a
+//! resource is one entry here (and a strategy if the generic rules are not enough).
+
+use std::fmt;
+
+use super::strategy::{NamespaceStrategy, Plain, PodStrategy, Strategy};
 
 /// One served resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct Resource {
     /// Plural name in URLs and storage keys (`pods`).
     pub name: &'static str,
@@ -22,7 +28,22 @@ pub struct Resource {
     /// Subresources served (`status`, `binding`; `log` and `exec` are
     /// proxied to the node agent, see [`super::proxy`]).
     pub subresources: &'static [&'static str],
+    /// Create and update rules beyond the generic store's.
+    pub strategy: &'static dyn Strategy,
 }
+
+impl fmt::Debug for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Resource({})", self.qualified())
+    }
+}
+
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        (self.group, self.version, self.name) == (other.group, other.version, other.name)
+    }
+}
+impl Eq for Resource {}
 
 impl Resource {
     /// `apiVersion` of the resource's objects (`v1`, `coordination.k8s.io/v1`).
@@ -68,6 +89,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["ns"],
         categories: &[],
         subresources: &["status"],
+        strategy: &NamespaceStrategy,
     },
     Resource {
         name: "pods",
@@ -79,6 +101,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["po"],
         categories: &["all"],
         subresources: &["status", "binding", "log", "exec"],
+        strategy: &PodStrategy,
     },
     Resource {
         name: "nodes",
@@ -90,6 +113,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["no"],
         categories: &[],
         subresources: &["status"],
+        strategy: &Plain,
     },
     Resource {
         name: "events",
@@ -101,6 +125,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["ev"],
         categories: &[],
         subresources: &[],
+        strategy: &Plain,
     },
     Resource {
         name: "configmaps",
@@ -112,6 +137,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["cm"],
         categories: &[],
         subresources: &[],
+        strategy: &Plain,
     },
     Resource {
         name: "secrets",
@@ -123,6 +149,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &[],
         categories: &[],
         subresources: &[],
+        strategy: &Plain,
     },
     Resource {
         name: "serviceaccounts",
@@ -134,6 +161,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["sa"],
         categories: &[],
         subresources: &[],
+        strategy: &Plain,
     },
     Resource {
         name: "leases",
@@ -145,6 +173,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &[],
         categories: &[],
         subresources: &[],
+        strategy: &Plain,
     },
 ];
 
