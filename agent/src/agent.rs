@@ -18,7 +18,8 @@ use crate::pleg::{Pleg, RuntimeCache};
 use crate::runtime::{RuntimeManager, Settings};
 use crate::server::NodeView;
 use crate::source::{ManifestError, PodConfig, pod_key, uid_of};
-use crate::workers::{PodWorkers, TransientStore};
+use crate::status::TransientStore;
+use crate::workers::PodWorkers;
 
 /// What the status server reads: desired pods, observed state, health.
 struct View {
@@ -168,7 +169,6 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
                 status_port: streaming
                     .as_ref()
                     .map_or(config.status_address.port(), |s| s.port),
-                runtime: client.clone(),
                 pod_config: pod_config.clone(),
                 cache: cache.clone(),
                 transient: transient.clone(),
@@ -289,7 +289,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         let cancel = cancel.clone();
         tokio::spawn(async move {
             while !pod_config.has_source(crate::cluster::API_SOURCE) {
-                if !crate::cluster::sleep_or_cancel(&cancel, Duration::from_millis(200)).await {
+                if !crate::util::sleep_or_cancel(&cancel, Duration::from_millis(200)).await {
                     return;
                 }
             }

@@ -412,7 +412,7 @@ pub async fn run_sink(
                         correlator.sent(&ev, &name, count, Instant::now());
                         "patched"
                     }
-                    Err(e) if crate::cluster::is_not_found(&e) => {
+                    Err(e) if crate::util::is_not_found(&e) => {
                         // Deleted on the server (TTL): start a new one.
                         correlator.forget(&ev);
                         create(&api, &mut correlator, &ev, &cancel).await
@@ -472,7 +472,7 @@ where
             return result;
         }
         attempt += 1;
-        if !crate::cluster::sleep_or_cancel(cancel, wait).await {
+        if !crate::util::sleep_or_cancel(cancel, wait).await {
             return result;
         }
         wait *= 2;

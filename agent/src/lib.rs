@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod cgroups;
 pub mod cluster;
 pub mod config;
+pub mod crilog;
 pub mod events;
 pub mod metrics;
 pub mod notify;
@@ -22,6 +23,7 @@ pub mod server;
 pub mod source;
 pub mod status;
 pub mod streaming;
+pub mod util;
 pub mod workers;
 
 /// A pod's UID, as a string (the key of everything per pod).

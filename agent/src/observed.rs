@@ -294,7 +294,7 @@ fn log_tail(path: &std::path::Path) -> String {
     for line in &lines[start..] {
         // The same parser as `containerLogs`; a partial record ("P") has no
         // line end, so it joins the next one.
-        if let Some(record) = crate::streaming::logs::parse_cri_record(line.as_bytes()) {
+        if let Some(record) = crate::crilog::parse_cri_record(line.as_bytes()) {
             out.push_str(&String::from_utf8_lossy(record.message));
         }
     }

@@ -14,7 +14,8 @@
 //! creation), and the pod's start time otherwise. Recomputing therefore gives the
 //! same status for the same runtime state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
 
 use berth_api::restart;
 
@@ -33,6 +34,30 @@ use crate::observed::{self, ObservedContainer, ObservedPod};
 pub struct Waiting {
     pub reason: String,
     pub message: String,
+}
+
+/// The workers' shared view of per-pod transient state (waiting reasons).
+#[derive(Debug, Default)]
+pub struct TransientStore {
+    inner: RwLock<HashMap<crate::Uid, Transient>>,
+}
+
+impl TransientStore {
+    /// The transient state of `uid` (empty if none).
+    pub fn get(&self, uid: &str) -> Transient {
+        let m = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        m.get(uid).cloned().unwrap_or_default()
+    }
+
+    pub(crate) fn set(&self, uid: &str, t: Transient) {
+        let mut m = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        m.insert(uid.to_string(), t);
+    }
+
+    pub(crate) fn remove(&self, uid: &str) {
+        let mut m = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        m.remove(uid);
+    }
 }
 
 /// What the pod worker knows that the runtime does not hold: why a container is

@@ -8,7 +8,7 @@
 //! A worker ends when its pod is neither desired nor present in the runtime.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc};
@@ -19,36 +19,12 @@ use crate::Uid;
 use crate::metrics::Metrics;
 use crate::runtime::RuntimeManager;
 use crate::runtime::sync::SyncOutcome;
-use crate::source::{PodConfig, pod_key};
-use crate::status::Transient;
+use crate::source::{PodConfig, is_terminating, pod_key, termination_grace};
+use crate::status::TransientStore;
 
 /// Back-off after a failed sync: 1 s doubling to 30 s.
 const ERROR_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
 const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-/// The workers' shared view of per-pod transient state (waiting reasons).
-#[derive(Debug, Default)]
-pub struct TransientStore {
-    inner: RwLock<HashMap<Uid, Transient>>,
-}
-
-impl TransientStore {
-    /// The transient state of `uid` (empty if none).
-    pub fn get(&self, uid: &str) -> Transient {
-        let m = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        m.get(uid).cloned().unwrap_or_default()
-    }
-
-    fn set(&self, uid: &str, t: Transient) {
-        let mut m = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        m.insert(uid.to_string(), t);
-    }
-
-    fn remove(&self, uid: &str) {
-        let mut m = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        m.remove(uid);
-    }
-}
 
 /// The pod workers.
 pub struct PodWorkers {
@@ -134,11 +110,46 @@ impl PodWorkers {
                 .unwrap_or_else(|| "(removed)".to_string());
             let span = tracing::info_span!("sync", pod = %pod_name, pod.uid = %uid);
             let started = Instant::now();
-            let result = self
+            let grace = desired.as_ref().and_then(|d| termination_grace(&d.pod));
+            // A trigger taken during the sync: one more sync follows at once.
+            let mut again = false;
+            let sync = self
                 .manager
                 .sync_pod(&uid, desired.as_ref(), &mut transient)
-                .instrument(span.clone())
-                .await;
+                .instrument(span.clone());
+            let result = match grace {
+                None => sync.await,
+                Some(grace) => {
+                    // A terminating pod's sync only stops and removes (each step
+                    // idempotent), so it may be abandoned and redone at once when the
+                    // deletion asks for less time (`kubectl delete --grace-period=1`
+                    // after a 30 s delete), as upstream's pod workers cancel theirs.
+                    let mut sync = std::pin::pin!(sync);
+                    let result = loop {
+                        tokio::select! {
+                            r = &mut sync => break Some(r),
+                            msg = rx.recv() => {
+                                if msg.is_none() {
+                                    break Some(sync.await);
+                                }
+                                again = true;
+                                let now = self.config.get(&uid).and_then(|d| termination_grace(&d.pod));
+                                if now.is_some_and(|g| g < grace) {
+                                    span.in_scope(|| tracing::info!(grace = now, "deletion grace period shortened; stopping again"));
+                                    break None;
+                                }
+                            }
+                        }
+                    };
+                    match result {
+                        Some(r) => r,
+                        None => {
+                            delay = Duration::ZERO;
+                            continue;
+                        }
+                    }
+                }
+            };
             self.metrics.observe_sync(started.elapsed(), result.is_ok());
             self.relist.notify_one();
             match result {
@@ -153,7 +164,13 @@ impl PodWorkers {
                     // Leave only if no trigger arrived meanwhile; under the lock,
                     // so `trigger` either sees us gone or reaches our channel.
                     let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-                    if rx.try_recv().is_ok() || self.config.get(&uid).is_some() {
+                    // A pod being deleted stays known until its object goes, but
+                    // nothing of it is left to stop.
+                    let runs = self
+                        .config
+                        .get(&uid)
+                        .is_some_and(|d| !is_terminating(&d.pod));
+                    if rx.try_recv().is_ok() || runs {
                         drop(workers);
                         delay = Duration::ZERO;
                         continue;
@@ -175,6 +192,9 @@ impl PodWorkers {
                     delay = error_backoff;
                     error_backoff = (error_backoff * 2).min(ERROR_BACKOFF_MAX);
                 }
+            }
+            if again {
+                delay = Duration::ZERO;
             }
         }
     }

@@ -421,6 +421,92 @@ async fn node_lease_pods_status_deletion_and_outage() {
         },
     )
     .await;
+    // One actor per pod: the worker stopped it once, with the deletion's grace
+    // (no stop with the spec's 25 s from the worker and a second one beside it).
+    eventually(Duration::from_secs(15), "quick pod stopped", || {
+        let stops: Vec<Vec<i64>> = fake
+            .containers()
+            .iter()
+            .filter(|c| of_quick(c))
+            .map(|c| c.stop_timeouts.clone())
+            .collect();
+        async move { (stops.iter().all(|s| !s.is_empty())).then_some(stops) }
+    })
+    .await
+    .iter()
+    .for_each(|s| assert_eq!(s, &vec![5], "stop calls of the quick pod"));
+    fake.clear_delays();
+
+    // A deletion shortened while its stop is under way (kubectl delete, then
+    // delete --grace-period=1): the worker abandons the slow stop and stops again
+    // with the shorter grace, long before the first one would have returned.
+    let mut slow: Pod = serde_json::from_str(POD).unwrap();
+    slow.metadata.name = Some("slow".into());
+    let slow_uid = pods
+        .create(&PostParams::default(), &slow)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let of_slow = |c: &berth_cri::fake::FakeContainer| {
+        c.labels.get("io.kubernetes.pod.uid") == Some(&slow_uid)
+    };
+    eventually(Duration::from_secs(30), "slow pod running", || {
+        let n = fake.containers().iter().filter(|c| of_slow(c)).count();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    fake.delay("StopContainer", Duration::from_secs(20));
+    let stops_before = fake
+        .calls()
+        .iter()
+        .filter(|c| c.contains("StopContainer"))
+        .count();
+    pods.delete("slow", &DeleteParams::default()).await.unwrap();
+    eventually(Duration::from_secs(10), "first stop under way", || {
+        let n = fake
+            .calls()
+            .iter()
+            .filter(|c| c.contains("StopContainer"))
+            .count();
+        async move { (n > stops_before).then_some(()) }
+    })
+    .await;
+    fake.delay("StopContainer", Duration::from_millis(100));
+    // Removal held back, so the stopped container can still be inspected.
+    fake.delay("RemoveContainer", Duration::from_secs(5));
+    let shortened = Instant::now();
+    pods.delete(
+        "slow",
+        &DeleteParams {
+            grace_period_seconds: Some(1),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let stops = eventually(
+        Duration::from_secs(10),
+        "stop with the shorter grace",
+        || {
+            let stops: Vec<i64> = fake
+                .containers()
+                .iter()
+                .filter(|c| of_slow(c))
+                .flat_map(|c| c.stop_timeouts.clone())
+                .collect();
+            async move { stops.contains(&1).then_some(stops) }
+        },
+    )
+    .await;
+    assert!(shortened.elapsed() < Duration::from_secs(10));
+    assert_eq!(stops, vec![1], "the 25 s stop was abandoned, not completed");
+    eventually(Duration::from_secs(20), "slow pod object deleted", || {
+        let pods = pods.clone();
+        async move { pods.get_opt("slow").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
     fake.clear_delays();
 
     // The static pod's manifest goes away: so does its mirror pod.
@@ -837,5 +923,95 @@ async fn config_maps_and_secrets_in_env_and_volumes() {
             .any(|s| s.metadata.name == "novol"),
         "no sandbox before the volumes are there"
     );
+    cluster.stop().await;
+}
+
+/// Regression (issue 7): the agent validates what the API server hands it.
+/// A pod an older (or foreign) API server stored without upstream's validation
+/// is written straight into the storage; the agent must not run it, and must
+/// say why: phase Failed, reason InvalidPod, every bad field named. A valid pod
+/// beside it keeps running, untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_invalid_pod_from_the_api_is_refused_not_run() {
+    use berth_apiserver::storage::{Storage, object_key, sqlite::SqliteStorage};
+
+    let Some(bin) = apiserver_binary() else {
+        return;
+    };
+    let mut cluster = Cluster::start(bin).await;
+    let pods: Api<Pod> = Api::namespaced(cluster.admin.clone(), "default");
+    let good: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "good", "namespace": "default"},
+        "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": IMAGE}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &good).await.unwrap();
+    let running = |fake: &FakeRuntime| -> Vec<String> {
+        fake.containers()
+            .into_iter()
+            .filter(|c| c.state == berth_cri::api::ContainerState::ContainerRunning)
+            .map(|c| c.id)
+            .collect()
+    };
+    let before = eventually(Duration::from_secs(30), "good pod running", || {
+        let ids = running(&cluster.fake);
+        async move { (ids.len() == 1).then_some(ids) }
+    })
+    .await;
+
+    // Written while the API server is down, as an older one would have stored it.
+    cluster._server.stop();
+    let bad = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "bad", "namespace": "default",
+                     "uid": "7d1f6a52-0000-4000-8000-00000000bad1",
+                     "creationTimestamp": "2026-01-01T00:00:00Z",
+                     "labels": {"app": "a b;c"}},
+        "spec": {"nodeName": NODE, "restartPolicy": "Always", "dnsPolicy": "ClusterFirst",
+                 "containers": [{"name": "c", "image": IMAGE,
+                                 "ports": [{"containerPort": 70000}]}]},
+        "status": {"phase": "Pending"}
+    });
+    {
+        let storage =
+            SqliteStorage::open(&cluster._dir.path().join("apiserver"), Default::default())
+                .unwrap();
+        let key = object_key("pods", Some("default"), "bad").unwrap();
+        storage
+            .create(&key, serde_json::to_vec(&bad).unwrap())
+            .await
+            .unwrap();
+    }
+    cluster._server.spawn();
+
+    let status = eventually(Duration::from_secs(60), "bad pod reported Failed", || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get_opt("bad").await.ok()??;
+            let s = p.status?;
+            (s.phase.as_deref() == Some("Failed")).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(status.reason.as_deref(), Some("InvalidPod"));
+    let message = status.message.unwrap_or_default();
+    for field in [
+        "metadata.labels: Invalid value: \"a b;c\"",
+        "spec.containers[0].ports[0].containerPort: Invalid value: 70000",
+    ] {
+        assert!(message.contains(field), "{field} in {message}");
+    }
+    // Never run; the good pod's container is the same one, still running.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        cluster
+            .fake
+            .sandboxes()
+            .iter()
+            .all(|sb| sb.metadata.name != "bad"),
+        "a sandbox was created for the refused pod"
+    );
+    assert_eq!(running(&cluster.fake), before);
     cluster.stop().await;
 }

@@ -453,7 +453,7 @@ async fn workers_never_sync_one_pod_twice_at_once() {
     let workers = berth_agent::workers::PodWorkers::new(
         manager,
         config,
-        Arc::new(berth_agent::workers::TransientStore::default()),
+        Arc::new(berth_agent::status::TransientStore::default()),
         Arc::new(Metrics::new()),
         Duration::from_secs(60),
         Arc::new(tokio::sync::Notify::new()),

@@ -7,7 +7,8 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
-use super::{Context, is_conflict, is_not_found, sleep_or_cancel};
+use super::Context;
+use crate::util::{is_conflict, is_not_found, sleep_or_cancel};
 
 /// The namespace of node leases.
 pub const NAMESPACE: &str = "kube-node-lease";
@@ -27,7 +28,7 @@ pub async fn run(ctx: Context) {
                 RENEW_INTERVAL
             }
             Err(e) => {
-                tracing::warn!(node = %ctx.node_name, server = %ctx.server, error = %super::error_chain(&e), retry_in = ?retry, "lease renewal failed");
+                tracing::warn!(node = %ctx.node_name, server = %ctx.server, error = %crate::util::error_chain(&e), retry_in = ?retry, "lease renewal failed");
                 let r = retry;
                 retry = (retry * 2).min(Duration::from_secs(7));
                 r

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pleg::RuntimeCache;
 use crate::source::PodConfig;
-use crate::workers::TransientStore;
+use crate::status::TransientStore;
 
 /// The name of the API server's source in [`PodConfig`].
 pub const API_SOURCE: &str = "api";
@@ -82,8 +82,6 @@ pub struct Context {
     /// `status.daemonEndpoints.kubeletEndpoint.port`: the authenticated
     /// server's port when it runs, else the status server's.
     pub status_port: u16,
-    /// The container runtime (to shorten a stop to `deletionGracePeriodSeconds`).
-    pub runtime: berth_cri::RuntimeClient,
     pub pod_config: Arc<PodConfig>,
     pub cache: Arc<RuntimeCache>,
     pub transient: Arc<TransientStore>,
@@ -98,40 +96,4 @@ pub fn spawn(ctx: Context) -> JoinHandle<()> {
         let pods = tokio::spawn(pods::run(ctx.clone()));
         let _ = tokio::join!(node, lease, pods);
     })
-}
-
-/// Sleep `d`, or return false at once when `cancel` fires.
-pub async fn sleep_or_cancel(cancel: &CancellationToken, d: std::time::Duration) -> bool {
-    tokio::select! {
-        _ = cancel.cancelled() => false,
-        _ = tokio::time::sleep(d) => true,
-    }
-}
-
-/// An error with its causes, `outer: inner: root`: kube's own message for an
-/// unreachable server is only "client error (Connect)"; the cause says
-/// "Connection refused" or "No route to host".
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // hyper and kube often repeat the inner message in the outer one.
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-/// True when the API answered 404.
-pub(crate) fn is_not_found(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 404)
-}
-
-/// True when the API answered 409 (AlreadyExists or a conflict).
-pub(crate) fn is_conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 409)
 }

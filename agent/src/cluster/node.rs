@@ -14,7 +14,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
-use super::{Context, KUBELET_VERSION, is_conflict, sleep_or_cancel};
+use super::{Context, KUBELET_VERSION};
+use crate::util::{is_conflict, sleep_or_cancel};
 
 /// How often the node status is computed and compared (`nodeStatusUpdateFrequency`).
 pub const UPDATE_FREQUENCY: Duration = Duration::from_secs(10);
@@ -73,8 +74,8 @@ pub async fn run(ctx: Context) {
             // readiness is reported as soon as it is true.
             Ok(()) => Duration::from_secs(1),
             Err(e) => {
-                tracing::warn!(node = %ctx.node_name, server = %ctx.server, error = %super::error_chain(&e), retry_in = ?retry, "node status update failed");
-                if super::is_not_found(&e) {
+                tracing::warn!(node = %ctx.node_name, server = %ctx.server, error = %crate::util::error_chain(&e), retry_in = ?retry, "node status update failed");
+                if crate::util::is_not_found(&e) {
                     // Deleted behind our back: register again.
                     registered = false;
                 }

@@ -22,10 +22,11 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use serde_json::Value;
 
-use super::{API_SOURCE, Context, is_not_found, sleep_or_cancel};
+use super::{API_SOURCE, Context};
 use crate::Uid;
 use crate::source::manifest::CONFIG_HASH_ANNOTATION;
-use crate::source::{FILE_SOURCE, Snapshot, SourcedPod, pod_key, uid_of};
+use crate::source::{FILE_SOURCE, Snapshot, SourcedPod, is_terminating, pod_key, uid_of};
+use crate::util::{is_not_found, sleep_or_cancel};
 
 /// How often pod statuses are computed and compared.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
@@ -101,14 +102,45 @@ pub fn mirror_of(pod: &Pod) -> Pod {
     m
 }
 
-/// The api source's snapshot (mirror pods excluded): every pod of `store` not being deleted.
+/// The reason of the status of a pod the agent refuses to run (`rejectPod`).
+pub const REASON_INVALID: &str = "InvalidPod";
+
+/// The pod as the agent would run it, or why it refuses to: every pod from the
+/// API server goes through berth-api's `ValidatePod` again before admission, so a
+/// pod an older or foreign API server let through never reaches the runtime.
+/// The message names every field, as the API server's 422 would.
+pub fn admit(pod: &Pod) -> Result<Pod, String> {
+    let pod = desired(pod);
+    let errors = berth_api::validation::validate_pod(&pod);
+    if errors.is_empty() {
+        return Ok(pod);
+    }
+    let causes: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    Err(format!("Pod was rejected: {}", causes.join(", ")))
+}
+
+/// The status reported for a pod the agent refuses to run: phase Failed, and why.
+pub fn rejected_status(pod: &Pod, message: String) -> PodStatus {
+    PodStatus {
+        phase: Some(crate::status::phase::FAILED.to_string()),
+        reason: Some(REASON_INVALID.to_string()),
+        message: Some(message),
+        qos_class: Some(berth_api::qos::pod_qos_class(pod).to_string()),
+        ..Default::default()
+    }
+}
+
+/// The api source's snapshot: every pod of `store` the agent admits (mirror
+/// pods excluded). A pod being deleted stays, with its `deletionTimestamp` and
+/// `deletionGracePeriodSeconds`: its worker stops it within that grace period.
 pub fn snapshot(store: &BTreeMap<Uid, Pod>) -> Snapshot {
     Snapshot {
         pods: store
             .values()
-            .filter(|p| p.metadata.deletion_timestamp.is_none() && !is_mirror(p))
-            .map(|p| SourcedPod {
-                pod: desired(p),
+            .filter(|p| !is_mirror(p))
+            .filter_map(|p| admit(p).ok())
+            .map(|pod| SourcedPod {
+                pod,
                 file: PathBuf::from(API_SOURCE),
                 warnings: Vec::new(),
             })
@@ -132,7 +164,7 @@ async fn watch_loop(ctx: &Context, store: &Store) {
             None => return,
             Some(Err(e)) => {
                 // The back-off wrapper retries; the last snapshot stays in force.
-                tracing::warn!(server = %ctx.server, error = %super::error_chain(&e), "pod watch failed; pods keep running, retrying");
+                tracing::warn!(server = %ctx.server, error = %crate::util::error_chain(&e), "pod watch failed; pods keep running, retrying");
                 false
             }
             Some(Ok(Event::Init)) => {
@@ -244,6 +276,16 @@ async fn report(
         runtime_name,
     );
     let status = merge_conditions(computed, target.status.as_ref());
+    patch_status(ctx, target, status, sent).await;
+}
+
+/// Patch `status` onto `target` unless it is what was last sent.
+async fn patch_status(
+    ctx: &Context,
+    target: &Pod,
+    status: PodStatus,
+    sent: &mut HashMap<Uid, PodStatus>,
+) {
     let target_uid = uid_of(target);
     if sent.get(&target_uid) == Some(&status) {
         return;
@@ -268,45 +310,12 @@ async fn report(
     }
 }
 
-/// The worker stops a removed pod's containers with the grace period recorded
-/// on them (the spec's `terminationGracePeriodSeconds`); a deletion asking for
-/// less (`kubectl delete --grace-period=N`) stops them again with that, and the
-/// shorter stop wins. Each container is asked once (`done`).
-fn shorten_grace(
-    ctx: &Context,
-    pod: &Pod,
-    observed: &crate::observed::ObservedPod,
-    grace: i64,
-    done: &mut HashSet<String>,
-) {
-    for c in &observed.containers {
-        let recorded = c
-            .annotations
-            .get(crate::observed::keys::POD_TERMINATION_GRACE_PERIOD)
-            .and_then(|g| g.parse::<i64>().ok());
-        let running = c.state == crate::observed::ContainerState::Running;
-        if !running || recorded.is_some_and(|r| r <= grace) || !done.insert(c.id.clone()) {
-            continue;
-        }
-        tracing::info!(pod = %pod_key(pod), container = %c.name, grace, "stopping within the deletion grace period");
-        let runtime = ctx.runtime.clone();
-        let id = c.id.clone();
-        tokio::spawn(async move {
-            if let Err(e) = runtime.stop_container(&id, grace).await {
-                tracing::debug!(container = %id, error = %e, "stop within the deletion grace period failed");
-            }
-        });
-    }
-}
-
 async fn status_loop(ctx: Context, store: Store) {
     // The status last patched per API object (not what the server holds: others
     // may add to it, which must not make us patch every second).
     let mut sent: HashMap<Uid, PodStatus> = HashMap::new();
     // API objects whose final DELETE went through.
     let mut deleted: HashSet<Uid> = HashSet::new();
-    // Containers already told to stop within a pod's deletionGracePeriodSeconds.
-    let mut shortened: HashMap<Uid, HashSet<String>> = HashMap::new();
     loop {
         if !sleep_or_cancel(&ctx.cancel, STATUS_INTERVAL).await {
             return;
@@ -324,7 +333,6 @@ async fn status_loop(ctx: Context, store: Store) {
         let live: HashSet<Uid> = pods.iter().map(uid_of).collect();
         sent.retain(|uid, _| live.contains(uid));
         deleted.retain(|uid| live.contains(uid));
-        shortened.retain(|uid, _| live.contains(uid));
         let runtime_name = ctx
             .cache
             .runtime_version()
@@ -334,28 +342,35 @@ async fn status_loop(ctx: Context, store: Store) {
         // Pods run from the API: status, and the end of graceful deletion.
         for pod in pods.iter().filter(|p| !is_mirror(p)) {
             let uid = uid_of(pod);
-            if pod.metadata.deletion_timestamp.is_some() {
+            if is_terminating(pod) {
+                // Its worker stops it (within the deletion's grace period); once
+                // nothing of it is left in the runtime, the object goes.
                 let observed = ctx.cache.get(&uid);
-                let gone = observed.sandboxes.is_empty()
-                    && observed.containers.is_empty()
-                    && ctx.pod_config.get(&uid).is_none();
-                if gone {
+                let runs = ctx
+                    .pod_config
+                    .get(&uid)
+                    .is_some_and(|sp| !is_terminating(&sp.pod));
+                if observed.sandboxes.is_empty() && observed.containers.is_empty() && !runs {
                     if !deleted.contains(&uid) && delete_now(&pods_api(&ctx, pod), pod).await {
                         tracing::info!(pod = %pod_key(pod), "pod terminated; deleted from the API");
                         deleted.insert(uid);
                     }
                     continue;
                 }
-                if let Some(grace) = pod.metadata.deletion_grace_period_seconds {
-                    let done = shortened.entry(uid.clone()).or_default();
-                    shorten_grace(&ctx, pod, &observed, grace, done);
-                }
             }
-            let spec_pod = ctx
-                .pod_config
-                .get(&uid)
-                .map(|sp| sp.pod)
-                .unwrap_or_else(|| desired(pod));
+            let spec_pod = match ctx.pod_config.get(&uid) {
+                Some(sp) => sp.pod,
+                None => match admit(pod) {
+                    Ok(spec_pod) => spec_pod,
+                    Err(message) => {
+                        // Refused: never run; Failed, saying which fields are wrong.
+                        let status =
+                            merge_conditions(rejected_status(pod, message), pod.status.as_ref());
+                        patch_status(&ctx, pod, status, &mut sent).await;
+                        continue;
+                    }
+                },
+            };
             report(&ctx, &runtime_name, pod, &spec_pod, &mut sent).await;
         }
 
@@ -418,7 +433,7 @@ async fn status_loop(ctx: Context, store: Store) {
                 .await
             {
                 Ok(_) => tracing::info!(pod = %pod_key(sp), "mirror pod created"),
-                Err(e) if super::is_conflict(&e) => {}
+                Err(e) if crate::util::is_conflict(&e) => {}
                 Err(e) => {
                     tracing::warn!(pod = %pod_key(sp), error = %e, "creating the mirror pod failed; retrying")
                 }
@@ -459,16 +474,21 @@ mod tests {
         }
     }
 
+    /// A pod being deleted stays in the snapshot, marked (its worker stops it
+    /// within the deletion's grace period); server state is stripped.
     #[test]
-    fn snapshot_skips_deleting_pods_and_strips_server_state() {
+    fn snapshot_keeps_deleting_pods_and_strips_server_state() {
+        let mut deleting = pod("b", true);
+        deleting.metadata.deletion_grace_period_seconds = Some(3);
         let store = BTreeMap::from([
             ("a".to_string(), pod("a", false)),
-            ("b".to_string(), pod("b", true)),
+            ("b".to_string(), deleting),
         ]);
         let snap = snapshot(&store);
-        assert_eq!(snap.pods.len(), 1);
+        assert_eq!(snap.pods.len(), 2);
         let p = &snap.pods[0].pod;
         assert_eq!(uid_of(p), "a");
+        assert!(!is_terminating(p));
         assert!(p.status.is_none());
         assert!(p.metadata.resource_version.is_none());
         // Defaults applied (as the file source does).
@@ -476,6 +496,38 @@ mod tests {
             p.spec.as_ref().unwrap().restart_policy.as_deref(),
             Some("Always")
         );
+        let b = &snap.pods[1].pod;
+        assert!(is_terminating(b));
+        assert_eq!(crate::source::termination_grace(b), Some(3));
+    }
+
+    /// A pod berth-api's validation refuses is not admitted; its status says why.
+    #[test]
+    fn invalid_pods_are_refused_with_the_fields_named() {
+        let mut bad = pod("c", false);
+        if let Some(spec) = bad.spec.as_mut() {
+            spec.containers[0].name = "Not_A_Label".into();
+            spec.active_deadline_seconds = Some(0);
+        }
+        let store = BTreeMap::from([
+            ("a".to_string(), pod("a", false)),
+            ("c".to_string(), bad.clone()),
+        ]);
+        let snap = snapshot(&store);
+        assert_eq!(snap.pods.len(), 1);
+        let message = admit(&bad).expect_err("refused");
+        assert!(message.starts_with("Pod was rejected: "), "{message}");
+        assert!(
+            message.contains("spec.containers[0].name: Invalid value: \"Not_A_Label\""),
+            "{message}"
+        );
+        assert!(
+            message.contains("spec.activeDeadlineSeconds: Invalid value: 0"),
+            "{message}"
+        );
+        let status = rejected_status(&bad, message);
+        assert_eq!(status.phase.as_deref(), Some("Failed"));
+        assert_eq!(status.reason.as_deref(), Some(REASON_INVALID));
     }
 
     #[test]

@@ -144,8 +144,14 @@ impl RuntimeManager {
     ) -> Result<SyncOutcome> {
         let observed = self.inspect_pod(uid).await?;
         let Some(sourced) = desired else {
-            return self.remove_pod(&observed).await;
+            return self.remove_pod(&observed, None).await;
         };
+        if crate::source::is_terminating(&sourced.pod) {
+            // Being deleted: stopped within the deletion's grace period, by this
+            // worker alone (the one actor on the pod's containers).
+            let grace = crate::source::termination_grace(&sourced.pod);
+            return self.remove_pod(&observed, grace).await;
+        }
         let pod = &sourced.pod;
         let spec = pod.spec.clone().unwrap_or_default();
         let policy = restart::pod_restart_policy(Some(&spec));
@@ -865,17 +871,21 @@ impl RuntimeManager {
     /// Remove everything of a pod that is no longer desired: stop its containers
     /// with their grace period, stop and remove its sandboxes, then its volumes,
     /// directories, logs and cgroup.
-    async fn remove_pod(&self, observed: &ObservedPod) -> Result<SyncOutcome> {
-        // The spec is gone; the grace period was recorded on each container.
-        let grace = observed
-            .containers
-            .iter()
-            .filter_map(|c| c.annotations.get(keys::POD_TERMINATION_GRACE_PERIOD))
-            .filter_map(|g| g.parse::<i64>().ok())
-            .max()
-            .unwrap_or(DEFAULT_GRACE_SECONDS);
+    /// Stop and remove everything of a pod that is no longer to run: with the
+    /// deletion's grace period when it gave one (`deletionGracePeriodSeconds`),
+    /// else the one recorded on its containers (the spec is gone).
+    async fn remove_pod(&self, observed: &ObservedPod, grace: Option<i64>) -> Result<SyncOutcome> {
+        let grace = grace.unwrap_or_else(|| {
+            observed
+                .containers
+                .iter()
+                .filter_map(|c| c.annotations.get(keys::POD_TERMINATION_GRACE_PERIOD))
+                .filter_map(|g| g.parse::<i64>().ok())
+                .max()
+                .unwrap_or(DEFAULT_GRACE_SECONDS)
+        });
         if !observed.is_empty() {
-            tracing::info!(grace, "pod no longer desired; removing it");
+            tracing::info!(grace, "pod no longer to run; removing it");
         }
         self.stop_running(&observed.containers.iter().collect::<Vec<_>>(), grace)
             .await?;

@@ -198,6 +198,22 @@ pub fn uid_of(pod: &Pod) -> Uid {
     pod.metadata.uid.clone().unwrap_or_default()
 }
 
+/// True for a pod being deleted (`metadata.deletionTimestamp` set): still
+/// desired in the sense that its worker owns it, but never run again; the worker
+/// stops it within [`termination_grace`].
+pub fn is_terminating(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+}
+
+/// The grace period a terminating pod's deletion asked for
+/// (`metadata.deletionGracePeriodSeconds`), if any: it overrides the spec's.
+pub fn termination_grace(pod: &Pod) -> Option<i64> {
+    pod.metadata
+        .deletion_grace_period_seconds
+        .filter(|_| is_terminating(pod))
+        .map(|g| g.max(0))
+}
+
 /// `namespace/name` of a pod, for logs.
 pub fn pod_key(pod: &Pod) -> String {
     format!(

@@ -489,7 +489,7 @@ fn prepare_update(target: &Target, old: &Value, mut new: Value) -> ApiResult<Val
         };
     }
     res.strategy.prepare_for_update(old, &mut new)?;
-    let mut errs = strategy::validate_meta(res, &new)?;
+    let mut errs = strategy::validate_meta_update(res, old, &new)?;
     errs.extend(res.strategy.validate_update(
         old,
         &new,

@@ -193,6 +193,26 @@ pub fn validate_meta(res: &Resource, obj: &Value) -> ApiResult<Vec<FieldError>> 
     ))
 }
 
+/// The new metadata of an update checked as on create, except for the label and
+/// annotation errors that the stored object already had (unchanged fields are
+/// not judged again, so an object stored before a rule existed can still have its
+/// status written; upstream "ratchets" validation the same way).
+pub fn validate_meta_update(
+    res: &Resource,
+    old: &Value,
+    new: &Value,
+) -> ApiResult<Vec<FieldError>> {
+    let mut errs = validate_meta(res, new)?;
+    for field in ["labels", "annotations"] {
+        if old.pointer(&format!("/metadata/{field}")) == new.pointer(&format!("/metadata/{field}"))
+        {
+            let path = format!("metadata.{field}");
+            errs.retain(|e| e.field != path);
+        }
+    }
+    Ok(errs)
+}
+
 /// 422 listing every cause, or Ok when there are none.
 pub fn invalid(res: &Resource, obj: &Value, errs: Vec<FieldError>) -> ApiResult<()> {
     if errs.is_empty() {
@@ -284,6 +304,23 @@ mod tests {
         );
         let causes = causes(errs);
         assert_eq!(causes[0].reason, "FieldValueInvalid");
+    }
+
+    #[test]
+    fn unchanged_bad_labels_do_not_block_updates() {
+        let res = super::super::resources::find("", "v1", "pods").expect("pods");
+        let old = json!({"metadata": {"name": "p", "namespace": "d", "labels": {"a": "b c"}}});
+        let mut new = old.clone();
+        new["status"] = json!({"phase": "Running"});
+        assert!(
+            validate_meta_update(res, &old, &new)
+                .expect("decodes")
+                .is_empty()
+        );
+        new["metadata"]["labels"]["x"] = json!("y");
+        let errs = validate_meta_update(res, &old, &new).expect("decodes");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "metadata.labels");
     }
 
     #[test]

@@ -1,0 +1,41 @@
+//! Helpers every layer may use and that use nothing of the agent: waiting with
+//! cancellation, and classifying API errors. A leaf module: it imports no other
+//! module of the crate.
+
+use tokio_util::sync::CancellationToken;
+
+/// Sleep `d`, or return false at once when `cancel` fires.
+pub async fn sleep_or_cancel(cancel: &CancellationToken, d: std::time::Duration) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// An error with its causes, `outer: inner: root`: kube's own message for an
+/// unreachable server is only "client error (Connect)"; the cause says
+/// "Connection refused" or "No route to host".
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // hyper and kube often repeat the inner message in the outer one.
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// True when the API answered 404.
+pub fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// True when the API answered 409 (AlreadyExists or a conflict).
+pub fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
