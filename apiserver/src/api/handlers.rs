@@ -200,7 +200,7 @@ async fn dispatch_inner(state: Arc<ApiState>, req: Request) -> ApiResult<Respons
             if as_table {
                 let include = IncludeObject::parse(params.get("includeObject").map(String::as_str));
                 let meta = json!({"resourceVersion": str_at(&obj, "/metadata/resourceVersion")});
-                let t = table::table(res.kind, std::slice::from_ref(&obj), include, meta);
+                let t = table::table(res.printer, std::slice::from_ref(&obj), include, meta);
                 return Ok(respond(StatusCode::OK, &t, &[]));
             }
             Ok(respond(StatusCode::OK, &obj, &[]))
@@ -365,7 +365,7 @@ fn decode_body(target: &Target, params: &Params, body: &[u8]) -> ApiResult<(Valu
     let mut obj = parse_json(body)?;
     check_type(res, &mut obj)?;
     let mode = FieldValidation::parse(params.get("fieldValidation").map(String::as_str))?;
-    let warnings = validation::check(res.kind, res.version, &obj, mode)?;
+    let warnings = validation::check(res, &obj, mode)?;
     check_namespace(target, &mut obj)?;
     Ok((obj, warnings))
 }
@@ -564,7 +564,7 @@ async fn patch_handler(
         let (old, old_rev) = get_object(state, target, name).await?;
         let mut patched = patch::apply(kind, &old, body)?;
         check_type(res, &mut patched)?;
-        let warnings = validation::check(res.kind, res.version, &patched, mode)?;
+        let warnings = validation::check(res, &patched, mode)?;
         check_namespace(target, &mut patched)?;
         if str_at(&patched, "/metadata/name") != name {
             return Err(ApiError::BadRequest(format!(
@@ -732,51 +732,36 @@ async fn delete_attempt(
         .and_then(Value::as_array)
         .is_some_and(|a| a.iter().any(|v| v == "All"));
     let key = key_of(target, name)?;
-    if res.kind == "Namespace" && ["default", "kube-system", "kube-public"].contains(&name) {
-        return Err(ApiError::Forbidden(format!(
-            "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
-        )));
-    }
-    if res.kind == "Pod" {
-        let grace = opts
-            .get("gracePeriodSeconds")
-            .and_then(Value::as_i64)
-            .or_else(|| {
-                old.pointer("/spec/terminationGracePeriodSeconds")
-                    .and_then(Value::as_i64)
-            })
-            .unwrap_or(30)
-            .max(0);
-        let scheduled = !str_at(&old, "/spec/nodeName").is_empty();
-        if scheduled && grace > 0 {
-            let existing = old
-                .pointer("/metadata/deletionGracePeriodSeconds")
-                .and_then(Value::as_i64);
-            if existing.is_some_and(|e| e <= grace) {
-                return Ok(Some(respond(StatusCode::OK, &old, &[])));
-            }
-            let mut new = old.clone();
-            let at = jiff::Timestamp::now()
-                .checked_add(jiff::SignedDuration::from_secs(grace))
-                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            let meta = meta_mut(&mut new)?;
-            meta.insert("deletionTimestamp".into(), json!(format_time(at)));
-            meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
-            if dry {
-                return Ok(Some(respond(StatusCode::OK, &new, &[])));
-            }
-            let new_rev = match state.storage.update(&key, encode(&new)?, Some(rev)).await {
-                Err(storage::Error::Conflict { .. }) if retry_on_conflict => return Ok(None),
-                r => r.map_err(storage_err(target, name))?,
-            };
-            storage::set_resource_version(&mut new, new_rev).map_err(ApiError::Internal)?;
+    res.strategy.check_delete(name)?;
+    let requested = opts.get("gracePeriodSeconds").and_then(Value::as_i64);
+    if let Some(grace) = res.strategy.graceful_delete(&old, requested) {
+        let existing = old
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64);
+        if existing.is_some_and(|e| e <= grace) {
+            return Ok(Some(respond(StatusCode::OK, &old, &[])));
+        }
+        let mut new = old.clone();
+        let at = jiff::Timestamp::now()
+            .checked_add(jiff::SignedDuration::from_secs(grace))
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let meta = meta_mut(&mut new)?;
+        meta.insert("deletionTimestamp".into(), json!(format_time(at)));
+        meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+        if dry {
             return Ok(Some(respond(StatusCode::OK, &new, &[])));
         }
+        let new_rev = match state.storage.update(&key, encode(&new)?, Some(rev)).await {
+            Err(storage::Error::Conflict { .. }) if retry_on_conflict => return Ok(None),
+            r => r.map_err(storage_err(target, name))?,
+        };
+        storage::set_resource_version(&mut new, new_rev).map_err(ApiError::Internal)?;
+        return Ok(Some(respond(StatusCode::OK, &new, &[])));
     }
     if dry {
         return Ok(Some(respond(StatusCode::OK, &old, &[])));
     }
-    if res.kind == "Namespace" {
+    if res.strategy.deletes_contents() {
         delete_namespace_contents(state, name).await?;
     }
     let (del_rev, _) = match state.storage.delete(&key, Some(rev)).await {
@@ -1021,7 +1006,7 @@ async fn list(
         }
         return Ok(respond(
             StatusCode::OK,
-            &table::table(target.res.kind, &items, include, meta),
+            &table::table(target.res.printer, &items, include, meta),
             &[],
         ));
     }
@@ -1077,11 +1062,12 @@ async fn watch_handler(
     let storage = state.storage.clone();
     let bookmark_every = state.config.bookmark_interval;
     let kind = res.kind;
+    let printer = res.printer;
     let api_version = res.api_version();
     let render = move |ty: &str, obj: Value| -> Bytes {
         let object = if as_table && ty != "ERROR" && ty != "BOOKMARK" {
             table::table(
-                kind,
+                printer,
                 std::slice::from_ref(&obj),
                 include,
                 json!({"resourceVersion": str_at(&obj, "/metadata/resourceVersion")}),

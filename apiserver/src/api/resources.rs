@@ -4,7 +4,12 @@
 
 use std::fmt;
 
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret, ServiceAccount};
+
 use super::strategy::{NamespaceStrategy, Plain, PodStrategy, Strategy};
+use super::table::{self, Printer};
+use super::validation::round_trip;
 
 /// One served resource.
 #[derive(Clone, Copy)]
@@ -28,8 +33,12 @@ pub struct Resource {
     /// Subresources served (`status`, `binding`; `log` and `exec` are
     /// proxied to the node agent, see [`super::proxy`]).
     pub subresources: &'static [&'static str],
-    /// Create and update rules beyond the generic store's.
+    /// Create, update and delete rules beyond the generic store's.
     pub strategy: &'static dyn Strategy,
+    /// How its objects print as Table rows.
+    pub printer: &'static Printer,
+    /// The round trip through its typed form (decoding errors, unknown fields).
+    pub schema: fn(&serde_json::Value) -> Result<serde_json::Value, String>,
 }
 
 impl fmt::Debug for Resource {
@@ -90,6 +99,8 @@ pub static RESOURCES: &[Resource] = &[
         categories: &[],
         subresources: &["status"],
         strategy: &NamespaceStrategy,
+        printer: &table::NAMESPACE,
+        schema: round_trip::<Namespace>,
     },
     Resource {
         name: "pods",
@@ -102,6 +113,8 @@ pub static RESOURCES: &[Resource] = &[
         categories: &["all"],
         subresources: &["status", "binding", "log", "exec"],
         strategy: &PodStrategy,
+        printer: &table::POD,
+        schema: round_trip::<Pod>,
     },
     Resource {
         name: "nodes",
@@ -114,6 +127,8 @@ pub static RESOURCES: &[Resource] = &[
         categories: &[],
         subresources: &["status"],
         strategy: &Plain,
+        printer: &table::NODE,
+        schema: round_trip::<Node>,
     },
     Resource {
         name: "events",
@@ -126,6 +141,8 @@ pub static RESOURCES: &[Resource] = &[
         categories: &[],
         subresources: &[],
         strategy: &Plain,
+        printer: &table::EVENT,
+        schema: round_trip::<Event>,
     },
     Resource {
         name: "configmaps",
@@ -138,6 +155,8 @@ pub static RESOURCES: &[Resource] = &[
         categories: &[],
         subresources: &[],
         strategy: &Plain,
+        printer: &table::DEFAULT,
+        schema: round_trip::<ConfigMap>,
     },
     Resource {
         name: "secrets",
@@ -150,6 +169,8 @@ pub static RESOURCES: &[Resource] = &[
         categories: &[],
         subresources: &[],
         strategy: &Plain,
+        printer: &table::DEFAULT,
+        schema: round_trip::<Secret>,
     },
     Resource {
         name: "serviceaccounts",
@@ -162,6 +183,8 @@ pub static RESOURCES: &[Resource] = &[
         categories: &[],
         subresources: &[],
         strategy: &Plain,
+        printer: &table::DEFAULT,
+        schema: round_trip::<ServiceAccount>,
     },
     Resource {
         name: "leases",
@@ -174,6 +197,8 @@ pub static RESOURCES: &[Resource] = &[
         categories: &[],
         subresources: &[],
         strategy: &Plain,
+        printer: &table::DEFAULT,
+        schema: round_trip::<Lease>,
     },
 ];
 

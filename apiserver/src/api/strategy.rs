@@ -46,6 +46,23 @@ pub trait Strategy: Sync {
     ) -> ApiResult<Vec<FieldError>> {
         Ok(Vec::new())
     }
+
+    /// Refuse deleting what must stay (`BeforeDelete`).
+    fn check_delete(&self, _name: &str) -> ApiResult<()> {
+        Ok(())
+    }
+
+    /// `CheckGracefulDelete`: the grace period (seconds, > 0) to mark the object
+    /// with (`deletionTimestamp`, `deletionGracePeriodSeconds`) instead of
+    /// removing it at once; `requested` is the request's `gracePeriodSeconds`.
+    fn graceful_delete(&self, _old: &Value, _requested: Option<i64>) -> Option<i64> {
+        None
+    }
+
+    /// Whether deleting an object first deletes what it contains (a namespace's objects).
+    fn deletes_contents(&self) -> bool {
+        false
+    }
 }
 
 /// The generic store's rules: nothing beyond metadata.
@@ -65,6 +82,19 @@ impl Strategy for NamespaceStrategy {
             o.insert("status".into(), json!({"phase": "Active"}));
         }
         Ok(())
+    }
+
+    fn check_delete(&self, name: &str) -> ApiResult<()> {
+        if ["default", "kube-system", "kube-public"].contains(&name) {
+            return Err(ApiError::Forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
+        }
+        Ok(())
+    }
+
+    fn deletes_contents(&self) -> bool {
+        true
     }
 }
 
@@ -148,6 +178,21 @@ impl Strategy for PodStrategy {
             set_status_field(new, "qosClass", qos);
         }
         Ok(())
+    }
+
+    /// A pod bound to a node is deleted gracefully: its agent stops it within
+    /// the grace period (the request's, else the spec's), then deletes the object.
+    /// An unbound pod, or a grace of 0, goes at once.
+    fn graceful_delete(&self, old: &Value, requested: Option<i64>) -> Option<i64> {
+        let grace = requested
+            .or_else(|| {
+                old.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
+            .unwrap_or(berth_api::defaults::DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS)
+            .max(0);
+        let scheduled = !str_at(old, "/spec/nodeName").is_empty();
+        (scheduled && grace > 0).then_some(grace)
     }
 
     fn validate_update(

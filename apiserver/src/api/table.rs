@@ -40,8 +40,8 @@ fn col(name: &str, ty: &str, format: &str, description: &str, priority: i32) -> 
     json!({"name": name, "type": ty, "format": format, "description": description, "priority": priority})
 }
 
-/// The column definitions for objects of `kind`.
-pub fn columns(kind: &str) -> Vec<Value> {
+/// The "Name" and "Age" columns every kind has.
+fn name_and_age() -> (Value, Value) {
     let name = col(
         "Name",
         "string",
@@ -56,128 +56,146 @@ pub fn columns(kind: &str) -> Vec<Value> {
         "CreationTimestamp is a timestamp representing the server time when this object was created.",
         0,
     );
-    match kind {
-        "Pod" => vec![
-            name,
-            col(
-                "Ready",
-                "string",
-                "",
-                "The aggregate readiness state of this pod for accepting traffic.",
-                0,
-            ),
-            col(
-                "Status",
-                "string",
-                "",
-                "The aggregate status of the containers in this pod.",
-                0,
-            ),
-            col(
-                "Restarts",
-                "string",
-                "",
-                "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
-                0,
-            ),
-            age,
-            col(
-                "IP",
-                "string",
-                "",
-                "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated.",
-                1,
-            ),
-            col(
-                "Node",
-                "string",
-                "",
-                "NodeName is a request to schedule this pod onto a specific node.",
-                1,
-            ),
-            col(
-                "Nominated Node",
-                "string",
-                "",
-                "nominatedNodeName is set only when this pod preempts other pods on the node.",
-                1,
-            ),
-            col(
-                "Readiness Gates",
-                "string",
-                "",
-                "If specified, all readiness gates will be evaluated for pod readiness.",
-                1,
-            ),
-        ],
-        "Node" => vec![
-            name,
-            col("Status", "string", "", "The status of the node", 0),
-            col("Roles", "string", "", "The roles of the node", 0),
-            age,
-            col(
-                "Version",
-                "string",
-                "",
-                "Kubelet Version reported by the node.",
-                0,
-            ),
-            col(
-                "Internal-IP",
-                "string",
-                "",
-                "List of addresses reachable to the node.",
-                1,
-            ),
-            col(
-                "External-IP",
-                "string",
-                "",
-                "List of addresses reachable to the node.",
-                1,
-            ),
-            col(
-                "OS-Image",
-                "string",
-                "",
-                "OS Image reported by the node.",
-                1,
-            ),
-            col(
-                "Kernel-Version",
-                "string",
-                "",
-                "Kernel Version reported by the node.",
-                1,
-            ),
-            col(
-                "Container-Runtime",
-                "string",
-                "",
-                "Container Runtime Version reported by the node.",
-                1,
-            ),
-        ],
-        "Namespace" => vec![
-            name,
-            col("Status", "string", "", "The status of the namespace", 0),
-            age,
-        ],
-        // Upstream's printers.go eventColumnDefinitions.
-        "Event" => vec![
-            col("Last Seen", "string", "", "", 0),
-            col("Type", "string", "", "", 0),
-            col("Reason", "string", "", "", 0),
-            col("Object", "string", "", "", 0),
-            col("Subobject", "string", "", "", 1),
-            col("Source", "string", "", "", 1),
-            col("Message", "string", "", "", 0),
-            col("First Seen", "string", "", "", 1),
-            col("Count", "string", "", "", 1),
-            col("Name", "string", "", "", 1),
-        ],
-        _ => vec![name, age],
-    }
+    (name, age)
+}
+
+fn pod_columns() -> Vec<Value> {
+    let (name, age) = name_and_age();
+    vec![
+        name,
+        col(
+            "Ready",
+            "string",
+            "",
+            "The aggregate readiness state of this pod for accepting traffic.",
+            0,
+        ),
+        col(
+            "Status",
+            "string",
+            "",
+            "The aggregate status of the containers in this pod.",
+            0,
+        ),
+        col(
+            "Restarts",
+            "string",
+            "",
+            "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+            0,
+        ),
+        age,
+        col(
+            "IP",
+            "string",
+            "",
+            "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated.",
+            1,
+        ),
+        col(
+            "Node",
+            "string",
+            "",
+            "NodeName is a request to schedule this pod onto a specific node.",
+            1,
+        ),
+        col(
+            "Nominated Node",
+            "string",
+            "",
+            "nominatedNodeName is set only when this pod preempts other pods on the node.",
+            1,
+        ),
+        col(
+            "Readiness Gates",
+            "string",
+            "",
+            "If specified, all readiness gates will be evaluated for pod readiness.",
+            1,
+        ),
+    ]
+}
+
+fn node_columns() -> Vec<Value> {
+    let (name, age) = name_and_age();
+    vec![
+        name,
+        col("Status", "string", "", "The status of the node", 0),
+        col("Roles", "string", "", "The roles of the node", 0),
+        age,
+        col(
+            "Version",
+            "string",
+            "",
+            "Kubelet Version reported by the node.",
+            0,
+        ),
+        col(
+            "Internal-IP",
+            "string",
+            "",
+            "List of addresses reachable to the node.",
+            1,
+        ),
+        col(
+            "External-IP",
+            "string",
+            "",
+            "List of addresses reachable to the node.",
+            1,
+        ),
+        col(
+            "OS-Image",
+            "string",
+            "",
+            "OS Image reported by the node.",
+            1,
+        ),
+        col(
+            "Kernel-Version",
+            "string",
+            "",
+            "Kernel Version reported by the node.",
+            1,
+        ),
+        col(
+            "Container-Runtime",
+            "string",
+            "",
+            "Container Runtime Version reported by the node.",
+            1,
+        ),
+    ]
+}
+
+fn namespace_columns() -> Vec<Value> {
+    let (name, age) = name_and_age();
+    vec![
+        name,
+        col("Status", "string", "", "The status of the namespace", 0),
+        age,
+    ]
+}
+
+/// Upstream's printers.go `eventColumnDefinitions`.
+fn event_columns() -> Vec<Value> {
+    vec![
+        col("Last Seen", "string", "", "", 0),
+        col("Type", "string", "", "", 0),
+        col("Reason", "string", "", "", 0),
+        col("Object", "string", "", "", 0),
+        col("Subobject", "string", "", "", 1),
+        col("Source", "string", "", "", 1),
+        col("Message", "string", "", "", 0),
+        col("First Seen", "string", "", "", 1),
+        col("Count", "string", "", "", 1),
+        col("Name", "string", "", "", 1),
+    ]
+}
+
+fn default_columns() -> Vec<Value> {
+    let (name, age) = name_and_age();
+    vec![name, age]
 }
 
 fn since(t: &str) -> Option<String> {
@@ -456,68 +474,107 @@ fn node_address(node: &Value, ty: &str) -> String {
     or_none(addr)
 }
 
-/// The cells of one object's row.
-pub fn cells(kind: &str, obj: &Value) -> Vec<Value> {
+fn pod_cells(obj: &Value) -> Vec<Value> {
     let name = json!(str_at(obj, "/metadata/name"));
-    match kind {
-        "Pod" => {
-            let (status, ready, total, restarts) = pod_status(obj);
-            let gates = obj
-                .pointer("/spec/readinessGates")
-                .and_then(Value::as_array)
-                .filter(|g| !g.is_empty())
-                .map(|g| {
-                    let conds = obj.pointer("/status/conditions").and_then(Value::as_array);
-                    let ok = g
-                        .iter()
-                        .filter(|gate| {
-                            let t = str_at(gate, "/conditionType");
-                            conds.is_some_and(|cs| {
-                                cs.iter().any(|c| {
-                                    str_at(c, "/type") == t && str_at(c, "/status") == "True"
-                                })
-                            })
-                        })
-                        .count();
-                    format!("{ok}/{}", g.len())
+    let (status, ready, total, restarts) = pod_status(obj);
+    let gates = obj
+        .pointer("/spec/readinessGates")
+        .and_then(Value::as_array)
+        .filter(|g| !g.is_empty())
+        .map(|g| {
+            let conds = obj.pointer("/status/conditions").and_then(Value::as_array);
+            let ok = g
+                .iter()
+                .filter(|gate| {
+                    let t = str_at(gate, "/conditionType");
+                    conds.is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| str_at(c, "/type") == t && str_at(c, "/status") == "True")
+                    })
                 })
-                .unwrap_or_else(|| "<none>".into());
-            vec![
-                name,
-                json!(format!("{ready}/{total}")),
-                json!(status),
-                json!(restarts.to_string()),
-                json!(age(obj)),
-                json!(or_none(str_at(obj, "/status/podIP"))),
-                json!(or_none(str_at(obj, "/spec/nodeName"))),
-                json!(or_none(str_at(obj, "/status/nominatedNodeName"))),
-                json!(gates),
-            ]
-        }
-        "Node" => vec![
-            name,
-            json!(node_status(obj)),
-            json!(node_roles(obj)),
-            json!(age(obj)),
-            json!(str_at(obj, "/status/nodeInfo/kubeletVersion")),
-            json!(node_address(obj, "InternalIP")),
-            json!(node_address(obj, "ExternalIP")),
-            json!(or_none(str_at(obj, "/status/nodeInfo/osImage"))),
-            json!(or_none(str_at(obj, "/status/nodeInfo/kernelVersion"))),
-            json!(or_none(str_at(
-                obj,
-                "/status/nodeInfo/containerRuntimeVersion"
-            ))),
-        ],
-        "Namespace" => vec![name, json!(str_at(obj, "/status/phase")), json!(age(obj))],
-        "Event" => event_cells(obj),
-        _ => vec![name, json!(age(obj))],
-    }
+                .count();
+            format!("{ok}/{}", g.len())
+        })
+        .unwrap_or_else(|| "<none>".into());
+    vec![
+        name,
+        json!(format!("{ready}/{total}")),
+        json!(status),
+        json!(restarts.to_string()),
+        json!(age(obj)),
+        json!(or_none(str_at(obj, "/status/podIP"))),
+        json!(or_none(str_at(obj, "/spec/nodeName"))),
+        json!(or_none(str_at(obj, "/status/nominatedNodeName"))),
+        json!(gates),
+    ]
 }
 
+fn node_cells(obj: &Value) -> Vec<Value> {
+    let name = json!(str_at(obj, "/metadata/name"));
+    vec![
+        name,
+        json!(node_status(obj)),
+        json!(node_roles(obj)),
+        json!(age(obj)),
+        json!(str_at(obj, "/status/nodeInfo/kubeletVersion")),
+        json!(node_address(obj, "InternalIP")),
+        json!(node_address(obj, "ExternalIP")),
+        json!(or_none(str_at(obj, "/status/nodeInfo/osImage"))),
+        json!(or_none(str_at(obj, "/status/nodeInfo/kernelVersion"))),
+        json!(or_none(str_at(
+            obj,
+            "/status/nodeInfo/containerRuntimeVersion"
+        ))),
+    ]
+}
+
+fn namespace_cells(obj: &Value) -> Vec<Value> {
+    let name = json!(str_at(obj, "/metadata/name"));
+    vec![name, json!(str_at(obj, "/status/phase")), json!(age(obj))]
+}
+
+fn default_cells(obj: &Value) -> Vec<Value> {
+    vec![json!(str_at(obj, "/metadata/name")), json!(age(obj))]
+}
+
+/// How a resource's objects print as Table rows (kube-apiserver's per-resource
+/// `TableConvertor`, from printers.go): named by each registry entry.
+pub struct Printer {
+    /// The column definitions.
+    pub columns: fn() -> Vec<Value>,
+    /// One object's cells, one per column.
+    pub cells: fn(&Value) -> Vec<Value>,
+}
+
+/// Pods: `kubectl get pods` columns.
+pub static POD: Printer = Printer {
+    columns: pod_columns,
+    cells: pod_cells,
+};
+/// Nodes: `kubectl get nodes` columns.
+pub static NODE: Printer = Printer {
+    columns: node_columns,
+    cells: node_cells,
+};
+/// Namespaces: name, status, age.
+pub static NAMESPACE: Printer = Printer {
+    columns: namespace_columns,
+    cells: namespace_cells,
+};
+/// Events: `kubectl get events` columns.
+pub static EVENT: Printer = Printer {
+    columns: event_columns,
+    cells: event_cells,
+};
+/// Every other kind: name and age.
+pub static DEFAULT: Printer = Printer {
+    columns: default_columns,
+    cells: default_cells,
+};
+
 /// One table row.
-pub fn row(kind: &str, obj: &Value, include: IncludeObject) -> Value {
-    let mut r = json!({"cells": cells(kind, obj)});
+pub fn row(printer: &Printer, obj: &Value, include: IncludeObject) -> Value {
+    let mut r = json!({"cells": (printer.cells)(obj)});
     match include {
         IncludeObject::None => {}
         IncludeObject::Object => r["object"] = obj.clone(),
@@ -533,13 +590,18 @@ pub fn row(kind: &str, obj: &Value, include: IncludeObject) -> Value {
 }
 
 /// A whole table of `objects`; `list_meta` becomes the table's `metadata`.
-pub fn table(kind: &str, objects: &[Value], include: IncludeObject, list_meta: Value) -> Value {
+pub fn table(
+    printer: &Printer,
+    objects: &[Value],
+    include: IncludeObject,
+    list_meta: Value,
+) -> Value {
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": list_meta,
-        "columnDefinitions": columns(kind),
-        "rows": objects.iter().map(|o| row(kind, o, include)).collect::<Vec<_>>(),
+        "columnDefinitions": (printer.columns)(),
+        "rows": objects.iter().map(|o| row(printer, o, include)).collect::<Vec<_>>(),
     })
 }
 
@@ -554,8 +616,8 @@ mod tests {
             "reason": "BackOff", "type": "Warning", "message": " Back-off restarting \n",
             "source": {"component": "kubelet", "host": "node-a"},
             "firstTimestamp": "2020-01-01T00:00:00Z", "count": 3});
-        let cells = cells("Event", &ev);
-        assert_eq!(cells.len(), columns("Event").len());
+        let cells = (EVENT.cells)(&ev);
+        assert_eq!(cells.len(), (EVENT.columns)().len());
         assert_eq!(cells[1], "Warning");
         assert_eq!(cells[2], "BackOff");
         assert_eq!(cells[3], "pod/web");

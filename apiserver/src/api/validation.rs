@@ -1,13 +1,12 @@
 //! Server-side field validation (`fieldValidation=Strict|Warn|Ignore`): the
 //! request JSON is diffed against its round trip through the k8s-openapi type.
 
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret, ServiceAccount};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::error::{ApiError, ApiResult};
+use super::resources::Resource;
 
 /// The `fieldValidation` directive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,24 +33,11 @@ impl FieldValidation {
     }
 }
 
-fn round_trip<T: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, String> {
+/// The object's round trip through its typed form `T`, or the decoding error:
+/// each registry entry names its own (`Resource::schema`).
+pub fn round_trip<T: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, String> {
     let typed: T = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
     serde_json::to_value(&typed).map_err(|e| e.to_string())
-}
-
-/// The object's round trip through its typed form, or the decoding error.
-fn typed(kind: &str, v: &Value) -> Option<Result<Value, String>> {
-    Some(match kind {
-        "Pod" => round_trip::<Pod>(v),
-        "Namespace" => round_trip::<Namespace>(v),
-        "Node" => round_trip::<Node>(v),
-        "Event" => round_trip::<Event>(v),
-        "ConfigMap" => round_trip::<ConfigMap>(v),
-        "Secret" => round_trip::<Secret>(v),
-        "ServiceAccount" => round_trip::<ServiceAccount>(v),
-        "Lease" => round_trip::<Lease>(v),
-        _ => return None,
-    })
 }
 
 fn diff(orig: &Value, rt: &Value, path: &str, out: &mut Vec<String>) {
@@ -81,17 +67,11 @@ fn diff(orig: &Value, rt: &Value, path: &str, out: &mut Vec<String>) {
     }
 }
 
-/// Check `obj` (of `kind`, `apiVersion` `version`) decodes as its type and
-/// report its unknown fields: `Strict` → 400, otherwise the warnings to send.
-pub fn check(
-    kind: &str,
-    version: &str,
-    obj: &Value,
-    mode: FieldValidation,
-) -> ApiResult<Vec<String>> {
-    let Some(result) = typed(kind, obj) else {
-        return Ok(vec![]);
-    };
+/// Check `obj` (of resource `res`) decodes as its type and report its unknown
+/// fields: `Strict` → 400, otherwise the warnings to send.
+pub fn check(res: &Resource, obj: &Value, mode: FieldValidation) -> ApiResult<Vec<String>> {
+    let (kind, version) = (res.kind, res.version);
+    let result = (res.schema)(obj);
     let cannot = |msg: String| {
         ApiError::BadRequest(format!(
             "{kind} in version \"{version}\" cannot be handled as a {kind}: {msg}"
@@ -126,27 +106,28 @@ mod tests {
 
     #[test]
     fn unknown_fields() {
+        let pods = crate::api::resources::find("", "v1", "pods").expect("pods");
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "creationTimestamp": null,
             "labels": {"a.b/c": "d"}},
             "spec": {"containers": [{"name": "c", "image": "i", "imagePullPolcy": "Always", "resources": {}}]}});
-        let err = check("Pod", "v1", &pod, FieldValidation::Strict).unwrap_err();
+        let err = check(pods, &pod, FieldValidation::Strict).unwrap_err();
         assert!(
             err.to_string().contains(
                 "strict decoding error: unknown field \"spec.containers[0].imagePullPolcy\""
             ),
             "{err}"
         );
-        let w = check("Pod", "v1", &pod, FieldValidation::Warn).unwrap();
+        let w = check(pods, &pod, FieldValidation::Warn).unwrap();
         assert_eq!(
             w,
             vec!["unknown field \"spec.containers[0].imagePullPolcy\"".to_string()]
         );
         assert!(
-            check("Pod", "v1", &pod, FieldValidation::Ignore)
+            check(pods, &pod, FieldValidation::Ignore)
                 .unwrap()
                 .is_empty()
         );
         let bad = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": 5}});
-        assert!(check("Pod", "v1", &bad, FieldValidation::Ignore).is_err());
+        assert!(check(pods, &bad, FieldValidation::Ignore).is_err());
     }
 }
