@@ -771,7 +771,7 @@ impl RuntimeManager {
         let stops = containers
             .iter()
             .filter(|c| matches!(c.state, ContainerState::Running | ContainerState::Unknown))
-            .map(|c| {
+            .inspect(|c| {
                 // The spec may be gone (pod removal): the pod is named by the runtime's labels.
                 let label = |k: &str| c.labels.get(k).map(String::as_str).unwrap_or_default();
                 let obj = ObjectRef::from_parts(
@@ -782,7 +782,6 @@ impl RuntimeManager {
                 .container(&c.name, c.init);
                 self.events
                     .record(&obj, EventType::Normal, "Killing", why(c));
-                c
             })
             .map(|c| async move {
                 tracing::info!(container = %c.name, id = %c.id, grace, "stopping container");
