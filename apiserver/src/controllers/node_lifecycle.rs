@@ -33,10 +33,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use serde_json::{Value, json};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, Pod, Taint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::api::ApiState;
-use crate::api::objects::{format_time, parse_time, str_at};
 use crate::storage::{self, ListOptions, collection_prefix};
 
 /// The taint of a node whose `Ready` condition is `Unknown`.
@@ -84,42 +87,101 @@ pub fn spawn(state: Arc<ApiState>, config: NodeLifecycleConfig) -> tokio::task::
     })
 }
 
+/// Why a pass of the controller failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing the storage failed.
+    #[error(transparent)]
+    Storage(#[from] storage::Error),
+    /// An object would not encode (a bug: typed objects always do).
+    #[error("{key}: encoding the updated object: {source}")]
+    Encode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// One stored object, decoded as its type, with what an update needs.
+struct Stored<T> {
+    key: String,
+    mod_revision: i64,
+    object: T,
+}
+
+/// Every object under `prefix` that decodes as `T` (one that does not is
+/// logged and skipped: the API server stored it, so it is not ours to judge).
+async fn list<T: DeserializeOwned>(
+    state: &ApiState,
+    prefix: &str,
+) -> Result<Vec<Stored<T>>, storage::Error> {
+    let listed = state.storage.list(prefix, ListOptions::default()).await?;
+    Ok(listed
+        .items
+        .into_iter()
+        .filter_map(|kv| match serde_json::from_slice::<T>(&kv.value) {
+            Ok(object) => Some(Stored {
+                key: kv.key,
+                mod_revision: kv.mod_revision,
+                object,
+            }),
+            Err(e) => {
+                tracing::warn!(key = %kv.key, error = %e, "node lifecycle: skipping an object that does not decode");
+                None
+            }
+        })
+        .collect())
+}
+
+/// Write `object` back if nobody wrote it since it was read; false when someone did
+/// (or it is gone): the next pass looks again.
+async fn update<T: Serialize>(
+    state: &ApiState,
+    stored: &Stored<T>,
+    object: &T,
+) -> Result<bool, Error> {
+    let encode = |source| Error::Encode {
+        key: stored.key.clone(),
+        source,
+    };
+    let mut value = serde_json::to_value(object).map_err(encode)?;
+    if let Some(m) = value
+        .pointer_mut("/metadata")
+        .and_then(|m| m.as_object_mut())
+    {
+        m.remove("resourceVersion");
+    }
+    let bytes = serde_json::to_vec(&value).map_err(encode)?;
+    match state
+        .storage
+        .update(&stored.key, bytes, Some(stored.mod_revision))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(storage::Error::Conflict { .. } | storage::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// One pass over every node at time `now`; how many nodes were written.
 pub async fn monitor_once(
     state: &ApiState,
     config: &NodeLifecycleConfig,
     now: Timestamp,
-) -> Result<usize, storage::Error> {
+) -> Result<usize, Error> {
     let renewals = lease_renewals(state).await?;
-    let nodes = state
-        .storage
-        .list(&collection_prefix("nodes", None)?, ListOptions::default())
-        .await?;
+    let nodes: Vec<Stored<Node>> = list(state, &collection_prefix("nodes", None)?).await?;
     let mut written = 0;
-    for kv in nodes.items {
-        let Ok(mut node) = serde_json::from_slice::<Value>(&kv.value) else {
-            continue;
-        };
-        let name = str_at(&node, "/metadata/name").to_string();
+    for stored in nodes {
+        let mut node = stored.object.clone();
+        let name = node.metadata.name.clone().unwrap_or_default();
         let was_ready = condition_status(&node, "Ready") == "True";
         let changed = reconcile_node(&mut node, renewals.get(&name).copied(), config, now);
-        if !changed {
+        // Someone (the agent) wrote the node meanwhile: look again next tick.
+        if !changed || !update(state, &stored, &node).await? {
             continue;
         }
-        if let Some(m) = node.pointer_mut("/metadata").and_then(Value::as_object_mut) {
-            m.remove("resourceVersion");
-        }
-        let bytes = serde_json::to_vec(&node).unwrap_or_default();
-        match state
-            .storage
-            .update(&kv.key, bytes, Some(kv.mod_revision))
-            .await
-        {
-            Ok(_) => written += 1,
-            // Someone (the agent) wrote the node meanwhile: look again next tick.
-            Err(storage::Error::Conflict { .. } | storage::Error::NotFound { .. }) => continue,
-            Err(e) => return Err(e),
-        }
+        written += 1;
         let ready = condition_status(&node, "Ready");
         if ready != "True" {
             if was_ready {
@@ -136,41 +198,42 @@ pub async fn monitor_once(
 /// When each node's Lease was last renewed.
 async fn lease_renewals(state: &ApiState) -> Result<HashMap<String, Timestamp>, storage::Error> {
     let prefix = collection_prefix("leases", Some(crate::api::authz::NODE_LEASE_NAMESPACE))?;
-    let leases = state.storage.list(&prefix, ListOptions::default()).await?;
+    let leases: Vec<Stored<Lease>> = list(state, &prefix).await?;
     Ok(leases
-        .items
-        .iter()
-        .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+        .into_iter()
         .filter_map(|l| {
-            let t = parse_time(str_at(&l, "/spec/renewTime"))?;
-            Some((str_at(&l, "/metadata/name").to_string(), t))
+            let renewed = l.object.spec?.renew_time?.0;
+            Some((l.object.metadata.name?, renewed))
         })
         .collect())
 }
 
-fn condition_status<'a>(node: &'a Value, kind: &str) -> &'a str {
-    conditions(node)
-        .and_then(|cs| cs.iter().find(|c| str_at(c, "/type") == kind))
-        .map_or("", |c| str_at(c, "/status"))
+fn condition<'a>(node: &'a Node, kind: &str) -> Option<&'a NodeCondition> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == kind)
 }
 
-fn conditions(node: &Value) -> Option<&Vec<Value>> {
-    node.pointer("/status/conditions").and_then(Value::as_array)
+fn condition_status<'a>(node: &'a Node, kind: &str) -> &'a str {
+    condition(node, kind).map_or("", |c| c.status.as_str())
 }
 
 /// Bring one node's conditions and taints in line with its last sign of life
 /// (`lease_renewed`: its Lease's renewTime). Whether anything changed.
 pub fn reconcile_node(
-    node: &mut Value,
+    node: &mut Node,
     lease_renewed: Option<Timestamp>,
     config: &NodeLifecycleConfig,
     now: Timestamp,
 ) -> bool {
-    let heartbeat = conditions(node)
-        .and_then(|cs| cs.iter().find(|c| str_at(c, "/type") == "Ready"))
-        .and_then(|c| parse_time(str_at(c, "/lastHeartbeatTime")));
-    let never_posted = condition_status(node, "Ready").is_empty();
-    let created = parse_time(str_at(node, "/metadata/creationTimestamp"));
+    let heartbeat = condition(node, "Ready")
+        .and_then(|c| c.last_heartbeat_time.as_ref())
+        .map(|t| t.0);
+    let never_posted = condition(node, "Ready").is_none();
+    let created = node.metadata.creation_timestamp.as_ref().map(|t| t.0);
     let last_seen = [heartbeat, lease_renewed, created]
         .into_iter()
         .flatten()
@@ -194,42 +257,32 @@ pub fn reconcile_node(
 }
 
 /// Set the monitored conditions to `Unknown`; whether any changed.
-fn mark_unknown(node: &mut Value, now: Timestamp) -> bool {
-    let Some(obj) = node.as_object_mut() else {
-        return false;
-    };
-    let status = obj.entry("status").or_insert_with(|| json!({}));
-    let Some(status) = status.as_object_mut() else {
-        return false;
-    };
-    let list = status.entry("conditions").or_insert_with(|| json!([]));
-    let Some(list) = list.as_array_mut() else {
-        return false;
-    };
-    let now_s = format_time(now);
+fn mark_unknown(node: &mut Node, now: Timestamp) -> bool {
+    let list = node
+        .status
+        .get_or_insert_with(NodeStatus::default)
+        .conditions
+        .get_or_insert_with(Vec::new);
     let mut changed = false;
     for kind in MONITORED_CONDITIONS {
-        match list.iter_mut().find(|c| str_at(c, "/type") == *kind) {
-            Some(c) if str_at(c, "/status") == "Unknown" => {}
+        match list.iter_mut().find(|c| c.type_ == *kind) {
+            Some(c) if c.status == "Unknown" => {}
             Some(c) => {
-                if let Some(c) = c.as_object_mut() {
-                    c.insert("status".into(), json!("Unknown"));
-                    c.insert("reason".into(), json!("NodeStatusUnknown"));
-                    c.insert(
-                        "message".into(),
-                        json!("Kubelet stopped posting node status."),
-                    );
-                    c.insert("lastTransitionTime".into(), json!(now_s));
-                    changed = true;
-                }
+                c.status = "Unknown".into();
+                c.reason = Some("NodeStatusUnknown".into());
+                c.message = Some("Kubelet stopped posting node status.".into());
+                c.last_transition_time = Some(Time(now));
+                changed = true;
             }
             None => {
-                list.push(json!({
-                    "type": kind, "status": "Unknown",
-                    "reason": "NodeStatusNeverUpdated",
-                    "message": "Kubelet never posted node status.",
-                    "lastHeartbeatTime": now_s, "lastTransitionTime": now_s,
-                }));
+                list.push(NodeCondition {
+                    type_: kind.to_string(),
+                    status: "Unknown".into(),
+                    reason: Some("NodeStatusNeverUpdated".into()),
+                    message: Some("Kubelet never posted node status.".into()),
+                    last_heartbeat_time: Some(Time(now)),
+                    last_transition_time: Some(Time(now)),
+                });
                 changed = true;
             }
         }
@@ -239,104 +292,58 @@ fn mark_unknown(node: &mut Value, now: Timestamp) -> bool {
 
 /// Make the node's `not-ready`/`unreachable` taints match its `Ready`
 /// condition; whether they changed.
-fn reconcile_taints(node: &mut Value, now: Timestamp) -> bool {
+fn reconcile_taints(node: &mut Node, now: Timestamp) -> bool {
     let wanted: Option<&str> = match condition_status(node, "Ready") {
         "False" => Some(TAINT_NOT_READY),
         "Unknown" => Some(TAINT_UNREACHABLE),
         // True, or not posted yet (a node that just registered).
         _ => None,
     };
-    let Some(obj) = node.as_object_mut() else {
-        return false;
-    };
-    let spec = obj.entry("spec").or_insert_with(|| json!({}));
-    let Some(spec) = spec.as_object_mut() else {
-        return false;
-    };
-    let current: Vec<Value> = spec
-        .get("taints")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let ours = |t: &Value| matches!(str_at(t, "/key"), TAINT_NOT_READY | TAINT_UNREACHABLE);
-    let mut next: Vec<Value> = current.iter().filter(|t| !ours(t)).cloned().collect();
+    let spec = node.spec.get_or_insert_with(NodeSpec::default);
+    let current: Vec<Taint> = spec.taints.clone().unwrap_or_default();
+    let ours = |t: &Taint| matches!(t.key.as_str(), TAINT_NOT_READY | TAINT_UNREACHABLE);
+    let mut next: Vec<Taint> = current.iter().filter(|t| !ours(t)).cloned().collect();
     if let Some(key) = wanted {
         for effect in ["NoSchedule", "NoExecute"] {
             // Keep an existing taint as it is (its timeAdded).
-            let existing = current
-                .iter()
-                .find(|t| str_at(t, "/key") == key && str_at(t, "/effect") == effect);
+            let existing = current.iter().find(|t| t.key == key && t.effect == effect);
             next.push(match existing {
                 Some(t) => t.clone(),
-                None if effect == "NoExecute" => {
-                    json!({"key": key, "effect": effect, "timeAdded": format_time(now)})
-                }
-                None => json!({"key": key, "effect": effect}),
+                None => Taint {
+                    key: key.to_string(),
+                    effect: effect.to_string(),
+                    time_added: (effect == "NoExecute").then_some(Time(now)),
+                    value: None,
+                },
             });
         }
     }
     if next == current {
         return false;
     }
-    if next.is_empty() {
-        spec.remove("taints");
-    } else {
-        spec.insert("taints".into(), Value::Array(next));
-    }
+    spec.taints = (!next.is_empty()).then_some(next);
     true
 }
 
 /// Set `Ready=False` on the pods bound to `node` (upstream `MarkPodsNotReady`).
-async fn mark_pods_not_ready(
-    state: &ApiState,
-    node: &str,
-    now: Timestamp,
-) -> Result<(), storage::Error> {
-    let pods = state
-        .storage
-        .list(&collection_prefix("pods", None)?, ListOptions::default())
-        .await?;
-    for kv in pods.items {
-        let Ok(mut pod) = serde_json::from_slice::<Value>(&kv.value) else {
-            continue;
-        };
-        if str_at(&pod, "/spec/nodeName") != node {
+async fn mark_pods_not_ready(state: &ApiState, node: &str, now: Timestamp) -> Result<(), Error> {
+    let pods: Vec<Stored<Pod>> = list(state, &collection_prefix("pods", None)?).await?;
+    for stored in pods {
+        let mut pod = stored.object.clone();
+        if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node) {
             continue;
         }
-        let Some(list) = pod
-            .pointer_mut("/status/conditions")
-            .and_then(Value::as_array_mut)
-        else {
-            continue;
-        };
         let mut changed = false;
-        for c in list.iter_mut() {
-            if str_at(c, "/type") == "Ready"
-                && str_at(c, "/status") != "False"
-                && let Some(c) = c.as_object_mut()
-            {
-                c.insert("status".into(), json!("False"));
-                c.insert("lastTransitionTime".into(), json!(format_time(now)));
+        let conditions = pod.status.as_mut().and_then(|s| s.conditions.as_mut());
+        for c in conditions.into_iter().flatten() {
+            if c.type_ == "Ready" && c.status != "False" {
+                c.status = "False".into();
+                c.last_transition_time = Some(Time(now));
                 changed = true;
             }
         }
-        if !changed {
-            continue;
-        }
-        if let Some(m) = pod.pointer_mut("/metadata").and_then(Value::as_object_mut) {
-            m.remove("resourceVersion");
-        }
-        let bytes = serde_json::to_vec(&pod).unwrap_or_default();
-        match state
-            .storage
-            .update(&kv.key, bytes, Some(kv.mod_revision))
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(node, pod = %kv.key, "marked pod not ready: its node is not ready");
-            }
-            Err(storage::Error::Conflict { .. } | storage::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e),
+        if changed && update(state, &stored, &pod).await? {
+            tracing::info!(node, pod = %stored.key, "marked pod not ready: its node is not ready");
         }
     }
     Ok(())
@@ -345,7 +352,24 @@ async fn mark_pods_not_ready(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Map;
+    use serde_json::{Map, Value, json};
+
+    fn str_at<'a>(v: &'a Value, ptr: &str) -> &'a str {
+        v.pointer(ptr).and_then(Value::as_str).unwrap_or("")
+    }
+
+    /// `reconcile_node` on a node written as JSON (the tests read like the objects).
+    fn reconcile_json(
+        n: &mut Value,
+        lease: Option<Timestamp>,
+        config: &NodeLifecycleConfig,
+        now: Timestamp,
+    ) -> bool {
+        let mut node: Node = serde_json::from_value(n.clone()).expect("a node");
+        let changed = reconcile_node(&mut node, lease, config, now);
+        *n = serde_json::to_value(&node).expect("serialises");
+        changed
+    }
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
@@ -372,7 +396,7 @@ mod tests {
     #[test]
     fn a_fresh_node_is_left_alone() {
         let mut n = node_with_ready("n1", "True", "2026-01-01T00:00:00Z");
-        assert!(!reconcile_node(
+        assert!(!reconcile_json(
             &mut n,
             None,
             &cfg(),
@@ -383,7 +407,7 @@ mod tests {
     #[test]
     fn a_silent_node_goes_unknown_and_gets_the_unreachable_taints() {
         let mut n = node_with_ready("n1", "True", "2026-01-01T00:00:00Z");
-        assert!(reconcile_node(
+        assert!(reconcile_json(
             &mut n,
             None,
             &cfg(),
@@ -410,7 +434,7 @@ mod tests {
         assert_eq!(taints[1]["effect"], "NoExecute");
         assert_eq!(taints[1]["timeAdded"], "2026-01-01T00:00:41Z");
         // A second pass changes nothing.
-        assert!(!reconcile_node(
+        assert!(!reconcile_json(
             &mut n,
             None,
             &cfg(),
@@ -422,7 +446,7 @@ mod tests {
     fn a_renewed_lease_keeps_the_node_ready() {
         let mut n = node_with_ready("n1", "True", "2026-01-01T00:00:00Z");
         let lease = Some(t("2026-01-01T00:04:55Z"));
-        assert!(!reconcile_node(
+        assert!(!reconcile_json(
             &mut n,
             lease,
             &cfg(),
@@ -439,7 +463,7 @@ mod tests {
             {"key": TAINT_UNREACHABLE, "effect": "NoSchedule"},
             {"key": TAINT_UNREACHABLE, "effect": "NoExecute", "timeAdded": "2026-01-01T00:00:41Z"},
         ]);
-        assert!(reconcile_node(
+        assert!(reconcile_json(
             &mut n,
             None,
             &cfg(),
@@ -454,7 +478,7 @@ mod tests {
     #[test]
     fn not_ready_gets_the_not_ready_taints() {
         let mut n = node_with_ready("n1", "False", "2026-01-01T00:00:00Z");
-        assert!(reconcile_node(
+        assert!(reconcile_json(
             &mut n,
             None,
             &cfg(),
@@ -467,13 +491,13 @@ mod tests {
     fn a_node_that_never_posted_status_gets_the_startup_grace() {
         let mut n = json!({"kind": "Node", "metadata": {"name": "n1",
             "creationTimestamp": "2026-01-01T00:00:00Z"}, "spec": {}});
-        assert!(!reconcile_node(
+        assert!(!reconcile_json(
             &mut n,
             None,
             &cfg(),
             t("2026-01-01T00:00:50Z")
         ));
-        assert!(reconcile_node(
+        assert!(reconcile_json(
             &mut n,
             None,
             &cfg(),
