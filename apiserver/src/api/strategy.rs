@@ -205,7 +205,10 @@ impl Strategy for PodStrategy {
             // `ValidatePodStatusUpdate`: the spec is the stored one, not the client's.
             return Ok(Vec::new());
         }
-        let (old, new) = (pod_of(old)?, pod_of(new)?);
+        // The stored pod gets today's defaults too (upstream defaults on every
+        // decode): a pod stored before a default existed may still be updated.
+        let old = default_spec(&mut old.clone())?;
+        let new = pod_of(new)?;
         let default_spec = PodSpec::default();
         let new_spec = new.spec.as_ref().unwrap_or(&default_spec);
         let mut errs = validation::validate_pod_spec(new_spec);
@@ -366,6 +369,23 @@ mod tests {
         let errs = validate_meta_update(res, &old, &new).expect("decodes");
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].field, "metadata.labels");
+    }
+
+    /// A pod stored without today's defaults (by an older berth) can still have
+    /// its labels changed: the immutability check compares defaulted specs.
+    #[test]
+    fn an_old_undefaulted_pod_may_be_updated() {
+        let old = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n", "hostNetwork": true,
+            "containers": [{"name": "a", "image": "x:1", "ports": [{"containerPort": 80}]}]}});
+        let mut new = old.clone();
+        new["metadata"]["labels"] = json!({"app": "web"});
+        PodStrategy
+            .prepare_for_update(&old, &mut new)
+            .expect("prepare");
+        let errs = PodStrategy
+            .validate_update(&old, &new, false)
+            .expect("decodes");
+        assert!(errs.is_empty(), "{errs:?}");
     }
 
     #[test]
