@@ -144,6 +144,33 @@ where
 }
 
 /// Containers of the API pod (container `app`) running in the fake runtime.
+/// Create pod `name` (from [`POD`]) and wait until its container runs; its UID.
+async fn create_running(pods: &Api<Pod>, fake: &FakeRuntime, name: &str) -> String {
+    let mut pod: Pod = serde_json::from_str(POD).unwrap();
+    pod.metadata.name = Some(name.into());
+    let uid = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        &format!("{name} pod running"),
+        || {
+            let n = fake
+                .containers()
+                .iter()
+                .filter(|c| c.labels.get("io.kubernetes.pod.uid") == Some(&uid))
+                .count();
+            async move { (n == 1).then_some(()) }
+        },
+    )
+    .await;
+    uid
+}
+
 fn running_containers(fake: &FakeRuntime) -> usize {
     fake.containers()
         .iter()
@@ -380,23 +407,10 @@ async fn node_lease_pods_status_deletion_and_outage() {
     assert!(left.is_empty(), "sandbox of the deleted pod left: {left:?}");
 
     // A deletion asking for less than terminationGracePeriodSeconds gets it.
-    let mut quick: Pod = serde_json::from_str(POD).unwrap();
-    quick.metadata.name = Some("quick".into());
-    let quick_uid = pods
-        .create(&PostParams::default(), &quick)
-        .await
-        .unwrap()
-        .metadata
-        .uid
-        .unwrap();
+    let quick_uid = create_running(&pods, &fake, "quick").await;
     let of_quick = |c: &berth_cri::fake::FakeContainer| {
         c.labels.get("io.kubernetes.pod.uid") == Some(&quick_uid)
     };
-    eventually(Duration::from_secs(30), "quick pod running", || {
-        let n = fake.containers().iter().filter(|c| of_quick(c)).count();
-        async move { (n == 1).then_some(()) }
-    })
-    .await;
     // Slow stops and removals, so both stop calls are seen.
     fake.delay("StopContainer", Duration::from_secs(2));
     fake.delay("RemoveContainer", Duration::from_secs(6));
@@ -440,23 +454,10 @@ async fn node_lease_pods_status_deletion_and_outage() {
     // A deletion shortened while its stop is under way (kubectl delete, then
     // delete --grace-period=1): the worker abandons the slow stop and stops again
     // with the shorter grace, long before the first one would have returned.
-    let mut slow: Pod = serde_json::from_str(POD).unwrap();
-    slow.metadata.name = Some("slow".into());
-    let slow_uid = pods
-        .create(&PostParams::default(), &slow)
-        .await
-        .unwrap()
-        .metadata
-        .uid
-        .unwrap();
+    let slow_uid = create_running(&pods, &fake, "slow").await;
     let of_slow = |c: &berth_cri::fake::FakeContainer| {
         c.labels.get("io.kubernetes.pod.uid") == Some(&slow_uid)
     };
-    eventually(Duration::from_secs(30), "slow pod running", || {
-        let n = fake.containers().iter().filter(|c| of_slow(c)).count();
-        async move { (n == 1).then_some(()) }
-    })
-    .await;
     fake.delay("StopContainer", Duration::from_secs(20));
     let stops_before = fake
         .calls()
