@@ -119,8 +119,27 @@ fn add_token(dir: &Path, user: &str, groups: &str) -> anyhow::Result<String> {
         .mode(0o600)
         .open(dir.join("tokens.csv"))
         .context("opening tokens.csv")?;
-    writeln!(f, "{token},{user},{uid},\"{groups}\"").context("writing tokens.csv")?;
+    let line = [token.as_str(), user, uid.as_str(), groups]
+        .iter()
+        .map(|field| csv_field(field))
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .join(",");
+    writeln!(f, "{line}").context("writing tokens.csv")?;
     Ok(token)
+}
+
+/// One field of tokens.csv, quoted as the file's reader (and kube-apiserver's
+/// `--token-auth-file`) expects: in double quotes, a quote doubled. A line
+/// break cannot be written (the file is read a line at a time).
+fn csv_field(field: &str) -> anyhow::Result<String> {
+    if field.contains(['\n', '\r']) {
+        anyhow::bail!("tokens.csv: a field may not contain a line break: {field:?}");
+    }
+    if field.contains([',', '"']) {
+        Ok(format!("\"{}\"", field.replace('"', "\"\"")))
+    } else {
+        Ok(field.to_string())
+    }
 }
 
 fn kubeconfig(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
@@ -274,6 +293,16 @@ async fn main() -> anyhow::Result<()> {
         server,
     }) = &cli.command
     {
+        // The name becomes the user `system:node:NAME` in tokens.csv: only a
+        // DNS-1123 subdomain, as a Node's name must be (a crafted name with
+        // commas and quotes could otherwise write a line of its own).
+        let problems = berth_api::names::dns1123_subdomain_errors(node);
+        if !problems.is_empty() {
+            anyhow::bail!(
+                "kubeconfig: --node {node:?} is not a valid node name: {}",
+                problems.join("; ")
+            );
+        }
         let server = match server {
             Some(server) => server.clone(),
             None => {

@@ -514,6 +514,50 @@ fn node_kubeconfig(dir: &Path, node: &str) -> Output {
         .unwrap()
 }
 
+/// `kubeconfig --node NAME` writes NAME into tokens.csv: a crafted name (commas,
+/// quotes, a line break) must not mint a token with other groups, and nothing
+/// is written for a refused name.
+#[test]
+fn node_kubeconfig_refuses_names_that_are_not_node_names() {
+    let Some(k) = Apiserver::start() else { return };
+    let tokens = k._dir.path().join("tokens.csv");
+    let before = std::fs::read_to_string(&tokens).unwrap();
+    for evil in [
+        "evil,system:masters",
+        "n1,u,1,\"system:masters\"",
+        "n1\nabc,admin,1,system:masters",
+        "Node_1",
+        "",
+        &"a".repeat(254),
+    ] {
+        let out = node_kubeconfig(k._dir.path(), evil);
+        assert!(!out.status.success(), "{evil:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("is not a valid node name"), "{evil:?}: {err}");
+        assert_eq!(
+            std::fs::read_to_string(&tokens).unwrap(),
+            before,
+            "{evil:?}"
+        );
+    }
+    // A good name still works, twice (two tokens, same user).
+    for _ in 0..2 {
+        let out = node_kubeconfig(k._dir.path(), "node-a.example");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let after = std::fs::read_to_string(&tokens).unwrap();
+    let lines: Vec<&str> = after.lines().skip(before.lines().count()).collect();
+    assert_eq!(lines.len(), 2, "{after}");
+    for line in lines {
+        assert!(line.contains(",system:node:node-a.example,"), "{line}");
+        assert!(line.ends_with(",system:nodes"), "{line}");
+    }
+}
+
 /// The README's by-hand cluster path as a newcomer types it: a server on a
 /// port other than 6443, then `kubeconfig --node` without `--server`. It wrote
 /// `https://127.0.0.1:6443` before, and the node never connected.
