@@ -54,16 +54,6 @@ impl Quantity {
         exponent: 0,
     };
 
-    /// `value` units.
-    pub fn from_int(value: i64) -> Quantity {
-        Quantity::normalised(i128::from(value), 0).unwrap_or(Quantity::ZERO)
-    }
-
-    /// `milli` thousandths of a unit (`Quantity` `NewMilliQuantity`).
-    pub fn from_milli(milli: i64) -> Quantity {
-        Quantity::normalised(i128::from(milli), -3).unwrap_or(Quantity::ZERO)
-    }
-
     /// Normalise `mantissa × 10^exponent`; `None` when it does not fit.
     fn normalised(mut mantissa: i128, mut exponent: i32) -> Option<Quantity> {
         if mantissa == 0 {
@@ -225,11 +215,6 @@ impl Quantity {
     /// storage, a count for pods and extended resources. Saturates at `i64`'s bounds.
     pub fn value(&self) -> i64 {
         self.scaled(0)
-    }
-
-    /// Whether the value is a whole number.
-    pub fn is_integer(&self) -> bool {
-        self.exponent >= 0
     }
 
     /// `self + other`, or `None` if the sum has more digits than berth represents.
