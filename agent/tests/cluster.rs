@@ -306,6 +306,22 @@ async fn node_lease_pods_status_deletion_and_outage() {
         }
     })
     .await;
+    // Owned by our Node (this incarnation), as NodeRestriction demands of a
+    // node's mirror pods: the agent's node credential could not create it otherwise.
+    let mirror = pods.get("static-web-node-a").await.unwrap();
+    let node_uid = nodes.get(NODE).await.unwrap().metadata.uid;
+    let owners = mirror.metadata.owner_references.unwrap_or_default();
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    assert_eq!(
+        (
+            owners[0].api_version.as_str(),
+            owners[0].kind.as_str(),
+            owners[0].name.as_str()
+        ),
+        ("v1", "Node", NODE)
+    );
+    assert_eq!(Some(owners[0].uid.clone()), node_uid);
+    assert_eq!(owners[0].controller, Some(true));
 
     // 2. The Lease: held by the node, renewed.
     let leases: Api<Lease> = Api::namespaced(admin.clone(), "kube-node-lease");

@@ -10,12 +10,14 @@
 //! | [`validation`] | `pkg/apis/core/validation` (`ValidatePod`, `ValidatePodUpdate`, object metadata) |
 //! | [`qos`] | `pkg/apis/core/v1/helper/qos` (`ComputePodQOS`) |
 //! | [`restart`] | the kubelet's restart rules (`ShouldContainerBeRestarted`) |
+//! | [`references`] | `pkg/api/pod/util.go` (`VisitPodSecretNames`, `VisitPodConfigmapNames`) and the Node authorizer's pod edges |
 //! | [`resource`] | `component-helpers/resource` (`PodRequests`) and the scheduler's `framework.Resource` |
 
 pub mod defaults;
 pub mod names;
 pub mod qos;
 pub mod quantity;
+pub mod references;
 pub mod resource;
 pub mod restart;
 pub mod validation;

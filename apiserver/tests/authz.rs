@@ -186,6 +186,14 @@ fn forbidden(r: &Resp) {
     );
 }
 
+/// A 403 from admission (NodeRestriction), with exactly `message`.
+#[track_caller]
+fn refused(r: &Resp, message: &str) {
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(r.body["reason"], "Forbidden", "{}", r.body);
+    assert_eq!(r.body["message"], message, "{}", r.body);
+}
+
 const N1: &str = "n1-token";
 
 #[tokio::test]
@@ -217,9 +225,10 @@ async fn node_manages_its_own_node_and_lease() {
     assert_eq!(r.body["details"], json!({"name": "n2", "kind": "nodes"}));
     let n2 = s.send(N1, Method::GET, "/api/v1/nodes/n2", None).await.body;
     forbidden(&s.send(N1, Method::PUT, "/api/v1/nodes/n2", Some(n2)).await);
-    forbidden(
+    refused(
         &s.send(N1, Method::POST, "/api/v1/nodes", Some(node("n3")))
             .await,
+        "nodes \"n3\" is forbidden: node \"n1\" is not allowed to modify node \"n3\"",
     );
     // No deletes, not even its own.
     for n in ["n1", "n2"] {
@@ -425,26 +434,23 @@ async fn node_pod_rules() {
             .await,
     );
 
-    // Creates: mirror pods bound to itself only.
-    let r = s
-        .send(N1, Method::POST, PODS, Some(pod("plain", "n1")))
-        .await;
-    forbidden(&r);
-    assert_eq!(
-        r.body["message"],
-        "pods \"plain\" is forbidden: User \"system:node:n1\" cannot create resource \"pods\" in API group \"\" in the namespace \"default\": pod does not have \"kubernetes.io/config.mirror\" annotation, node 'n1' can only create mirror pods"
+    // Creates: mirror pods bound to itself, owned by its Node (NodeRestriction;
+    // every rule in tests/noderestriction.rs).
+    refused(
+        &s.send(N1, Method::POST, PODS, Some(pod("plain", "n1")))
+            .await,
+        "pods \"plain\" is forbidden: pod does not have \"kubernetes.io/config.mirror\" annotation, node \"n1\" can only create mirror pods",
     );
-    forbidden(
+    refused(
         &s.send(N1, Method::POST, PODS, Some(mirror_pod("m2", "n2")))
             .await,
+        "pods \"m2\" is forbidden: node \"n1\" can only create pods with spec.nodeName set to itself",
     );
-    forbidden(
-        &s.send(N1, Method::POST, PODS, Some(mirror_pod("m0", "")))
-            .await,
-    );
-    let r = s
-        .send(N1, Method::POST, PODS, Some(mirror_pod("static-n1", "n1")))
-        .await;
+    let uid = s.admin(Method::GET, "/api/v1/nodes/n1", None).await["metadata"]["uid"].clone();
+    let mut m = mirror_pod("static-n1", "n1");
+    m["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "Node",
+        "name": "n1", "uid": uid, "controller": true}]);
+    let r = s.send(N1, Method::POST, PODS, Some(m)).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     // And deletes pods bound to itself.
     let r = s
@@ -641,4 +647,376 @@ async fn admin_others_and_anonymous() {
         None,
     )
     .await;
+}
+
+/// One NodeRestriction case: `n1` (unless `token` says otherwise) sends
+/// `body` and gets `want`: `Ok(code)` or `Err(message)` (a 403).
+struct Case {
+    name: &'static str,
+    token: &'static str,
+    method: Method,
+    path: String,
+    merge_patch: bool,
+    body: Value,
+    want: Result<StatusCode, String>,
+}
+
+impl Case {
+    fn create_pod(name: &'static str, body: Value, want: Result<StatusCode, String>) -> Case {
+        Case {
+            name,
+            token: N1,
+            method: Method::POST,
+            path: PODS.into(),
+            merge_patch: false,
+            body,
+            want,
+        }
+    }
+
+    fn patch(
+        name: &'static str,
+        path: &str,
+        body: Value,
+        want: Result<StatusCode, String>,
+    ) -> Case {
+        Case {
+            name,
+            token: N1,
+            method: Method::PATCH,
+            path: path.into(),
+            merge_patch: true,
+            body,
+            want,
+        }
+    }
+}
+
+async fn run_cases(s: &Server, cases: Vec<Case>) {
+    let mut failures = Vec::new();
+    for c in cases {
+        let ct = if c.merge_patch {
+            "application/merge-patch+json"
+        } else {
+            "application/json"
+        };
+        let r = s
+            .req(
+                Some(c.token),
+                c.method.clone(),
+                &c.path,
+                ct,
+                Some(c.body.clone()),
+            )
+            .await;
+        let ok = match &c.want {
+            Ok(code) => r.status == *code,
+            Err(message) => {
+                r.status == StatusCode::FORBIDDEN
+                    && r.body["reason"] == "Forbidden"
+                    && r.body["message"] == json!(message)
+            }
+        };
+        if !ok {
+            failures.push(format!(
+                "{}: want {:?}, got {} {}",
+                c.name, c.want, r.status, r.body
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A mirror pod of `n1` as the agent (and the kubelet) makes it: bound to
+/// the node, owned by its Node object.
+fn owned_mirror(name: &str, uid: &Value) -> Value {
+    let mut p = mirror_pod(name, "n1");
+    p["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "Node",
+        "name": "n1", "uid": uid, "controller": true}]);
+    p
+}
+
+fn with(mut v: Value, pointer: &str, value: Value) -> Value {
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    let mut at = &mut v;
+    for seg in parent.split('/').filter(|s| !s.is_empty()) {
+        at = match seg.parse::<usize>() {
+            Ok(i) => &mut at[i],
+            Err(_) => &mut at[seg],
+        };
+    }
+    at[key] = value;
+    v
+}
+
+/// Upstream's NodeRestriction pod-create cases (`admission_test.go`,
+/// "mirror pod" family), against the real server: each mirror pod refers to
+/// or is owned by something it must not be.
+#[tokio::test]
+async fn noderestriction_pod_create_cases() {
+    let s = start().await;
+    let uid = s.admin(Method::GET, "/api/v1/nodes/n1", None).await["metadata"]["uid"].clone();
+    let n2_uid = s.admin(Method::GET, "/api/v1/nodes/n2", None).await["metadata"]["uid"].clone();
+    let m = |name: &str| owned_mirror(name, &uid);
+    let owner = |fields: Value| {
+        let mut o = json!({"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": uid, "controller": true});
+        for (k, v) in fields.as_object().unwrap() {
+            if v.is_null() {
+                o.as_object_mut().unwrap().remove(k);
+            } else {
+                o[k] = v.clone();
+            }
+        }
+        o
+    };
+    let msg =
+        |pod: &str, reason: &str| Err(format!("pods \"{pod}\" is forbidden: node \"n1\" {reason}"));
+    let created = Ok(StatusCode::CREATED);
+    let cases = vec![
+        Case::create_pod("ok: a mirror pod owned by its node", m("ok"), created.clone()),
+        Case::create_pod("same pod twice: a conflict, not a 403", m("ok"), Ok(StatusCode::CONFLICT)),
+        Case::create_pod(
+            "not a mirror pod",
+            with(m("plain"), "/metadata/annotations", json!({})),
+            Err("pods \"plain\" is forbidden: pod does not have \"kubernetes.io/config.mirror\" annotation, node \"n1\" can only create mirror pods".into()),
+        ),
+        Case::create_pod("bound to another node", with(m("other"), "/spec/nodeName", json!("n2")),
+            msg("other", "can only create pods with spec.nodeName set to itself")),
+        Case::create_pod("unbound", with(m("unbound"), "/spec/nodeName", json!("")),
+            msg("unbound", "can only create pods with spec.nodeName set to itself")),
+        Case::create_pod("no owner", with(m("noowner"), "/metadata/ownerReferences", json!([])),
+            msg("noowner", "can only create pods with an owner reference set to itself")),
+        Case::create_pod("two owners",
+            with(m("two"), "/metadata/ownerReferences", json!([owner(json!({})), owner(json!({"name": "n1", "kind": "Node", "uid": "x"}))])),
+            msg("two", "can only create pods with a single owner reference set to itself")),
+        Case::create_pod("owner of another kind",
+            with(m("kind"), "/metadata/ownerReferences", json!([owner(json!({"kind": "Pod"}))])),
+            msg("kind", "can only create pods with an owner reference set to itself")),
+        Case::create_pod("owner of another apiVersion",
+            with(m("apiv"), "/metadata/ownerReferences", json!([owner(json!({"apiVersion": "v2"}))])),
+            msg("apiv", "can only create pods with an owner reference set to itself")),
+        Case::create_pod("owned by another node",
+            with(m("othernode"), "/metadata/ownerReferences", json!([owner(json!({"name": "n2", "uid": n2_uid}))])),
+            msg("othernode", "can only create pods with an owner reference set to itself")),
+        Case::create_pod("controller unset",
+            with(m("ctlnil"), "/metadata/ownerReferences", json!([owner(json!({"controller": null}))])),
+            msg("ctlnil", "can only create pods with a controller owner reference set to itself")),
+        Case::create_pod("controller false",
+            with(m("ctlfalse"), "/metadata/ownerReferences", json!([owner(json!({"controller": false}))])),
+            msg("ctlfalse", "can only create pods with a controller owner reference set to itself")),
+        Case::create_pod("blockOwnerDeletion",
+            with(m("block"), "/metadata/ownerReferences", json!([owner(json!({"blockOwnerDeletion": true}))])),
+            msg("block", "must not set blockOwnerDeletion on an owner reference")),
+        Case::create_pod("another incarnation's uid",
+            with(m("uid"), "/metadata/ownerReferences", json!([owner(json!({"uid": "bogus"}))])),
+            Err(format!("pods \"uid\" is forbidden: node n1 UID mismatch: expected bogus got {}", uid.as_str().unwrap()))),
+        Case::create_pod("service account",
+            with(m("sa"), "/spec/serviceAccountName", json!("builder")),
+            msg("sa", "can not create pods that reference a service account")),
+        Case::create_pod("secret volume",
+            with(m("secvol"), "/spec/volumes", json!([{"name": "v", "secret": {"secretName": "secret-other"}}])),
+            msg("secvol", "can not create pods that reference secrets")),
+        Case::create_pod("secret in projected volume",
+            with(m("secproj"), "/spec/volumes", json!([{"name": "v", "projected": {"sources": [{"secret": {"name": "secret-other"}}]}}])),
+            msg("secproj", "can not create pods that reference secrets")),
+        Case::create_pod("secret as CSI publish secret",
+            with(m("seccsi"), "/spec/volumes", json!([{"name": "v", "csi": {"driver": "d", "nodePublishSecretRef": {"name": "secret-other"}}}])),
+            msg("seccsi", "can not create pods that reference secrets")),
+        Case::create_pod("secret env",
+            with(m("secenv"), "/spec/containers/0/env", json!([{"name": "X", "valueFrom": {"secretKeyRef": {"name": "secret-other", "key": "pw"}}}])),
+            msg("secenv", "can not create pods that reference secrets")),
+        Case::create_pod("secret envFrom in an init container",
+            with(m("secinit"), "/spec/initContainers", json!([{"name": "i", "image": "busybox", "envFrom": [{"secretRef": {"name": "secret-other"}}]}])),
+            msg("secinit", "can not create pods that reference secrets")),
+        Case::create_pod("image pull secret",
+            with(m("pull"), "/spec/imagePullSecrets", json!([{"name": "secret-other"}])),
+            msg("pull", "can not create pods that reference secrets")),
+        Case::create_pod("configmap volume",
+            with(m("cmvol"), "/spec/volumes", json!([{"name": "v", "configMap": {"name": "cm-other"}}])),
+            msg("cmvol", "can not create pods that reference configmaps")),
+        Case::create_pod("configmap in projected volume",
+            with(m("cmproj"), "/spec/volumes", json!([{"name": "v", "projected": {"sources": [{"configMap": {"name": "cm-other"}}]}}])),
+            msg("cmproj", "can not create pods that reference configmaps")),
+        Case::create_pod("configmap env",
+            with(m("cmenv"), "/spec/containers/0/env", json!([{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "cm-other", "key": "k"}}}])),
+            msg("cmenv", "can not create pods that reference configmaps")),
+        Case::create_pod("configmap envFrom",
+            with(m("cmfrom"), "/spec/containers/0/envFrom", json!([{"configMapRef": {"name": "cm-other"}}])),
+            msg("cmfrom", "can not create pods that reference configmaps")),
+        Case::create_pod("cluster trust bundle",
+            with(m("ctb"), "/spec/volumes", json!([{"name": "v", "projected": {"sources": [{"clusterTrustBundle": {"name": "b", "path": "ca.crt"}}]}}])),
+            msg("ctb", "can not create pods that reference clustertrustbundles")),
+        Case::create_pod("persistent volume claim",
+            with(m("pvc"), "/spec/volumes", json!([{"name": "v", "persistentVolumeClaim": {"claimName": "data"}}])),
+            msg("pvc", "can not create pods that reference persistentvolumeclaims")),
+        Case::create_pod("ephemeral volume (a claim of its own)",
+            with(m("eph"), "/spec/volumes", json!([{"name": "v", "ephemeral": {"volumeClaimTemplate": {"spec": {"accessModes": ["ReadWriteOnce"]}}}}])),
+            msg("eph", "can not create pods that reference persistentvolumeclaims")),
+        Case::create_pod("resource claims",
+            with(m("claims"), "/spec/resourceClaims", json!([{"name": "gpu", "resourceClaimName": "gpu-claim"}])),
+            msg("claims", "can not create pods that reference resourceclaims")),
+        Case {
+            token: "n2-token",
+            ..Case::create_pod("another node's mirror pod", m("byn2"),
+                Err("pods \"byn2\" is forbidden: node \"n2\" can only create pods with spec.nodeName set to itself".into()))
+        },
+    ];
+    run_cases(&s, cases).await;
+    // Nothing refused was stored.
+    let pods = s.admin(Method::GET, PODS, None).await;
+    let names: Vec<&str> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ok", "p1", "unbound", "x"]);
+}
+
+/// Upstream's node and pod-status cases: a node may not relabel its pods
+/// through status, set restricted labels or change its taints (the
+/// unreachable taint the lifecycle controller sets included), or take a
+/// config source; everything else about its own Node is its own.
+#[tokio::test]
+async fn noderestriction_node_and_status_cases() {
+    let s = start().await;
+    // The lifecycle controller's taint and an admin's, on n1.
+    let r = s
+        .patch(
+            "admin-token",
+            "/api/v1/nodes/n1",
+            json!({"spec": {"taints": [
+                {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"},
+                {"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let n1 = "/api/v1/nodes/n1";
+    let forbidden_labels = |labels: &str| {
+        Err(format!(
+            "nodes \"n1\" is forbidden: is not allowed to modify labels: {labels}"
+        ))
+    };
+    let ok = Ok(StatusCode::OK);
+    let cases = vec![
+        Case::patch("kubelet labels are its own", n1, json!({"metadata": {"labels": {
+            "kubernetes.io/hostname": "n1", "node.kubernetes.io/instance-type": "big",
+            "kubelet.kubernetes.io/x": "y", "topology.kubernetes.io/zone": "z1",
+            "example.com/team": "a", "plain": "b"}}}), ok.clone()),
+        Case::patch("the same labels again", n1, json!({"metadata": {"labels": {"plain": "b"}}}), ok.clone()),
+        Case::patch("node-restriction labels", n1,
+            json!({"metadata": {"labels": {"node-restriction.kubernetes.io/trusted": "yes"}}}),
+            forbidden_labels("node-restriction.kubernetes.io/trusted")),
+        Case::patch("a subdomain of node-restriction", n1,
+            json!({"metadata": {"labels": {"a.node-restriction.kubernetes.io/trusted": "yes"}}}),
+            forbidden_labels("a.node-restriction.kubernetes.io/trusted")),
+        Case::patch("other kubernetes.io labels (node-role)", n1,
+            json!({"metadata": {"labels": {"node-role.kubernetes.io/control-plane": "", "k8s.io/x": "y"}}}),
+            forbidden_labels("k8s.io/x, node-role.kubernetes.io/control-plane")),
+        Case::patch("restricted labels through nodes/status", &format!("{n1}/status"),
+            json!({"metadata": {"labels": {"node-restriction.kubernetes.io/trusted": "yes"}}}),
+            forbidden_labels("node-restriction.kubernetes.io/trusted")),
+        Case::patch("removing its taints", n1, json!({"spec": {"taints": null}}),
+            Err("nodes \"n1\" is forbidden: node \"n1\" is not allowed to modify taints".into())),
+        Case::patch("removing only the unreachable taint", n1,
+            json!({"spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}}),
+            Err("nodes \"n1\" is forbidden: node \"n1\" is not allowed to modify taints".into())),
+        Case::patch("changing taints through nodes/status", &format!("{n1}/status"),
+            json!({"spec": {"taints": null}}),
+            Err("nodes \"n1\" is forbidden: node \"n1\" is not allowed to modify taints".into())),
+        Case::patch("a config source", n1,
+            json!({"spec": {"configSource": {"configMap": {"name": "c", "namespace": "kube-system", "kubeletConfigKey": "k"}}}}),
+            Err("nodes \"n1\" is forbidden: node \"n1\" is not allowed to update configSource to a new non-nil configSource".into())),
+        Case::patch("its status", &format!("{n1}/status"),
+            json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}}), ok.clone()),
+        Case::patch("pod status of its own pod", &format!("{PODS}/p1/status"),
+            json!({"status": {"phase": "Running"}}), ok.clone()),
+        Case::patch("pod labels through status", &format!("{PODS}/p1/status"),
+            json!({"metadata": {"labels": {"app": "payments"}}, "status": {"phase": "Running"}}),
+            Err("pods \"p1\" is forbidden: node \"n1\" cannot update labels through pod status".into())),
+        Case::patch("pod spec through status (reset, not stored)", &format!("{PODS}/p1/status"),
+            json!({"spec": {"volumes": [{"name": "s", "secret": {"secretName": "secret-other"}}]}}), ok.clone()),
+    ];
+    run_cases(&s, cases).await;
+    let stored = s.admin(Method::GET, n1, None).await;
+    assert_eq!(
+        stored["spec"]["taints"].as_array().unwrap().len(),
+        2,
+        "{stored}"
+    );
+    assert!(
+        stored["metadata"]["labels"]
+            .get("node-restriction.kubernetes.io/trusted")
+            .is_none()
+    );
+    let p1 = s.admin(Method::GET, &format!("{PODS}/p1"), None).await;
+    assert!(p1["metadata"].get("labels").is_none(), "{p1}");
+    assert_eq!(
+        p1["spec"]["volumes"][0]["configMap"]["name"], "cm-used",
+        "{p1}"
+    );
+    // The smuggled reference grants nothing.
+    forbidden(
+        &s.send(
+            N1,
+            Method::GET,
+            "/api/v1/namespaces/default/secrets/secret-other",
+            None,
+        )
+        .await,
+    );
+
+    // Registration: only itself, only kubelet labels, no config source.
+    s.admin(Method::DELETE, "/api/v1/nodes/n2", None).await;
+    let mut restricted = node("n2");
+    restricted["metadata"]["labels"] = json!({"node-restriction.kubernetes.io/a": "b",
+        "kubernetes.io/hostname": "n2"});
+    let mut sourced = node("n2");
+    sourced["spec"] = json!({"configSource": {"configMap": {"name": "c", "namespace": "kube-system", "kubeletConfigKey": "k"}}});
+    let mut tainted = node("n2");
+    tainted["spec"] = json!({"taints": [{"key": "own", "effect": "NoSchedule"}]});
+    let create = |name: &'static str, body: Value, want| Case {
+        token: "n2-token",
+        method: Method::POST,
+        path: "/api/v1/nodes".into(),
+        ..Case::create_pod(name, body, want)
+    };
+    run_cases(&s, vec![
+        create("restricted labels at registration", restricted,
+            Err("nodes \"n2\" is forbidden: node \"n2\" is not allowed to set the following labels: node-restriction.kubernetes.io/a".into())),
+        create("a config source at registration", sourced,
+            Err("nodes \"n2\" is forbidden: node \"n2\" is not allowed to create pods with a non-nil configSource".into())),
+        create("another node", node("n9"),
+            Err("nodes \"n9\" is forbidden: node \"n2\" is not allowed to modify node \"n9\"".into())),
+        // Upstream lets a kubelet register with taints (--register-with-taints).
+        create("its own taints at registration", tainted, Ok(StatusCode::CREATED)),
+    ]).await;
+}
+
+/// The Node authorizer's graph counts only pods someone else bound to the
+/// node: a mirror pod naming a Secret (however it got stored) grants nothing.
+#[tokio::test]
+async fn mirror_pods_grant_no_secrets() {
+    let s = start().await;
+    let mut m = mirror_pod("sneaky", "n1");
+    m["spec"]["volumes"] = json!([{"name": "s", "secret": {"secretName": "secret-other"}},
+        {"name": "c", "configMap": {"name": "cm-other"}}]);
+    // An admin is not restricted; the pod is stored, bound to n1.
+    s.admin(Method::POST, PODS, Some(m)).await;
+    for path in [
+        "/api/v1/namespaces/default/secrets/secret-other",
+        "/api/v1/namespaces/default/configmaps/cm-other",
+    ] {
+        forbidden(&s.send(N1, Method::GET, path, None).await);
+    }
+    // A pod bound the ordinary way does grant what it names.
+    let r = s
+        .send(
+            N1,
+            Method::GET,
+            "/api/v1/namespaces/default/secrets/secret-used",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }

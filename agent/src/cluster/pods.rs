@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::api::core::v1::{Node, Pod, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -86,12 +87,23 @@ fn annotation<'p>(pod: &'p Pod, key: &str) -> Option<&'p str> {
         .map(String::as_str)
 }
 
-/// The mirror pod of static pod `pod`: its metadata and spec, annotated with its config hash.
-pub fn mirror_of(pod: &Pod) -> Pod {
+/// The mirror pod of static pod `pod`: its metadata and spec, annotated with
+/// its config hash, and owned by this node's Node object (`node`, `node_uid`)
+/// as the kubelet's mirror client sets it — the API server's NodeRestriction
+/// accepts a mirror pod from a node only with exactly that controller reference.
+pub fn mirror_of(pod: &Pod, node: &str, node_uid: &str) -> Pod {
     let mut m = pod.clone();
     m.status = None;
     m.metadata.uid = None;
     m.metadata.resource_version = None;
+    m.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "v1".into(),
+        kind: "Node".into(),
+        name: node.to_string(),
+        uid: node_uid.to_string(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    }]);
     let hash = annotation(pod, CONFIG_HASH_ANNOTATION)
         .unwrap_or_default()
         .to_string();
@@ -422,14 +434,33 @@ async fn status_loop(ctx: Context, store: Store) {
                 }
             }
         }
-        for (key, sp) in &statics {
-            if mirrored.contains(key) {
+        let missing: Vec<&Pod> = statics
+            .iter()
+            .filter(|(key, _)| !mirrored.contains(*key))
+            .map(|(_, sp)| sp)
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        // The owner reference names this incarnation of our Node object.
+        let node_uid = match Api::<Node>::all(ctx.client.clone())
+            .get(&ctx.node_name)
+            .await
+        {
+            Ok(node) => node.metadata.uid.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(node = %ctx.node_name, error = %e, "reading our Node for mirror pods failed; retrying");
                 continue;
             }
+        };
+        for sp in missing {
             // A same-named object that is not a current mirror is deleted above
             // (or is an ordinary pod, which the create then reports as a conflict).
             match pods_api(&ctx, sp)
-                .create(&PostParams::default(), &mirror_of(sp))
+                .create(
+                    &PostParams::default(),
+                    &mirror_of(sp, &ctx.node_name, &node_uid),
+                )
                 .await
             {
                 Ok(_) => tracing::info!(pod = %pod_key(sp), "mirror pod created"),

@@ -4,35 +4,33 @@
 //!
 //! 1. **`system:masters`** may do everything.
 //! 2. The **Node authorizer** (upstream `plugin/pkg/auth/authorizer/node`)
-//!    together with the object checks of the **NodeRestriction** admission
-//!    plugin, for users `system:node:<name>` in the group `system:nodes`:
+//!    for users `system:node:<name>` in the group `system:nodes`; what the
+//!    written objects may contain is NodeRestriction's
+//!    ([`super::noderestriction`], an admission check on the decoded object):
 //!    - `nodes`: get/list/watch every node (kubelets read other nodes);
-//!      create its own Node; update/patch its own Node and `nodes/<name>/status`.
-//!      Other nodes and every delete are forbidden. (Upstream, with
-//!      `AuthorizeNodeWithSelectors`, now limits reads to the node's own
-//!      object; berth keeps reads open.)
+//!      create (NodeRestriction: only its own); update/patch its own Node and
+//!      `nodes/<name>/status`. Other nodes and every delete are forbidden.
+//!      (Upstream, with `AuthorizeNodeWithSelectors`, now limits reads to the
+//!      node's own object; berth keeps reads open.)
 //!    - `pods`: get a pod bound to it (a missing pod gives 404); list/watch
 //!      only with the field selector `spec.nodeName=<name>` — upstream's
 //!      behaviour since `AuthorizeNodeWithSelectors` (beta, on by default in
 //!      1.32); update/patch `pods/<name>/status` and delete only of pods whose
-//!      stored `spec.nodeName` is the node; create only mirror pods (annotation
-//!      `kubernetes.io/config.mirror`) bound to itself. Pod spec updates,
-//!      bindings and delete-collection are forbidden.
+//!      stored `spec.nodeName` is the node; create (NodeRestriction: mirror
+//!      pods bound to itself, owned by its Node, referring to nothing). Pod
+//!      spec updates, bindings and delete-collection are forbidden.
 //!    - `leases` in `kube-node-lease`: get/create/update/patch of the lease
 //!      named like the node only.
 //!    - `events`: create/update/patch in any namespace.
 //!    - `configmaps`, `secrets`, `serviceaccounts`: get of the objects
 //!      referenced by a pod bound to the node (volumes, projected volumes,
 //!      `env[].valueFrom`, `envFrom`, `imagePullSecrets`,
-//!      `serviceAccountName`), found by scanning the namespace's pods (upstream
-//!      keeps a graph instead).
+//!      `serviceAccountName`: berth-api's `references`), found by scanning the
+//!      namespace's pods (upstream keeps a graph instead). Mirror pods are
+//!      not edges of that graph: only pods someone else bound to the node grant it anything.
 //!    - `namespaces`: get.
 //!    - `pods/log` (verb `get`) and `pods/exec` (verb `create`, also for a
 //!      WebSocket `GET`): never, as upstream.
-//!
-//!    Not implemented from NodeRestriction: label/taint restrictions on the
-//!    node's own Node, the ban on mirror pods referencing secrets or config
-//!    maps, and owner-reference checks on leases.
 //! 3. **Everyone else** is forbidden everything: there is no RBAC yet.
 //!
 //! Discovery (`/api`, `/apis`, `/api/v1`…), `/version`, `/openapi/*` and the
@@ -42,6 +40,8 @@
 
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use berth_api::references;
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
 use super::ApiState;
@@ -297,21 +297,8 @@ async fn authorize_node(
     Ok(match (res.group, res.name, attrs.sub) {
         ("", "nodes", None | Some("status")) => match verb {
             "get" | "list" | "watch" => Decision::Allow,
-            "create" if attrs.sub.is_none() => match body_json(attrs.body) {
-                // Unparsable: the handler answers 400 without writing.
-                None => Decision::Allow,
-                Some(obj) => {
-                    let want = obj
-                        .pointer("/metadata/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
-                    if want == node {
-                        Decision::Allow
-                    } else {
-                        no(format!("node '{node}' cannot create node '{want}'"))
-                    }
-                }
-            },
+            // Which Node it may create: NodeRestriction, on the decoded object.
+            "create" if attrs.sub.is_none() => Decision::Allow,
             "update" | "patch" if name == node => Decision::Allow,
             "update" | "patch" => no(format!("node '{node}' cannot modify node '{name}'")),
             _ => no(""),
@@ -336,26 +323,9 @@ async fn authorize_node(
                     no("can only list/watch pods with spec.nodeName field selector")
                 }
             }
-            "create" => match body_json(attrs.body) {
-                None => Decision::Allow,
-                Some(pod) => {
-                    let mirror = pod
-                        .pointer("/metadata/annotations")
-                        .and_then(Value::as_object)
-                        .is_some_and(|a| a.contains_key(MIRROR_ANNOTATION));
-                    if !mirror {
-                        no(format!(
-                            "pod does not have \"{MIRROR_ANNOTATION}\" annotation, node '{node}' can only create mirror pods"
-                        ))
-                    } else if pod_node(&pod) != node {
-                        no(format!(
-                            "node '{node}' can only create pods with spec.nodeName set to itself"
-                        ))
-                    } else {
-                        Decision::Allow
-                    }
-                }
-            },
+            // Only mirror pods bound to itself that refer to nothing:
+            // NodeRestriction decides on the decoded object.
+            "create" => Decision::Allow,
             "delete" => match stored(state, attrs, name).await? {
                 None => Decision::Allow,
                 Some(pod) if pod_node(&pod) == node => Decision::Allow,
@@ -415,8 +385,13 @@ async fn authorize_node(
     })
 }
 
-/// Whether a pod bound to `node` in `namespace` references the `kind`
-/// (`configmaps`, `secrets`, `serviceaccounts`) object `name`.
+/// Whether a pod bound to `node` in `namespace` refers to the `kind`
+/// (`configmaps`, `secrets`, `serviceaccounts`) object `name` — the edges of
+/// upstream's graph (pod → secret/configmap/serviceaccount, pod → node),
+/// found by scanning the namespace's pods. Mirror pods are not edges: a node
+/// creates them itself, NodeRestriction refuses any that refer to an object,
+/// and one stored before that rule (or written around it) must not grant its
+/// node anything.
 async fn referenced(
     state: &ApiState,
     node: &str,
@@ -435,106 +410,33 @@ async fn referenced(
         .await
         .map_err(|e| ApiError::from_storage(e, "pods", ""))?;
     Ok(page.items.iter().any(|kv| {
-        serde_json::from_slice::<Value>(&kv.value).is_ok_and(|pod| {
-            pod_node(&pod) == node && pod_references(&pod, kind).iter().any(|r| r == name)
+        serde_json::from_slice::<Pod>(&kv.value).is_ok_and(|pod| {
+            let bound = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node);
+            bound && !is_mirror(&pod) && pod_references(&pod, kind).iter().any(|r| r == name)
         })
     }))
 }
 
-/// The names of the `kind` objects a pod references.
-pub fn pod_references(pod: &Value, kind: &str) -> Vec<String> {
-    let spec = pod.get("spec").cloned().unwrap_or(Value::Null);
-    let arr = |v: &Value, key: &str| -> Vec<Value> {
-        v.get(key)
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-    };
-    let mut out = Vec::new();
-    let mut push = |v: Option<&Value>| {
-        if let Some(s) = v.and_then(Value::as_str).filter(|s| !s.is_empty()) {
-            out.push(s.to_string());
-        }
-    };
-    if kind == "serviceaccounts" {
-        match spec.get("serviceAccountName").and_then(Value::as_str) {
-            Some(s) if !s.is_empty() => push(Some(&json!(s))),
-            _ => push(Some(&json!("default"))),
-        }
-        return out;
+fn is_mirror(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(MIRROR_ANNOTATION))
+}
+
+/// The names of the `kind` objects a pod refers to (berth-api's visitors).
+pub fn pod_references(pod: &Pod, kind: &str) -> Vec<String> {
+    match kind {
+        "secrets" => references::secret_names(pod),
+        "configmaps" => references::configmap_names(pod),
+        "serviceaccounts" => vec![references::service_account_name(pod)],
+        _ => Vec::new(),
     }
-    let (vol_key, vol_field, proj_key, env_key, env_from_key) = match kind {
-        "configmaps" => (
-            "configMap",
-            "name",
-            "configMap",
-            "configMapKeyRef",
-            "configMapRef",
-        ),
-        "secrets" => (
-            "secret",
-            "secretName",
-            "secret",
-            "secretKeyRef",
-            "secretRef",
-        ),
-        _ => return out,
-    };
-    for vol in arr(&spec, "volumes") {
-        push(vol.get(vol_key).and_then(|v| v.get(vol_field)));
-        if let Some(projected) = vol.get("projected") {
-            for src in arr(projected, "sources") {
-                push(src.get(proj_key).and_then(|v| v.get("name")));
-            }
-        }
-    }
-    for list in ["initContainers", "containers", "ephemeralContainers"] {
-        for c in arr(&spec, list) {
-            for env in arr(&c, "env") {
-                push(env.pointer(&format!("/valueFrom/{env_key}/name")));
-            }
-            for from in arr(&c, "envFrom") {
-                push(from.pointer(&format!("/{env_from_key}/name")));
-            }
-        }
-    }
-    if kind == "secrets" {
-        for s in arr(&spec, "imagePullSecrets") {
-            push(s.get("name"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn references() {
-        let pod = json!({"spec": {
-            "volumes": [
-                {"name": "a", "configMap": {"name": "cm-vol"}},
-                {"name": "b", "secret": {"secretName": "s-vol"}},
-                {"name": "c", "projected": {"sources": [
-                    {"configMap": {"name": "cm-proj"}}, {"secret": {"name": "s-proj"}}]}},
-            ],
-            "imagePullSecrets": [{"name": "pull"}],
-            "initContainers": [{"name": "i", "envFrom": [{"configMapRef": {"name": "cm-from"}}]}],
-            "containers": [{"name": "c", "env": [
-                {"name": "X", "valueFrom": {"secretKeyRef": {"name": "s-env", "key": "k"}}},
-                {"name": "Y", "value": "plain"}]}],
-        }});
-        assert_eq!(
-            pod_references(&pod, "configmaps"),
-            ["cm-vol", "cm-proj", "cm-from"]
-        );
-        assert_eq!(
-            pod_references(&pod, "secrets"),
-            ["s-vol", "s-proj", "s-env", "pull"]
-        );
-        assert_eq!(pod_references(&pod, "serviceaccounts"), ["default"]);
-    }
 
     #[test]
     fn node_identity() {

@@ -14,11 +14,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admission;
 pub mod auth;
 pub mod authz;
 pub mod discovery;
 pub mod error;
 pub mod handlers;
+pub mod noderestriction;
 pub mod objects;
 pub mod patch;
 pub mod protobuf;

@@ -79,6 +79,11 @@ pub(super) async fn delete_attempt(
         .get("dryRun")
         .and_then(Value::as_array)
         .is_some_and(|a| a.iter().any(|v| v == "All"));
+    admission::admit(
+        state,
+        &target.admission(Operation::Delete, name, None, Some(&old)),
+    )
+    .await?;
     let key = key_of(target, name)?;
     res.strategy.check_delete(name)?;
     let requested = opts.get("gracePeriodSeconds").and_then(Value::as_i64);

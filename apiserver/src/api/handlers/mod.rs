@@ -26,6 +26,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::ApiState;
+use super::admission::{self, Operation};
 use super::authz;
 use super::discovery;
 use super::error::{ApiError, ApiResult, MODIFIED};
@@ -56,6 +57,30 @@ struct Target {
     namespace: Option<String>,
     name: Option<String>,
     sub: Option<String>,
+    /// The authenticated user (`None`: the server runs without authentication).
+    user: Option<super::auth::User>,
+}
+
+impl Target {
+    /// The admission attributes of a write of `name` to this target.
+    fn admission<'a>(
+        &'a self,
+        operation: super::admission::Operation,
+        name: &'a str,
+        object: Option<&'a Value>,
+        old: Option<&'a Value>,
+    ) -> super::admission::Attributes<'a> {
+        super::admission::Attributes {
+            user: self.user.as_ref(),
+            operation,
+            res: self.res,
+            sub: self.sub.as_deref(),
+            namespace: self.namespace.as_deref(),
+            name,
+            object,
+            old,
+        }
+    }
 }
 
 fn not_found_path() -> ApiError {
@@ -146,6 +171,7 @@ async fn dispatch_inner(state: Arc<ApiState>, req: Request) -> ApiResult<Respons
         namespace,
         name: rest.get(1).map(|s| s.to_string()),
         sub: rest.get(2).map(|s| s.to_string()),
+        user: parts.extensions.get::<super::auth::User>().cloned(),
     };
     if let Some(sub) = &target.sub
         && !res.subresources.contains(&sub.as_str())

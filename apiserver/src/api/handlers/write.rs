@@ -139,6 +139,11 @@ pub(super) async fn create(
             });
         }
     }
+    admission::admit(
+        state,
+        &target.admission(Operation::Create, &name, Some(&obj), None),
+    )
+    .await?;
     // Every field error at once (one 422 listing every cause, as kube-apiserver does).
     res.strategy.prepare_for_create(&mut obj)?;
     let mut errs = strategy::validate_meta(res, &obj)?;
@@ -239,6 +244,11 @@ pub(super) async fn update(
             detail: MODIFIED.into(),
         });
     }
+    admission::admit(
+        state,
+        &target.admission(Operation::Update, name, Some(&obj), Some(&old)),
+    )
+    .await?;
     let mut new = prepare_update(target, &old, obj)?;
     if is_dry_run(params) {
         return Ok(respond(StatusCode::OK, &new, &warnings));
@@ -279,6 +289,11 @@ pub(super) async fn patch_handler(
         let rv = str_at(&patched, "/metadata/resourceVersion").to_string();
         let user_rv = !rv.is_empty() && rv != old_rev.to_string();
         let expected = if user_rv { parse_rv(&rv)? } else { old_rev };
+        admission::admit(
+            state,
+            &target.admission(Operation::Update, name, Some(&patched), Some(&old)),
+        )
+        .await?;
         let mut new = prepare_update(target, &old, patched)?;
         if is_dry_run(params) {
             return Ok(respond(StatusCode::OK, &new, &warnings));
