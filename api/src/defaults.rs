@@ -2,8 +2,9 @@
 //! filled in here, by the API server on every write and by the agent on static
 //! pods (and, idempotently, on API pods), so nothing downstream guesses.
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
-    Container, HTTPGetAction, LifecycleHandler, Pod, PodSecurityContext, PodSpec, Probe,
+    Container, HTTPGetAction, LifecycleHandler, Pod, PodSecurityContext, PodSpec, Probe, Secret,
 };
 
 /// The default termination grace period, in seconds.
@@ -184,6 +185,22 @@ pub fn image_pulls_always(image: &str) -> bool {
     match last.split_once(':') {
         Some((_, tag)) => tag == "latest",
         None => digest.is_none(),
+    }
+}
+
+/// A Secret's defaults and its v1 conversion (`SetDefaults_Secret`,
+/// `Convert_v1_Secret_To_core_Secret`): `type` defaults to `Opaque`, and the
+/// write-only `stringData` is merged into `data` (its keys win) and dropped,
+/// so it is never stored or returned. Applying it twice changes nothing.
+pub fn secret(secret: &mut Secret) {
+    if secret.type_.as_deref().unwrap_or("").is_empty() {
+        secret.type_ = Some("Opaque".to_string());
+    }
+    if let Some(string_data) = secret.string_data.take() {
+        let data = secret.data.get_or_insert_with(Default::default);
+        for (k, v) in string_data {
+            data.insert(k, ByteString(v.into_bytes()));
+        }
     }
 }
 

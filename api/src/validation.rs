@@ -11,11 +11,11 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, Pod, PodSpec, ResourceRequirements, SecurityContext, Volume,
-    VolumeMount,
+    ConfigMap, Container, ContainerPort, EnvVar, Pod, PodSpec, ResourceRequirements, Secret,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use crate::names::{
     dns1123_label_errors, dns1123_subdomain_errors, env_var_name_errors, label_value_errors,
@@ -244,6 +244,10 @@ pub enum NameRule {
     Subdomain,
     /// A DNS-1123 label (namespaces).
     Label,
+    /// Any path segment (`path.IsValidPathSegmentName`: not `.` or `..`, no
+    /// `/` or `%`): RBAC roles and bindings, whose names hold colons
+    /// (`system:node`).
+    PathSegment,
 }
 
 /// `ValidateObjectMeta` for any kind: the name by `rule`, the namespace (required
@@ -259,16 +263,26 @@ pub fn validate_object_meta(
     errs.0
 }
 
+fn name_errors(rule: NameRule, name: &str) -> Vec<String> {
+    match rule {
+        NameRule::Subdomain => dns1123_subdomain_errors(name),
+        NameRule::Label => dns1123_label_errors(name),
+        NameRule::PathSegment => crate::names::path_segment_errors(name),
+    }
+}
+
 fn object_meta(meta: &ObjectMeta, namespaced: bool, rule: NameRule, errs: &mut Errors) {
+    if let Some(prefix) = meta.generate_name.as_deref().filter(|g| !g.is_empty()) {
+        // A prefix may end in '-' (upstream's maskTrailingDash).
+        let masked = match prefix.strip_suffix('-') {
+            Some(rest) if !rest.is_empty() => format!("{rest}a"),
+            _ => prefix.to_string(),
+        };
+        errs.invalid_each("metadata.generateName", prefix, name_errors(rule, &masked));
+    }
     match meta.name.as_deref() {
         None | Some("") => errs.required("metadata.name", "name or generateName is required"),
-        Some(name) => {
-            let msgs = match rule {
-                NameRule::Subdomain => dns1123_subdomain_errors(name),
-                NameRule::Label => dns1123_label_errors(name),
-            };
-            errs.invalid_each("metadata.name", name, msgs)
-        }
+        Some(name) => errs.invalid_each("metadata.name", name, name_errors(rule, name)),
     }
     match (namespaced, meta.namespace.as_deref()) {
         (true, Some(ns)) if !ns.is_empty() => {
@@ -298,6 +312,89 @@ fn object_meta(meta: &ObjectMeta, namespaced: bool, rule: NameRule, errs: &mut E
             "metadata.annotations",
             ErrorType::TooLong,
             format!("Too long: may not be more than {ANNOTATIONS_MAX} bytes"),
+        );
+    }
+    owner_references(meta.owner_references.as_deref().unwrap_or_default(), errs);
+    finalizers(meta.finalizers.as_deref().unwrap_or_default(), errs);
+}
+
+/// `ValidateOwnerReferences`: every reference names its owner fully, Events
+/// own nothing, and at most one reference is the controller.
+fn owner_references(refs: &[OwnerReference], errs: &mut Errors) {
+    const FIELD: &str = "metadata.ownerReferences";
+    let mut controller: Option<String> = None;
+    for r in refs {
+        // `schema.FromAPIVersionAndKind`: the version is after the last '/'.
+        let (group, version) = r
+            .api_version
+            .rsplit_once('/')
+            .unwrap_or(("", &r.api_version));
+        if version.is_empty() {
+            errs.invalid(
+                format!("{FIELD}.apiVersion"),
+                r.api_version.as_str(),
+                "version must not be empty",
+            );
+        }
+        if r.kind.is_empty() {
+            errs.invalid(format!("{FIELD}.kind"), "", "must not be empty");
+        }
+        if r.name.is_empty() {
+            errs.invalid(format!("{FIELD}.name"), "", "must not be empty");
+        }
+        if r.uid.is_empty() {
+            errs.invalid(format!("{FIELD}.uid"), "", "must not be empty");
+        }
+        if group.is_empty() && version == "v1" && r.kind == "Event" {
+            errs.push(
+                FIELD,
+                ErrorType::Invalid,
+                "Invalid value: \"Event\": /v1, Kind=Event is disallowed from being an owner"
+                    .to_string(),
+            );
+        }
+        if r.controller == Some(true) {
+            let current = format!("{}/{}", r.kind, r.name);
+            match &controller {
+                Some(first) => errs.push(
+                    FIELD,
+                    ErrorType::Invalid,
+                    format!(
+                        "Invalid value: \"ownerReferences\": Only one reference can have Controller set to true. Found \"true\" in references for {first} and {current}"
+                    ),
+                ),
+                None => controller = Some(current),
+            }
+        }
+    }
+}
+
+/// The finalizers Kubernetes itself defines (`IsStandardFinalizerName`).
+const STANDARD_FINALIZERS: &[&str] = &["kubernetes", "orphan", "foregroundDeletion"];
+
+/// `ValidateFinalizers`: qualified names; a name without a domain must be a
+/// standard finalizer; `orphan` and `foregroundDeletion` exclude each other.
+fn finalizers(list: &[String], errs: &mut Errors) {
+    const FIELD: &str = "metadata.finalizers";
+    for f in list {
+        errs.invalid_each(FIELD, f, qualified_name_errors(f));
+        if !f.contains('/') && !STANDARD_FINALIZERS.contains(&f.as_str()) {
+            errs.invalid(
+                FIELD,
+                f.as_str(),
+                "name is neither a standard finalizer name nor is it fully qualified",
+            );
+        }
+    }
+    let has = |name: &str| list.iter().any(|f| f == name);
+    if has("orphan") && has("foregroundDeletion") {
+        errs.push(
+            FIELD,
+            ErrorType::Invalid,
+            format!(
+                "Invalid value: []string{{{}}}: finalizer orphan and foregroundDeletion cannot be both set",
+                list.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ")
+            ),
         );
     }
 }
@@ -842,6 +939,177 @@ fn validate_security_context(sc: &SecurityContext, path: &str, errs: &mut Errors
             "cannot set `allowPrivilegeEscalation` to false and `privileged` to true",
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// ConfigMaps and Secrets
+// ---------------------------------------------------------------------------
+
+/// The most bytes a ConfigMap's `data` and `binaryData` hold together
+/// (`MaxConfigMapSize`), and a Secret's `data` (`MaxSecretSize`): 1 MiB, so
+/// an object stays well under etcd's request limit.
+pub const DATA_MAX: usize = 1024 * 1024;
+
+fn data_keys<'a>(field: &str, keys: impl Iterator<Item = &'a String>, errs: &mut Errors) {
+    for key in keys {
+        errs.invalid_each(
+            &format!("{field}[{key}]"),
+            key,
+            crate::names::config_map_key_errors(key),
+        );
+    }
+}
+
+/// `ValidateConfigMap` (beyond object metadata): valid keys, none in both
+/// `data` and `binaryData`, at most [`DATA_MAX`] bytes in all.
+pub fn validate_configmap(cm: &ConfigMap) -> Vec<FieldError> {
+    let mut errs = Errors::default();
+    let data = cm.data.clone().unwrap_or_default();
+    let binary = cm.binary_data.clone().unwrap_or_default();
+    data_keys("data", data.keys(), &mut errs);
+    for key in data.keys().filter(|k| binary.contains_key(*k)) {
+        errs.invalid(
+            format!("data[{key}]"),
+            key.as_str(),
+            "duplicate of key present in binaryData",
+        );
+    }
+    data_keys("binaryData", binary.keys(), &mut errs);
+    let total = data
+        .values()
+        .map(String::len)
+        .chain(binary.values().map(|b| b.0.len()))
+        .fold(0usize, usize::saturating_add);
+    if total > DATA_MAX {
+        // The whole object: upstream's `field.NewPath("")` prints as `[]`.
+        errs.push(
+            "[]",
+            ErrorType::TooLong,
+            format!("Too long: may not be more than {DATA_MAX} bytes"),
+        );
+    }
+    errs.0
+}
+
+/// `ValidateSecret` (beyond object metadata): valid keys, at most
+/// [`DATA_MAX`] bytes, and what each well-known `type` requires. Secret
+/// values never appear in a message.
+pub fn validate_secret(secret: &Secret) -> Vec<FieldError> {
+    let mut errs = Errors::default();
+    let data = secret.data.clone().unwrap_or_default();
+    data_keys("data", data.keys(), &mut errs);
+    let total = data
+        .values()
+        .map(|b| b.0.len())
+        .fold(0usize, usize::saturating_add);
+    if total > DATA_MAX {
+        errs.push(
+            "data",
+            ErrorType::TooLong,
+            format!("Too long: may not be more than {DATA_MAX} bytes"),
+        );
+    }
+    let required = |errs: &mut Errors, key: &str| errs.required(format!("data[{key}]"), "");
+    let json_in = |errs: &mut Errors, key: &str| match data.get(key) {
+        None => required(errs, key),
+        Some(bytes) => {
+            if let Err(e) = serde_json::from_slice::<BTreeMap<String, serde_json::Value>>(&bytes.0)
+            {
+                errs.invalid(
+                    format!("data[{key}]"),
+                    "<secret contents redacted>",
+                    &e.to_string(),
+                );
+            }
+        }
+    };
+    match secret.type_.as_deref().unwrap_or("") {
+        "kubernetes.io/service-account-token" => {
+            let named = secret
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("kubernetes.io/service-account.name"))
+                .is_some_and(|v| !v.is_empty());
+            if !named {
+                errs.required(
+                    "metadata.annotations[kubernetes.io/service-account.name]",
+                    "",
+                );
+            }
+        }
+        "kubernetes.io/dockercfg" => json_in(&mut errs, ".dockercfg"),
+        "kubernetes.io/dockerconfigjson" => json_in(&mut errs, ".dockerconfigjson"),
+        "kubernetes.io/basic-auth"
+            if !data.contains_key("username") && !data.contains_key("password") =>
+        {
+            required(&mut errs, "username");
+            required(&mut errs, "password");
+        }
+        "kubernetes.io/ssh-auth" if data.get("ssh-privatekey").is_none_or(|b| b.0.is_empty()) => {
+            required(&mut errs, "ssh-privatekey");
+        }
+        "kubernetes.io/tls" => {
+            for key in ["tls.crt", "tls.key"] {
+                if !data.contains_key(key) {
+                    required(&mut errs, key);
+                }
+            }
+        }
+        _ => {}
+    }
+    errs.0
+}
+
+/// The rule of `immutable: true` shared by ConfigMaps and Secrets.
+fn immutable_data(
+    old_immutable: Option<bool>,
+    new_immutable: Option<bool>,
+    data_changed: &[&str],
+    errs: &mut Errors,
+) {
+    if old_immutable != Some(true) {
+        return;
+    }
+    if new_immutable != Some(true) {
+        errs.forbidden("immutable", "field is immutable when `immutable` is set");
+    }
+    for field in data_changed {
+        errs.forbidden(*field, "field is immutable when `immutable` is set");
+    }
+}
+
+/// `ValidateConfigMapUpdate` (beyond metadata): the new object is valid, and
+/// an immutable one keeps its data.
+pub fn validate_configmap_update(new: &ConfigMap, old: &ConfigMap) -> Vec<FieldError> {
+    let mut errs = Errors::default();
+    let mut changed = Vec::new();
+    if new.data != old.data {
+        changed.push("data");
+    }
+    if new.binary_data != old.binary_data {
+        changed.push("binaryData");
+    }
+    immutable_data(old.immutable, new.immutable, &changed, &mut errs);
+    errs.0.extend(validate_configmap(new));
+    errs.0
+}
+
+/// `ValidateSecretUpdate` (beyond metadata): the type is immutable, an
+/// immutable Secret keeps its data, and the new object is valid.
+pub fn validate_secret_update(new: &Secret, old: &Secret) -> Vec<FieldError> {
+    let mut errs = Errors::default();
+    if new.type_ != old.type_ {
+        errs.invalid(
+            "type",
+            new.type_.as_deref().unwrap_or(""),
+            "field is immutable",
+        );
+    }
+    let changed: &[&str] = if new.data != old.data { &["data"] } else { &[] };
+    immutable_data(old.immutable, new.immutable, changed, &mut errs);
+    errs.0.extend(validate_secret(new));
+    errs.0
 }
 
 #[cfg(test)]

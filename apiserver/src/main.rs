@@ -3,7 +3,10 @@
 //! ```text
 //! berth-apiserver --data-dir DIR [--listen 127.0.0.1:6443] [--storage sqlite|etcd]
 //!                 [--etcd-servers http://127.0.0.1:2379]
-//! berth-apiserver kubeconfig --data-dir DIR --node NAME [--server URL]
+//!                 [--audit-log-path FILE|-]
+//!                 [--encryption-provider-config FILE]
+//! berth-apiserver kubeconfig --data-dir DIR (--node NAME | --user NAME [--group G]...)
+//!                 [--client-cert] [--server URL]
 //! ```
 //!
 //! On first start it writes `DIR/tokens.csv` (an admin token),
@@ -12,6 +15,9 @@
 //! certificate and the client certificate for node agents
 //! (`apiserver-kubelet-client.crt`, unless `--kubelet-client-certificate`
 //! and `--kubelet-client-key` name others).
+//! The directory is kept 0700 and its secret files 0600 whatever the umask;
+//! `--encryption-provider-config` encrypts the resources it names (Secrets)
+//! at rest, as kube-apiserver does.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,7 +29,7 @@ use berth_apiserver::api::{self, ApiConfig, ApiState, Authenticator};
 use berth_apiserver::storage::Storage;
 use berth_apiserver::storage::etcd::EtcdStorage;
 use berth_apiserver::storage::sqlite::{SqliteOptions, SqliteStorage};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Backend {
@@ -83,19 +89,43 @@ struct Cli {
     /// --auto-compaction-* settings decide).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     sqlite_compaction_interval: std::time::Duration,
+    /// An `EncryptionConfiguration` (`apiserver.config.k8s.io/v1`, YAML or
+    /// JSON) saying which resources are encrypted at rest and with which keys
+    /// (providers aesgcm, secretbox, identity). kube-apiserver's flag of the
+    /// same name.
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
+    /// Write an audit log (`audit.k8s.io/v1` Events, JSON lines, level
+    /// Metadata) to this file (created 0600, appended to); `-` is standard
+    /// output. kube-apiserver's flag of the same name.
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print a kubeconfig for node NAME (user `system:node:NAME`, group
-    /// `system:nodes`), adding its token to DIR/tokens.csv.
+    /// `system:nodes`) or for any user (`--user NAME [--group G]...`): with a
+    /// bearer token added to DIR/tokens.csv, or with `--client-cert` a client
+    /// certificate (subject CN=user, O=each group) signed by the cluster CA
+    /// in DIR/pki, valid for one year.
+    #[command(group(ArgGroup::new("identity").required(true).args(["node", "user"])))]
     Kubeconfig {
         /// The data directory of the server.
         #[arg(long)]
         data_dir: PathBuf,
-        /// The node's name.
+        /// The node's name (a DNS-1123 subdomain).
         #[arg(long)]
-        node: String,
+        node: Option<String>,
+        /// A user name (`system:kube-scheduler`, `alice`).
+        #[arg(long)]
+        user: Option<String>,
+        /// A group of --user (repeatable).
+        #[arg(long = "group", requires = "user", conflicts_with = "node")]
+        groups: Vec<String>,
+        /// Authenticate with a client certificate instead of a token.
+        #[arg(long)]
+        client_cert: bool,
         /// The server URL written into the kubeconfig; by default the one
         /// the server in DIR serves, as its DIR/admin.kubeconfig says.
         #[arg(long)]
@@ -142,9 +172,38 @@ fn csv_field(field: &str) -> anyhow::Result<String> {
     }
 }
 
-fn kubeconfig(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
+/// How a kubeconfig's user authenticates.
+enum Credential {
+    /// A bearer token.
+    Token(String),
+    /// A client certificate and key.
+    Certificate(tls::ClientCertificate),
+}
+
+fn kubeconfig(server: &str, ca_pem: &str, user: &str, credential: &Credential) -> String {
     use base64::Engine;
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let ca = b64(ca_pem);
+    // User names may hold any printable character (`: `, `#`, quotes): such
+    // a name is written as a JSON string, a double-quoted YAML scalar that
+    // reads back unchanged; plain names (`system:node:n1`) stay plain.
+    let plain = user.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:@/".contains(c));
+    let name = if plain {
+        user.to_string()
+    } else {
+        serde_json::Value::from(user).to_string()
+    };
+    let credential = match credential {
+        Credential::Token(token) => format!("    token: {token}"),
+        Credential::Certificate(c) => format!(
+            "    client-certificate-data: {}\n    client-key-data: {}",
+            b64(&c.cert_pem),
+            b64(&c.key_pem)
+        ),
+    };
     format!(
         "apiVersion: v1
 kind: Config
@@ -154,19 +213,124 @@ clusters:
     server: {server}
     certificate-authority-data: {ca}
 users:
-- name: {user}
+- name: {name}
   user:
-    token: {token}
+{credential}
 contexts:
 - name: berth
   context:
     cluster: berth
-    user: {user}
+    user: {name}
     namespace: default
 current-context: berth
 "
     )
 }
+
+/// A user name for tokens.csv or a certificate subject: not empty, no
+/// control characters (tokens.csv is read a line at a time; a certificate
+/// subject should print). Commas and quotes are fine: tokens.csv quotes them.
+fn user_name_errors(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("must not be empty")
+    } else if name.chars().any(char::is_control) {
+        Some("must not contain control characters")
+    } else {
+        None
+    }
+}
+
+/// A group name: as a user name, and no comma (tokens.csv lists a user's
+/// groups comma-separated in one field) nor surrounding spaces (trimmed
+/// when read back).
+fn group_name_errors(name: &str) -> Option<&'static str> {
+    if let Some(e) = user_name_errors(name) {
+        Some(e)
+    } else if name.contains(',') {
+        Some("must not contain a comma")
+    } else if name.trim() != name {
+        Some("must not begin or end with whitespace")
+    } else {
+        None
+    }
+}
+
+/// `berth-apiserver kubeconfig`: the kubeconfig of a node or a user.
+fn kubeconfig_command(
+    data_dir: &Path,
+    node: Option<&str>,
+    user: Option<&str>,
+    groups: &[String],
+    client_cert: bool,
+    server: Option<&str>,
+) -> anyhow::Result<String> {
+    let (user, groups) = match (node, user) {
+        (Some(node), None) => {
+            if !groups.is_empty() {
+                bail!("kubeconfig: --group goes with --user; a node's group is system:nodes");
+            }
+            // The name becomes the user `system:node:NAME`: only a DNS-1123
+            // subdomain, as a Node's name must be.
+            let problems = berth_api::names::dns1123_subdomain_errors(node);
+            if !problems.is_empty() {
+                bail!(
+                    "kubeconfig: --node {node:?} is not a valid node name: {}",
+                    problems.join("; ")
+                );
+            }
+            (
+                format!("system:node:{node}"),
+                vec!["system:nodes".to_string()],
+            )
+        }
+        (None, Some(user)) => {
+            if let Some(why) = user_name_errors(user) {
+                bail!("kubeconfig: --user {user:?}: the user name {why}");
+            }
+            for g in groups {
+                if let Some(why) = group_name_errors(g) {
+                    bail!("kubeconfig: --group {g:?}: the group name {why}");
+                }
+            }
+            (user.to_string(), groups.to_vec())
+        }
+        // clap's `identity` group allows exactly one.
+        _ => bail!("kubeconfig: give exactly one of --node and --user"),
+    };
+    let server = match server {
+        Some(server) => server.to_string(),
+        None => {
+            let admin = data_dir.join("admin.kubeconfig");
+            KubeconfigFile::read(&admin)
+                .context(
+                    "finding the server's address (start the server once first, or pass --server)",
+                )?
+                .server()
+                .with_context(|| format!("{} names no server; pass --server", admin.display()))?
+                .to_string()
+        }
+    };
+    let pki = PkiPaths::new(data_dir);
+    let ca = std::fs::read_to_string(&pki.ca_cert).with_context(|| {
+        format!(
+            "reading {} (start the server once first)",
+            pki.ca_cert.display()
+        )
+    })?;
+    let credential = if client_cert {
+        Credential::Certificate(
+            tls::issue_client_certificate(&pki, &user, &groups, CLIENT_CERT_VALIDITY)
+                .context("issuing the client certificate")?,
+        )
+    } else {
+        Credential::Token(add_token(data_dir, &user, &groups.join(","))?)
+    };
+    Ok(kubeconfig(&server, &ca, &user, &credential))
+}
+
+/// How long a certificate from `kubeconfig --client-cert` is valid (as
+/// kubeadm's client certificates: one year).
+const CLIENT_CERT_VALIDITY: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
 /// The fields of a kubeconfig this program reads back: the server URL of its
 /// first cluster and the token of its first user.
@@ -251,14 +415,25 @@ fn ensure_admin_kubeconfig(
             return Ok(());
         }
         if let Some(token) = existing.token() {
-            write_private(&path, &kubeconfig(&server, ca_pem, "admin", token))?;
+            write_private(
+                &path,
+                &kubeconfig(
+                    &server,
+                    ca_pem,
+                    "admin",
+                    &Credential::Token(token.to_string()),
+                ),
+            )?;
             tracing::info!(path = %path.display(), server = %server, was = ?existing.server(), "admin kubeconfig now names the listen address");
             return Ok(());
         }
         // No token to keep: a new admin token below.
     }
     let token = add_token(dir, "admin", "system:masters")?;
-    write_private(&path, &kubeconfig(&server, ca_pem, "admin", &token))?;
+    write_private(
+        &path,
+        &kubeconfig(&server, ca_pem, "admin", &Credential::Token(token)),
+    )?;
     tracing::info!(path = %path.display(), server = %server, "wrote admin kubeconfig");
     Ok(())
 }
@@ -290,46 +465,37 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::Kubeconfig {
         data_dir,
         node,
+        user,
+        groups,
+        client_cert,
         server,
     }) = &cli.command
     {
-        // The name becomes the user `system:node:NAME` in tokens.csv: only a
-        // DNS-1123 subdomain, as a Node's name must be (a crafted name with
-        // commas and quotes could otherwise write a line of its own).
-        let problems = berth_api::names::dns1123_subdomain_errors(node);
-        if !problems.is_empty() {
-            anyhow::bail!(
-                "kubeconfig: --node {node:?} is not a valid node name: {}",
-                problems.join("; ")
-            );
-        }
-        let server = match server {
-            Some(server) => server.clone(),
-            None => {
-                let admin = data_dir.join("admin.kubeconfig");
-                KubeconfigFile::read(&admin)
-                    .context("finding the server's address (start the server once first, or pass --server)")?
-                    .server()
-                    .with_context(|| format!("{} names no server; pass --server", admin.display()))?
-                    .to_string()
-            }
-        };
-        let user = format!("system:node:{node}");
-        let pki = PkiPaths::new(data_dir);
-        let ca = std::fs::read_to_string(&pki.ca_cert).with_context(|| {
-            format!(
-                "reading {} (start the server once first)",
-                pki.ca_cert.display()
-            )
-        })?;
-        let token = add_token(data_dir, &user, "system:nodes")?;
-        print!("{}", kubeconfig(&server, &ca, &user, &token));
+        print!(
+            "{}",
+            kubeconfig_command(
+                data_dir,
+                node.as_deref(),
+                user.as_deref(),
+                groups,
+                *client_cert,
+                server.as_deref(),
+            )?
+        );
         return Ok(());
     }
     let Some(dir) = cli.data_dir.clone() else {
         bail!("--data-dir is required");
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Every Secret is in here: the directory 0700 and its secret files 0600
+    // whatever the umask (an open one is narrowed, with a warning).
+    berth_apiserver::storage::private_files::secure_data_dir(&dir)?;
+    // A bad encryption configuration stops start-up before anything is written.
+    let encryption = cli
+        .encryption_provider_config
+        .as_deref()
+        .map(berth_apiserver::storage::encryption::load_config)
+        .transpose()?;
     let pki = PkiPaths::new(&dir);
     // The serving certificate names the listen address (unless it is a
     // wildcard) and every --advertise-address, so clients on other hosts can
@@ -361,6 +527,10 @@ async fn main() -> anyhow::Result<()> {
     let ca_pem = std::fs::read_to_string(&pki.ca_cert)?;
     let tokens = dir.join("tokens.csv");
     ensure_admin_kubeconfig(&dir, &tokens, cli.listen, &ca_pem)?;
+    let audit = match &cli.audit_log_path {
+        Some(path) => Some(api::audit::AuditLog::open(path)?),
+        None => None,
+    };
     let authenticator = if cli.insecure_no_auth {
         tracing::warn!("authentication disabled (--insecure-no-auth)");
         None
@@ -379,10 +549,21 @@ async fn main() -> anyhow::Result<()> {
         )?),
         Backend::Etcd => Arc::new(EtcdStorage::connect(&cli.etcd_servers, "").await?),
     };
+    let storage = match &encryption {
+        Some(config) => {
+            let served: Vec<(&str, &str)> = api::resources::RESOURCES
+                .iter()
+                .map(|r| (r.group, r.name))
+                .collect();
+            berth_apiserver::storage::encryption::wrap(storage, config, &served)?
+        }
+        None => storage,
+    };
     let state = ApiState::with_kubelet_client(
         storage,
         ApiConfig {
             authenticator,
+            audit,
             ..ApiConfig::default()
         },
         Some(kubelet),
@@ -390,7 +571,7 @@ async fn main() -> anyhow::Result<()> {
     state
         .bootstrap()
         .await
-        .context("creating system namespaces")?;
+        .context("creating system namespaces and the RBAC bootstrap policy")?;
     state.clone().spawn_reaper();
     berth_apiserver::controllers::node_lifecycle::spawn(
         state.clone(),
@@ -399,6 +580,7 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         },
     );
+    berth_apiserver::controllers::clusterrole_aggregation::spawn(state.clone(), Default::default());
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("binding {}", cli.listen))?;

@@ -52,6 +52,7 @@ async fn start() -> Server {
         bookmark_interval: Duration::from_millis(200),
         reap_interval: Duration::from_millis(200),
         authenticator: None,
+        ..ApiConfig::default()
     })
     .await
 }

@@ -432,7 +432,7 @@ fn kubectl_apply_of_a_list() {
 }
 
 const NODE: &str = r#"{"apiVersion": "v1", "kind": "Node",
- "metadata": {"name": "n1", "labels": {"node-role.kubernetes.io/worker": ""}},
+ "metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1"}},
  "status": {"conditions": [{"type": "Ready", "status": "True"}],
             "nodeInfo": {"kubeletVersion": "v1.33.0-berth", "machineID": "", "systemUUID": "", "bootID": "",
               "kernelVersion": "6.1", "osImage": "Debian", "containerRuntimeVersion": "containerd://2.0",
@@ -468,6 +468,19 @@ fn node_kubeconfig_and_node_table() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A role label is the admin's to give (NodeRestriction): not the node's.
+    let out = k
+        .command(&["label", "node", "n1", "node-role.kubernetes.io/worker="])
+        .env("KUBECONFIG", &node_config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("is not allowed to modify labels: node-role.kubernetes.io/worker"),
+        "{stderr}"
+    );
+    k.ok(&["label", "node", "n1", "node-role.kubernetes.io/worker="]);
     // The node's credentials cannot delete (other) nodes.
     let out = k
         .command(&["delete", "node", "n2"])

@@ -5,6 +5,8 @@
 //!
 //! 1. [`super::noderestriction`] (upstream's `NodeRestriction` plugin):
 //!    what a node identity may write.
+//! 2. [`super::rbac::escalation`] (upstream's RBAC registry's policy-based
+//!    storage): nobody grants RBAC permissions they do not hold.
 //!
 //! Every plugin sees the object as the request would store it: for a patch,
 //! the patched object; for a status update, before the status strategy puts
@@ -84,5 +86,6 @@ pub async fn admit(state: &ApiState, attrs: &Attributes<'_>) -> ApiResult<()> {
         return Ok(());
     };
     noderestriction::admit(state, user, attrs).await?;
+    super::rbac::escalation::admit(state, user, attrs).await?;
     Ok(())
 }

@@ -1,6 +1,6 @@
-//! Authorization: kube-apiserver's `--authorization-mode=Node,RBAC`, minus
-//! RBAC. Every resource request of an authenticated user goes through a
-//! chain of authorizers; the first one to allow wins, otherwise 403:
+//! Authorization: kube-apiserver's `--authorization-mode=Node,RBAC`. Every
+//! resource request of an authenticated user goes through a chain of
+//! authorizers; the first one to allow wins, otherwise 403:
 //!
 //! 1. **`system:masters`** may do everything.
 //! 2. The **Node authorizer** (upstream `plugin/pkg/auth/authorizer/node`)
@@ -31,7 +31,11 @@
 //!    - `namespaces`: get.
 //!    - `pods/log` (verb `get`) and `pods/exec` (verb `create`, also for a
 //!      WebSocket `GET`): never, as upstream.
-//! 3. **Everyone else** is forbidden everything: there is no RBAC yet.
+//! 3. **RBAC** ([`super::rbac`]): ClusterRoleBindings, and RoleBindings of
+//!    the request's namespace, whose subjects match the user (every
+//!    authenticated user is also in `system:authenticated`) and whose role
+//!    has a matching rule.
+//! 4. **Everything else** is forbidden.
 //!
 //! Discovery (`/api`, `/apis`, `/api/v1`…), `/version`, `/openapi/*` and the
 //! health endpoints are open to every authenticated user; they never reach
@@ -223,6 +227,9 @@ pub async fn authorize(
             Decision::Allow => return Ok(()),
             Decision::NoOpinion(r) => reason = r,
         }
+    }
+    if super::rbac::authorize_resource_request(state, user, attrs).await? {
+        return Ok(());
     }
     let name = match attrs.name {
         Some(n) => n.to_string(),

@@ -55,17 +55,7 @@ pub fn api_group(group: &str) -> Option<Value> {
 }
 
 fn verbs(r: &Resource) -> Vec<&'static str> {
-    let _ = r;
-    vec![
-        "create",
-        "delete",
-        "deletecollection",
-        "get",
-        "list",
-        "patch",
-        "update",
-        "watch",
-    ]
+    r.verbs().to_vec()
 }
 
 /// The APIResourceList of `group`/`version` (`None` when not served).

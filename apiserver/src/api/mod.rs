@@ -1,7 +1,8 @@
 //! The Kubernetes REST API over a [`Storage`]: generic handlers driven by a
 //! resource table ([`resources::RESOURCES`]), discovery, `Table` output,
 //! watch, patch, field validation, bearer-token authentication and
-//! authorization ([`authz`]: `system:masters`, Node authorizer, else 403).
+//! authorization ([`authz`]: `system:masters`, Node authorizer, [`rbac`],
+//! else 403).
 //!
 //! ```no_run
 //! # async fn run(storage: std::sync::Arc<dyn berth_apiserver::storage::Storage>) -> anyhow::Result<()> {
@@ -15,6 +16,7 @@
 //! ```
 
 pub mod admission;
+pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod discovery;
@@ -25,6 +27,7 @@ pub mod objects;
 pub mod patch;
 pub mod protobuf;
 pub mod proxy;
+pub mod rbac;
 pub mod resources;
 pub mod selectors;
 pub mod strategy;
@@ -56,6 +59,8 @@ pub struct ApiConfig {
     pub reap_interval: Duration,
     /// `Some`: require a bearer token from this authenticator; `None`: no authentication.
     pub authenticator: Option<Authenticator>,
+    /// `Some`: write an `audit.k8s.io/v1` event log (`--audit-log-path`).
+    pub audit: Option<audit::AuditLog>,
 }
 
 impl Default for ApiConfig {
@@ -64,6 +69,7 @@ impl Default for ApiConfig {
             bookmark_interval: Duration::from_secs(60),
             reap_interval: Duration::from_secs(1),
             authenticator: None,
+            audit: None,
         }
     }
 }
@@ -102,7 +108,8 @@ impl ApiState {
         })
     }
 
-    /// Create the system namespaces when missing.
+    /// Create the system namespaces when missing, and create or reconcile
+    /// the RBAC bootstrap policy ([`rbac::policy`]).
     pub async fn bootstrap(&self) -> Result<(), storage::Error> {
         for ns in SYSTEM_NAMESPACES {
             let key = object_key("namespaces", None, ns)?;
@@ -120,6 +127,8 @@ impl ApiState {
                 Err(e) => return Err(e),
             }
         }
+        // The RBAC bootstrap policy: created when missing, reconciled always.
+        rbac::policy::ensure(self).await?;
         Ok(())
     }
 
@@ -159,7 +168,13 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/apis", any(handlers::dispatch))
         .route("/apis/{*rest}", any(handlers::dispatch))
         .fallback(|| async { ApiError::NoRoute })
+        // Runs after `authenticate` (layers run outermost first).
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            rbac::impersonation::impersonate,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(state.clone(), audit::audit))
         .layer(middleware::from_fn(trace_request))
         .with_state(state)
 }
@@ -181,7 +196,7 @@ async fn openapi_v3(axum::extract::Path(path): axum::extract::Path<String>) -> R
 }
 
 /// Paths anyone may read (kube-apiserver's `system:public-info-viewer`).
-fn is_public(path: &str) -> bool {
+pub(crate) fn is_public(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/livez" | "/version")
 }
 
@@ -193,13 +208,7 @@ async fn authenticate(
     let Some(auth) = &state.config.authenticator else {
         return next.run(req).await;
     };
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match token.and_then(|t| auth.authenticate(t)) {
+    match auth::authenticate_request(auth, &req) {
         Some(user) => {
             req.extensions_mut().insert(user);
             next.run(req).await

@@ -4,10 +4,17 @@
 
 use std::fmt;
 
+use k8s_openapi::api::authorization::v1::{
+    LocalSubjectAccessReview, SelfSubjectAccessReview, SelfSubjectRulesReview, SubjectAccessReview,
+};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 
-use super::strategy::{NamespaceStrategy, Plain, PodStrategy, Strategy};
+use super::rbac::strategy::{BindingStrategy, ClusterRoleStrategy, RoleStrategy};
+use super::strategy::{
+    ConfigMapStrategy, NamespaceStrategy, Plain, PodStrategy, SecretStrategy, Strategy,
+};
 use super::table::{self, Printer};
 use super::validation::round_trip;
 
@@ -77,6 +84,24 @@ impl Resource {
     /// The kind of the resource's lists (`PodList`).
     pub fn list_kind(&self) -> String {
         format!("{}List", self.kind)
+    }
+
+    /// The verbs served (discovery's `verbs`): `create` only for the
+    /// `authorization.k8s.io` reviews, which are never stored.
+    pub fn verbs(&self) -> &'static [&'static str] {
+        if super::rbac::reviews::is_review(self) {
+            return &["create"];
+        }
+        &[
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
+        ]
     }
 
     /// Whether the objects have a status subresource (then a main-resource
@@ -154,7 +179,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["cm"],
         categories: &[],
         subresources: &[],
-        strategy: &Plain,
+        strategy: &ConfigMapStrategy,
         printer: &table::DEFAULT,
         schema: round_trip::<ConfigMap>,
     },
@@ -168,7 +193,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &[],
         categories: &[],
         subresources: &[],
-        strategy: &Plain,
+        strategy: &SecretStrategy,
         printer: &table::DEFAULT,
         schema: round_trip::<Secret>,
     },
@@ -199,6 +224,118 @@ pub static RESOURCES: &[Resource] = &[
         strategy: &Plain,
         printer: &table::DEFAULT,
         schema: round_trip::<Lease>,
+    },
+    Resource {
+        name: "roles",
+        singular: "role",
+        kind: "Role",
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        strategy: &RoleStrategy,
+        printer: &table::ROLE,
+        schema: round_trip::<Role>,
+    },
+    Resource {
+        name: "rolebindings",
+        singular: "rolebinding",
+        kind: "RoleBinding",
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        strategy: &BindingStrategy { cluster: false },
+        printer: &table::ROLE_BINDING,
+        schema: round_trip::<RoleBinding>,
+    },
+    Resource {
+        name: "clusterroles",
+        singular: "clusterrole",
+        kind: "ClusterRole",
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        strategy: &ClusterRoleStrategy,
+        printer: &table::ROLE,
+        schema: round_trip::<ClusterRole>,
+    },
+    Resource {
+        name: "clusterrolebindings",
+        singular: "clusterrolebinding",
+        kind: "ClusterRoleBinding",
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        strategy: &BindingStrategy { cluster: true },
+        printer: &table::ROLE_BINDING,
+        schema: round_trip::<ClusterRoleBinding>,
+    },
+    Resource {
+        name: "selfsubjectaccessreviews",
+        singular: "selfsubjectaccessreview",
+        kind: "SelfSubjectAccessReview",
+        group: "authorization.k8s.io",
+        version: "v1",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        strategy: &Plain,
+        printer: &table::DEFAULT,
+        schema: round_trip::<SelfSubjectAccessReview>,
+    },
+    Resource {
+        name: "selfsubjectrulesreviews",
+        singular: "selfsubjectrulesreview",
+        kind: "SelfSubjectRulesReview",
+        group: "authorization.k8s.io",
+        version: "v1",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        strategy: &Plain,
+        printer: &table::DEFAULT,
+        schema: round_trip::<SelfSubjectRulesReview>,
+    },
+    Resource {
+        name: "subjectaccessreviews",
+        singular: "subjectaccessreview",
+        kind: "SubjectAccessReview",
+        group: "authorization.k8s.io",
+        version: "v1",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        strategy: &Plain,
+        printer: &table::DEFAULT,
+        schema: round_trip::<SubjectAccessReview>,
+    },
+    Resource {
+        name: "localsubjectaccessreviews",
+        singular: "localsubjectaccessreview",
+        kind: "LocalSubjectAccessReview",
+        group: "authorization.k8s.io",
+        version: "v1",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        strategy: &Plain,
+        printer: &table::DEFAULT,
+        schema: round_trip::<LocalSubjectAccessReview>,
     },
 ];
 

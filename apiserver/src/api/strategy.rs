@@ -6,7 +6,7 @@
 //! (defaults, validation, QoS) are `berth-api`'s.
 
 use berth_api::validation::{self, FieldError, NameRule};
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
@@ -217,6 +217,75 @@ impl Strategy for PodStrategy {
             old.spec.as_ref().unwrap_or(&default_spec),
         ));
         Ok(errs)
+    }
+}
+
+/// ConfigMaps: `berth-api`'s `ValidateConfigMap` (keys, 1 MiB) and the
+/// `immutable` rule on update.
+pub struct ConfigMapStrategy;
+impl Strategy for ConfigMapStrategy {
+    fn validate(&self, obj: &Value) -> ApiResult<Vec<FieldError>> {
+        Ok(validation::validate_configmap(&typed(obj, "ConfigMap")?))
+    }
+
+    fn validate_update(
+        &self,
+        old: &Value,
+        new: &Value,
+        _status: bool,
+    ) -> ApiResult<Vec<FieldError>> {
+        Ok(validation::validate_configmap_update(
+            &typed(new, "ConfigMap")?,
+            &typed(old, "ConfigMap")?,
+        ))
+    }
+}
+
+/// Secrets: `stringData` merged into `data` and dropped (never stored),
+/// type defaulted to `Opaque`; `berth-api`'s `ValidateSecret` (keys, 1 MiB,
+/// what each type requires) and, on update, type and `immutable` rules.
+pub struct SecretStrategy;
+
+fn default_secret(obj: &mut Value) -> ApiResult<()> {
+    let mut secret: Secret = typed(obj, "Secret")?;
+    berth_api::defaults::secret(&mut secret);
+    let Some(o) = obj.as_object_mut() else {
+        return Ok(());
+    };
+    o.remove("stringData");
+    o.insert("type".into(), json!(secret.type_));
+    if let Some(data) = secret.data {
+        o.insert(
+            "data".into(),
+            serde_json::to_value(data).map_err(|e| ApiError::Internal(e.to_string()))?,
+        );
+    }
+    Ok(())
+}
+
+impl Strategy for SecretStrategy {
+    fn prepare_for_create(&self, obj: &mut Value) -> ApiResult<()> {
+        default_secret(obj)
+    }
+
+    fn validate(&self, obj: &Value) -> ApiResult<Vec<FieldError>> {
+        Ok(validation::validate_secret(&typed(obj, "Secret")?))
+    }
+
+    fn prepare_for_update(&self, _old: &Value, new: &mut Value) -> ApiResult<()> {
+        default_secret(new)
+    }
+
+    fn validate_update(
+        &self,
+        old: &Value,
+        new: &Value,
+        _status: bool,
+    ) -> ApiResult<Vec<FieldError>> {
+        Ok(validation::validate_secret_update(
+            &typed(new, "Secret")?,
+            &typed(old, "Secret")?,
+        ))
     }
 }
 

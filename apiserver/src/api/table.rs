@@ -572,6 +572,102 @@ pub static DEFAULT: Printer = Printer {
     cells: default_cells,
 };
 
+/// Upstream's `clusterRoleColumnDefinitions` (roles too).
+fn role_columns() -> Vec<Value> {
+    let (name, _) = name_and_age();
+    vec![
+        name,
+        col(
+            "Created At",
+            "date",
+            "",
+            "CreationTimestamp is a timestamp representing the server time when this object was created.",
+            0,
+        ),
+    ]
+}
+
+/// `printRole` / `printClusterRole`: the name and the creation time (RFC 3339, UTC).
+fn role_cells(obj: &Value) -> Vec<Value> {
+    let created = parse_time(str_at(obj, "/metadata/creationTimestamp"))
+        .map(super::objects::format_time)
+        .unwrap_or_default();
+    vec![json!(str_at(obj, "/metadata/name")), json!(created)]
+}
+
+/// Upstream's `roleBindingsColumnDefinitions` (cluster role bindings too).
+fn role_binding_columns() -> Vec<Value> {
+    let (name, age) = name_and_age();
+    vec![
+        name,
+        col(
+            "Role",
+            "string",
+            "",
+            "RoleRef can reference a Role in the current namespace or a ClusterRole in the global namespace. If the RoleRef cannot be resolved, the Authorizer must return an error. This field is immutable.",
+            0,
+        ),
+        age,
+        col("Users", "string", "", "Users in the roleBinding", 1),
+        col("Groups", "string", "", "Groups in the roleBinding", 1),
+        col(
+            "ServiceAccounts",
+            "string",
+            "",
+            "ServiceAccounts in the roleBinding",
+            1,
+        ),
+    ]
+}
+
+/// `printRoleBinding`: `Kind/name` of the role, then the subjects by kind
+/// (`SubjectsStrings`: service accounts as `namespace/name`).
+fn role_binding_cells(obj: &Value) -> Vec<Value> {
+    let role = format!(
+        "{}/{}",
+        str_at(obj, "/roleRef/kind"),
+        str_at(obj, "/roleRef/name")
+    );
+    let (mut users, mut groups, mut sas) = (Vec::new(), Vec::new(), Vec::new());
+    for s in obj
+        .get("subjects")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = str_at(s, "/name").to_string();
+        match str_at(s, "/kind") {
+            "User" => users.push(name),
+            "Group" => groups.push(name),
+            "ServiceAccount" => match str_at(s, "/namespace") {
+                "" => sas.push(name),
+                ns => sas.push(format!("{ns}/{name}")),
+            },
+            _ => {}
+        }
+    }
+    vec![
+        json!(str_at(obj, "/metadata/name")),
+        json!(role),
+        json!(age(obj)),
+        json!(users.join(", ")),
+        json!(groups.join(", ")),
+        json!(sas.join(", ")),
+    ]
+}
+
+/// Roles and cluster roles: `NAME, CREATED AT`.
+pub static ROLE: Printer = Printer {
+    columns: role_columns,
+    cells: role_cells,
+};
+/// Role bindings and cluster role bindings: `NAME, ROLE, AGE` (+ wide
+/// `USERS, GROUPS, SERVICEACCOUNTS`).
+pub static ROLE_BINDING: Printer = Printer {
+    columns: role_binding_columns,
+    cells: role_binding_cells,
+};
+
 /// One table row.
 pub fn row(printer: &Printer, obj: &Value, include: IncludeObject) -> Value {
     let mut r = json!({"cells": (printer.cells)(obj)});

@@ -8,5 +8,8 @@
 //! - [`node_lifecycle`]: a node whose agent stops renewing its Lease and
 //!   posting status goes `Ready=Unknown` after the grace period, gets the
 //!   `unreachable`/`not-ready` taints, and its pods go `Ready=False`.
+//! - [`clusterrole_aggregation`]: ClusterRoles with an `aggregationRule`
+//!   get the rules of the ClusterRoles their selectors match.
 
+pub mod clusterrole_aggregation;
 pub mod node_lifecycle;

@@ -485,6 +485,31 @@ impl EtcdProcess {
             .find(|p| p.is_file())
     }
 
+    /// A private etcd for the test named `test`, or `None` (with the reason
+    /// printed) where there is no etcd binary. Under `CI=true` or
+    /// `BERTH_REQUIRE_RUNTIME=1` a missing or failing etcd panics instead: a
+    /// backend check that cannot fail there is a defect.
+    pub async fn for_test(test: &str) -> Option<EtcdProcess> {
+        let strict = ["CI", "BERTH_REQUIRE_RUNTIME"].iter().any(|var| {
+            let v = std::env::var(var).unwrap_or_default();
+            v == "1" || v.eq_ignore_ascii_case("true")
+        });
+        let Some(binary) = Self::binary() else {
+            let reason = "no etcd binary (/usr/bin/etcd, $BERTH_ETCD or PATH); \
+                          install it with `apt-get install etcd-server` or run integration/setup.sh";
+            assert!(
+                !strict,
+                "{test}: etcd is required (CI / BERTH_REQUIRE_RUNTIME=1) but: {reason}"
+            );
+            eprintln!("SKIP {test}: {reason}");
+            return None;
+        };
+        match Self::start(&binary).await {
+            Ok(p) => Some(p),
+            Err(e) => panic!("{test}: cannot start etcd: {e}"),
+        }
+    }
+
     /// Start `binary` and wait (up to 20 s) until it serves requests.
     pub async fn start(binary: &Path) -> std::result::Result<EtcdProcess, String> {
         let mut last_error = String::new();

@@ -26,7 +26,9 @@
 //!   `f >= c - 1` (it keeps revision `c` itself) and reports its own compact
 //!   revision.
 
+pub mod encryption;
 pub mod etcd;
+pub mod private_files;
 pub mod sqlite;
 
 use std::fmt;
@@ -110,6 +112,16 @@ pub enum Error {
         #[source]
         source: etcd_client::Error,
     },
+    /// A stored value could not be decrypted, or a value could not be
+    /// encrypted, under the encryption provider configuration (HTTP 500, as
+    /// kube-apiserver's "unable to transform key"). Never carries key material.
+    #[error("unable to transform key \"{key}\": {reason}")]
+    Transform {
+        /// The object's key.
+        key: String,
+        /// What failed (provider, key name, reason).
+        reason: String,
+    },
     /// The backend is not running or answered something impossible (HTTP 503).
     #[error("{key}: storage unavailable: {reason}")]
     Unavailable {
@@ -132,6 +144,7 @@ impl Error {
             | Error::InvalidArgument { key, .. }
             | Error::Sqlite { key, .. }
             | Error::Etcd { key, .. }
+            | Error::Transform { key, .. }
             | Error::Unavailable { key, .. } => key,
         }
     }

@@ -184,13 +184,23 @@ impl SqliteStorage {
     /// start its writer thread. Call from within a tokio runtime.
     pub fn open(data_dir: &Path, options: SqliteOptions) -> Result<SqliteStorage> {
         let dir_key = data_dir.display().to_string();
-        std::fs::create_dir_all(data_dir).map_err(|e| Error::Unavailable {
+        let private = |e: super::private_files::PrivateError| Error::Unavailable {
             key: dir_key.clone(),
-            reason: format!("cannot create the data directory: {e}"),
-        })?;
+            reason: e.to_string(),
+        };
+        // The database holds every Secret: the directory is 0700 and the
+        // file is created 0600 before SQLite opens it, whatever the umask
+        // (SQLite gives -wal and -shm the database file's mode).
+        super::private_files::ensure_private_dir(data_dir).map_err(private)?;
         let path = data_dir.join(DB_FILE);
+        super::private_files::create_private_file(&path).map_err(private)?;
         let conn = open_connection(&path, options.fsync_every_commit).map_err(sql_err(&dir_key))?;
         conn.execute_batch(SCHEMA).map_err(sql_err(&dir_key))?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.clone().into_os_string();
+            side.push(suffix);
+            super::private_files::ensure_private_file(Path::new(&side)).map_err(private)?;
+        }
         let (revision, compact_revision): (i64, i64) = conn
             .query_row(
                 "SELECT revision, compact_revision FROM meta WHERE id = 0",

@@ -230,6 +230,19 @@ async fn dispatch_inner(state: Arc<ApiState>, req: Request) -> ApiResult<Respons
         return Ok(denied.into_response());
     }
     match (method, &target.name, target.sub.as_deref()) {
+        // authorization.k8s.io reviews: create-only, answered, never stored.
+        (method, name, _) if super::rbac::reviews::is_review(res) => {
+            super::rbac::reviews::serve(
+                &state,
+                target.user.as_ref(),
+                res,
+                target.namespace.as_deref(),
+                &method,
+                name.is_some(),
+                &body,
+            )
+            .await
+        }
         (Method::GET, None, None) if watch => {
             watch_handler(&state, &target, &params, as_table).await
         }
