@@ -362,7 +362,15 @@ impl Recorder {
         let now = Timestamp::now();
         let event = Event {
             metadata: ObjectMeta {
-                generate_name: Some(format!("{name}.")),
+                // As client-go's recorder names events: `<object>.<unix nanos in hex>`
+                // (a generateName ending in '.' is not a valid name prefix).
+                name: Some(format!(
+                    "{name}.{:x}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos())
+                        .unwrap_or_default()
+                )),
                 namespace: Some(ns.clone()),
                 ..Default::default()
             },
