@@ -39,26 +39,8 @@ fn sqlite_backend() -> Backend {
     }
 }
 
-/// `CI=true` / `BERTH_REQUIRE_RUNTIME=1`: a missing etcd fails instead of skipping.
-fn strict() -> bool {
-    let ci = std::env::var("CI").unwrap_or_default();
-    let req = std::env::var("BERTH_REQUIRE_RUNTIME").unwrap_or_default();
-    ci.eq_ignore_ascii_case("true") || ci == "1" || req == "1" || req.eq_ignore_ascii_case("true")
-}
-
 async fn etcd_backend(test: &str) -> Option<Backend> {
-    let Some(binary) = EtcdProcess::binary() else {
-        let reason = "no etcd binary (/usr/bin/etcd, $BERTH_ETCD or PATH); \
-                      install it with `apt-get install etcd-server` or run integration/setup.sh";
-        if strict() {
-            panic!("{test}: etcd is required (CI / BERTH_REQUIRE_RUNTIME=1) but: {reason}");
-        }
-        eprintln!("SKIP {test}: {reason}");
-        return None;
-    };
-    let process = EtcdProcess::start(&binary)
-        .await
-        .unwrap_or_else(|e| panic!("{test}: cannot start etcd: {e}"));
+    let process = EtcdProcess::for_test(test).await?;
     let store = EtcdStorage::connect(&[process.endpoint().to_string()], "/berth-test")
         .await
         .unwrap_or_else(|e| panic!("{test}: cannot connect to etcd: {e}"));

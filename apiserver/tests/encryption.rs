@@ -236,28 +236,9 @@ async fn sqlite_files_never_hold_a_secrets_plaintext() {
     assert_eq!(storage.stale_reads(), 0);
 }
 
-/// `CI=true` / `BERTH_REQUIRE_RUNTIME=1`: a missing etcd fails instead of skipping.
-fn strict() -> bool {
-    let ci = std::env::var("CI").unwrap_or_default();
-    let req = std::env::var("BERTH_REQUIRE_RUNTIME").unwrap_or_default();
-    ci.eq_ignore_ascii_case("true") || ci == "1" || req == "1" || req.eq_ignore_ascii_case("true")
-}
-
+/// A private etcd (skipped with a reason on a laptop, a failure under CI).
 async fn etcd(test: &str) -> Option<EtcdProcess> {
-    let Some(binary) = EtcdProcess::binary() else {
-        let reason = "no etcd binary (/usr/bin/etcd, $BERTH_ETCD or PATH); \
-                      install it with `apt-get install etcd-server` or run integration/setup.sh";
-        if strict() {
-            panic!("{test}: etcd is required (CI / BERTH_REQUIRE_RUNTIME=1) but: {reason}");
-        }
-        eprintln!("SKIP {test}: {reason}");
-        return None;
-    };
-    Some(
-        EtcdProcess::start(&binary)
-            .await
-            .unwrap_or_else(|e| panic!("{test}: cannot start etcd: {e}")),
-    )
+    EtcdProcess::for_test(test).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

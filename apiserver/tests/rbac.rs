@@ -1196,16 +1196,9 @@ async fn access_and_rules_reviews() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_backed_rbac() {
     let test = "etcd_backed_rbac";
-    let Some(binary) = EtcdProcess::binary() else {
-        let reason = "no etcd binary (/usr/bin/etcd, $BERTH_ETCD or PATH)";
-        assert!(
-            !strict(),
-            "{test}: etcd is required (CI / BERTH_REQUIRE_RUNTIME=1) but: {reason}"
-        );
-        eprintln!("SKIP {test}: {reason}");
+    let Some(process) = EtcdProcess::for_test(test).await else {
         return;
     };
-    let process = EtcdProcess::start(&binary).await.expect("etcd starts");
     let store = EtcdStorage::connect(&[process.endpoint().to_string()], "/berth-rbac-test")
         .await
         .expect("etcd connects");
