@@ -26,7 +26,8 @@
 #                    HTTPS on 127.0.0.1:6443, log /var/log/berth-apiserver.log
 #   etcd             (BERTH_STORAGE=etcd only) data /var/lib/berth/etcd, 127.0.0.1:2379,
 #                    log /var/log/berth-etcd.log
-#   berth-scheduler  log /var/log/berth-scheduler.log
+#   berth-scheduler  log /var/log/berth-scheduler.log, as user system:kube-scheduler
+#                    (/var/lib/berth-apiserver/scheduler.kubeconfig; RBAC role of that name)
 #   the agent        with --kubeconfig /etc/berth/node.kubeconfig (user system:node:<host>)
 #
 # Environment: BERTH_STATUS_ADDRESS (default 127.0.0.1:10255), BERTH_STORAGE
@@ -228,8 +229,16 @@ if ((cluster)); then
   if pid=$(running "$SCHED_PID" berth-scheduler); then
     say "berth-scheduler already running (pid $pid)"
   else
-    say "starting berth-scheduler, log $SCHED_LOG"
-    NO_COLOR=1 nohup setsid "$SCHED_BIN" --kubeconfig "$API_DIR/admin.kubeconfig" \
+    # The scheduler's own least-privileged identity (the bootstrap RBAC role
+    # system:kube-scheduler), kept in the API server's private data dir so it
+    # goes with the tokens it names.
+    if [[ ! -s $API_DIR/scheduler.kubeconfig ]]; then
+      (umask 077 && "$API_BIN" kubeconfig --data-dir "$API_DIR" --user system:kube-scheduler \
+        >"$API_DIR/scheduler.kubeconfig.tmp")
+      mv "$API_DIR/scheduler.kubeconfig.tmp" "$API_DIR/scheduler.kubeconfig"
+    fi
+    say "starting berth-scheduler (user system:kube-scheduler), log $SCHED_LOG"
+    NO_COLOR=1 nohup setsid "$SCHED_BIN" --kubeconfig "$API_DIR/scheduler.kubeconfig" \
       >>"$SCHED_LOG" 2>&1 </dev/null &
     echo $! >"$SCHED_PID"
   fi

@@ -590,6 +590,7 @@ fn data_files_are_private_under_umask_022() {
     let mut server = spawn(root.path(), &data, &[]);
     wait_serving(&mut server);
     assert_eq!(mode(&data), 0o700, "data dir");
+    assert_eq!(mode(&data.join("pki")), 0o700, "pki dir");
     for file in [
         "berth-apiserver.db",
         "berth-apiserver.db-wal",

@@ -507,11 +507,15 @@ impl Cluster {
         };
         guard.0 = None;
         cluster.wait_apiserver()?;
+        // The scheduler as deployed: its own identity, system:kube-scheduler,
+        // authorized by the bootstrap RBAC role of that name (not admin).
+        let scheduler_kubeconfig =
+            cluster.user_kubeconfig("system:kube-scheduler", "kube-scheduler")?;
         cluster.scheduler = Some(Daemon::spawn(
             "berth-scheduler",
             Command::new(&scheduler_bin)
                 .arg("--kubeconfig")
-                .arg(cluster.admin_kubeconfig()),
+                .arg(scheduler_kubeconfig),
             cluster.dir.path.join("scheduler.log"),
         )?);
         // Both hosts at once: containerd start-up and image import dominate.
@@ -572,13 +576,24 @@ impl Cluster {
 
     /// Write a kubeconfig for node `name` (`berth-apiserver kubeconfig`).
     fn node_kubeconfig(&self, name: &str) -> anyhow::Result<PathBuf> {
+        self.kubeconfig_with(&["--node", name], name)
+    }
+
+    /// A token kubeconfig for `user` (`berth-apiserver kubeconfig --user`),
+    /// written as `<file>.kubeconfig` in the cluster directory.
+    pub fn user_kubeconfig(&self, user: &str, file: &str) -> anyhow::Result<PathBuf> {
+        self.kubeconfig_with(&["--user", user], file)
+    }
+
+    fn kubeconfig_with(&self, who: &[&str], file: &str) -> anyhow::Result<PathBuf> {
         let out = crate::run(
             Command::new(&self.apiserver_bin)
                 .args(["kubeconfig", "--data-dir"])
                 .arg(self.data_dir())
-                .args(["--node", name, "--server", &self.api_url()]),
+                .args(who)
+                .args(["--server", &self.api_url()]),
         )?;
-        let path = self.dir.path.join(format!("{name}.kubeconfig"));
+        let path = self.dir.path.join(format!("{file}.kubeconfig"));
         std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }

@@ -32,6 +32,7 @@ pub struct Apiserver {
     pub kubeconfig: PathBuf,
     /// `https://127.0.0.1:PORT`.
     pub url: String,
+    binary: PathBuf,
     dir: tempfile::TempDir,
 }
 
@@ -69,6 +70,7 @@ impl Apiserver {
             child,
             kubeconfig: dir.path().join("admin.kubeconfig"),
             url: format!("https://127.0.0.1:{port}"),
+            binary: binary.to_path_buf(),
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -90,6 +92,36 @@ impl Apiserver {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// A token kubeconfig for `user` (`berth-apiserver kubeconfig --user`),
+    /// written next to the admin one: what a least-privileged component
+    /// (the scheduler as `system:kube-scheduler`) runs with.
+    pub fn user_kubeconfig(&self, user: &str) -> anyhow::Result<PathBuf> {
+        let out = Command::new(&self.binary)
+            .args(["kubeconfig", "--data-dir"])
+            .arg(self.dir.path())
+            .args(["--user", user, "--server", &self.url])
+            .output()
+            .with_context(|| format!("running {} kubeconfig", self.binary.display()))?;
+        if !out.status.success() {
+            bail!(
+                "berth-apiserver kubeconfig --user {user}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let path = self
+            .dir
+            .path()
+            .join(format!("{}.kubeconfig", user.replace(':', "-")));
+        std::fs::write(&path, out.stdout).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// A client for the scheduler's own identity, `system:kube-scheduler`
+    /// (bound by the bootstrap policy to the role of the same name).
+    pub async fn scheduler_client(&self) -> anyhow::Result<Client> {
+        crate::client_from_kubeconfig(&self.user_kubeconfig("system:kube-scheduler")?).await
     }
 
     /// The server's log so far.

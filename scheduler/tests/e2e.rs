@@ -145,8 +145,21 @@ async fn schedules_through_the_api() {
     )
     .await;
 
+    // The scheduler runs with its own least-privileged identity, as in a
+    // real cluster: everything below must be allowed by the bootstrap
+    // system:kube-scheduler role.
+    let sched_client = server.scheduler_client().await.unwrap();
+    // ...and nothing more: it reads no Secrets and creates no pods.
+    let denied = Api::<k8s_openapi::api::core::v1::Secret>::all(sched_client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&denied, kube::Error::Api(e) if e.code == 403),
+        "{denied:?}"
+    );
     let cancel = CancellationToken::new();
-    let scheduler = tokio::spawn(run(client.clone(), RunConfig::default(), cancel.clone()));
+    let scheduler = tokio::spawn(run(sched_client, RunConfig::default(), cancel.clone()));
 
     // Ordinary pods: bound, spread over the untainted nodes.
     for i in 0..4 {
@@ -321,7 +334,7 @@ async fn binary_schedules_and_stops_on_sigterm() {
     create_pod(&client, "web", "100m", json!({})).await;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth-scheduler"))
         .arg("--kubeconfig")
-        .arg(&server.kubeconfig)
+        .arg(server.user_kubeconfig("system:kube-scheduler").unwrap())
         .arg("--log-json")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

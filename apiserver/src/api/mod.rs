@@ -83,6 +83,9 @@ pub struct ApiState {
     /// The client to node agents (`pods/log`, `pods/exec`); `None`: an
     /// anonymous client (no certificate).
     pub kubelet: Option<proxy::KubeletClient>,
+    /// The RBAC policy, cached; [`ApiState::storage`] is wrapped so that
+    /// RBAC writes invalidate it ([`rbac::cache`]).
+    pub rbac: rbac::cache::PolicyCache,
 }
 
 /// The namespaces created at startup.
@@ -101,10 +104,12 @@ impl ApiState {
         config: ApiConfig,
         kubelet: Option<proxy::KubeletClient>,
     ) -> Arc<ApiState> {
+        let rbac = rbac::cache::PolicyCache::new();
         Arc::new(ApiState {
-            storage,
+            storage: rbac.wrap(storage),
             config,
             kubelet,
+            rbac,
         })
     }
 

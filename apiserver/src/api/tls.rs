@@ -80,7 +80,7 @@ pub fn ensure_pki(paths: &PkiPaths, extra_sans: &[String]) -> anyhow::Result<()>
         return Ok(());
     }
     if let Some(parent) = paths.ca_cert.parent() {
-        std::fs::create_dir_all(parent)?;
+        crate::storage::private_files::ensure_private_dir(parent)?;
     }
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;

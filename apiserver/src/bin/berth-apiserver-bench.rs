@@ -20,7 +20,11 @@
 //! - a full list of all pods (one response) and the same list in `limit=500`
 //!   pages (median of 3 each), after the first burst (N pods stored) and
 //!   after the second (2N);
-//! - RSS after each of those lists.
+//! - RSS after each of those lists;
+//! - authorization: the same GET of one pod (sequential, 300 times) as the
+//!   admin (`system:masters`, allowed before RBAC is consulted), as a user
+//!   RBAC allows (a ClusterRoleBinding to `view`), and a GET of a Secret the
+//!   same user is denied (403: every binding visited): p50/p99 each.
 //!
 //! Then it stops the server by PID (SIGINT, SIGKILL after 10 s). Figures, not
 //! assertions: one JSON object on stdout, progress on stderr. HTTP/2 on one
@@ -497,6 +501,84 @@ fn rate(n: usize, d: Duration) -> f64 {
     (n as f64 / d.as_secs_f64() * 10.0).round() / 10.0
 }
 
+/// Latencies of `n` sequential GETs of `path` on `conn`, answered `want`.
+async fn timed_gets(
+    conn: &mut Conn,
+    path: &str,
+    want: StatusCode,
+    n: usize,
+) -> anyhow::Result<Value> {
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        conn.call(Method::GET, path, None, want).await?;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    Ok(json!({
+        "requests": n,
+        "p50_ms": ms(quantile(&lat, 0.5)),
+        "p99_ms": ms(quantile(&lat, 0.99)),
+    }))
+}
+
+/// Authorization cost: the admin, an RBAC-allowed user and an RBAC-denied
+/// request, side by side (see the module docs). `pod_path`: a pod that exists.
+async fn authz(
+    server: &Server,
+    binary: &Path,
+    admin: &mut Conn,
+    pod_path: &str,
+) -> anyhow::Result<Value> {
+    const N: usize = 300;
+    let user = "bench-viewer";
+    let out = Command::new(binary)
+        .args(["kubeconfig", "--data-dir"])
+        .arg(server.dir.path())
+        .args(["--user", user])
+        .output()
+        .context("berth-apiserver kubeconfig --user")?;
+    if !out.status.success() {
+        bail!(
+            "berth-apiserver kubeconfig --user {user}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8(out.stdout).context("kubeconfig is not UTF-8")?;
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "bench-viewer"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
+    });
+    admin
+        .call(
+            Method::POST,
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            Some(binding.to_string().into_bytes()),
+            StatusCode::CREATED,
+        )
+        .await?;
+    let mut viewer = Conn {
+        config: ClientConfig {
+            token: kubeconfig_field(&text, "token")
+                .context("the user kubeconfig has no token")?
+                .to_string(),
+            ..admin.config.clone()
+        },
+        sender: admin.for_worker().await?.sender,
+    };
+    // Warm both paths (connection, caches) before timing.
+    timed_gets(admin, pod_path, StatusCode::OK, 10).await?;
+    timed_gets(&mut viewer, pod_path, StatusCode::OK, 10).await?;
+    let secret = "/api/v1/namespaces/default/secrets/none";
+    Ok(json!({
+        "get_pod_admin": timed_gets(admin, pod_path, StatusCode::OK, N).await?,
+        "get_pod_rbac_allowed": timed_gets(&mut viewer, pod_path, StatusCode::OK, N).await?,
+        "get_secret_rbac_denied": timed_gets(&mut viewer, secret, StatusCode::FORBIDDEN, N).await?,
+    }))
+}
+
 /// The `q` quantile of sorted durations (nearest rank).
 fn quantile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
@@ -784,6 +866,13 @@ async fn run_backend(
         let c16 = burst(&mut conn, "concurrency 16", "bench-c16", n, CONCURRENCY).await?;
         let list_2n = list_all(&mut conn, 2 * n).await?;
         let rss_2n = rss_json(pid)?;
+        let authz = authz(
+            &server,
+            binary,
+            &mut conn,
+            "/api/v1/namespaces/bench-c1/pods/pod-000000",
+        )
+        .await?;
         anyhow::Ok(json!({
             "rss_idle_kib": rss_idle["vm_rss_kib"],
             "rss_n_pods_kib": rss_n["vm_rss_kib"],
@@ -793,6 +882,7 @@ async fn run_backend(
             "concurrency_16": c16,
             "list_n_pods": list_n,
             "list_2n_pods": list_2n,
+            "authz": authz,
         }))
     }
     .await;

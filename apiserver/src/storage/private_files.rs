@@ -129,6 +129,12 @@ pub fn secret_files(dir: &Path) -> Vec<PathBuf> {
 /// Make the data directory 0700 and every secret file in it 0600 (see the module docs).
 pub fn secure_data_dir(dir: &Path) -> Result<(), PrivateError> {
     ensure_private_dir(dir)?;
+    // pki/ 0700 as kubeadm makes /etc/kubernetes/pki (the certificates in it
+    // stay 0644: public, but nobody else needs to list the directory).
+    let pki = dir.join("pki");
+    if pki.is_dir() {
+        ensure_private_dir(&pki)?;
+    }
     for file in secret_files(dir) {
         ensure_private_file(&file)?;
     }
@@ -189,8 +195,10 @@ mod tests {
             fs::write(dir.join(f), b"x").unwrap();
             fs::set_permissions(dir.join(f), Permissions::from_mode(m)).unwrap();
         }
+        fs::set_permissions(dir.join("pki"), Permissions::from_mode(0o755)).unwrap();
         secure_data_dir(dir).unwrap();
         assert_eq!(mode(dir), 0o700);
+        assert_eq!(mode(&dir.join("pki")), 0o700);
         assert_eq!(mode(&dir.join("berth-apiserver.db")), 0o600);
         assert_eq!(mode(&dir.join("tokens.csv")), 0o600);
         assert_eq!(mode(&dir.join("pki/ca.key")), 0o600);

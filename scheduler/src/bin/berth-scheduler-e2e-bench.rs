@@ -143,7 +143,9 @@ async fn main() -> anyhow::Result<()> {
         ..RunConfig::default()
     };
     let start = Instant::now();
-    let scheduler = tokio::spawn(run(client.clone(), config, cancel.clone()));
+    // As deployed: the scheduler's own identity, authorized by RBAC.
+    let sched_client = server.scheduler_client().await?;
+    let scheduler = tokio::spawn(run(sched_client, config, cancel.clone()));
     let waited = tokio::time::timeout(Duration::from_secs(cli.timeout), watch).await;
     let seconds = start.elapsed().as_secs_f64();
     cancel.cancel();

@@ -4,11 +4,13 @@
 //! - [`rules`]: one request against one `PolicyRule` (upstream
 //!   `evaluation_helpers.go`), and rule-set comparison for escalation checks.
 //! - this module: the rule resolver (upstream
-//!   `pkg/registry/rbac/validation/rule.go` `VisitRulesFor`) reading
+//!   `pkg/registry/rbac/validation/rule.go` `VisitRulesFor`) walking
 //!   ClusterRoleBindings, the RoleBindings of the request's namespace and the
-//!   roles they reference straight from storage on every call (so a new
-//!   binding takes effect on the next request), and the authorizer
-//!   (upstream `plugin/pkg/auth/authorizer/rbac/rbac.go`).
+//!   roles they reference, and the authorizer (upstream
+//!   `plugin/pkg/auth/authorizer/rbac/rbac.go`).
+//! - [`cache`]: the four kinds decoded in memory, invalidated by this
+//!   server's own RBAC writes before they are answered (so a new binding
+//!   takes effect on the next request) and by a watch for everyone else's.
 //! - [`policy`]: the bootstrap roles and bindings, created and reconciled at
 //!   start-up (upstream `bootstrappolicy` + `reconciliation`).
 //! - [`aggregation`]: `aggregationRule` evaluation (upstream
@@ -27,6 +29,7 @@
 //! token authenticator does not, so RBAC adds it when it evaluates a request).
 
 pub mod aggregation;
+pub mod cache;
 pub mod escalation;
 pub mod impersonation;
 pub mod policy;
@@ -34,15 +37,11 @@ pub mod reviews;
 pub mod rules;
 pub mod strategy;
 
-use k8s_openapi::api::rbac::v1::{
-    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
-};
-use serde::de::DeserializeOwned;
+use k8s_openapi::api::rbac::v1::{PolicyRule, RoleRef, Subject};
 
 use super::ApiState;
 use super::auth::User;
 use super::error::ApiError;
-use crate::storage::{ListOptions, collection_prefix, object_key};
 pub use rules::Request;
 
 /// The API group of RBAC objects.
@@ -138,55 +137,6 @@ fn applies_to(user: &UserInfo, subject: &Subject, namespace: &str) -> bool {
     }
 }
 
-fn storage_error(e: crate::storage::Error) -> ApiError {
-    ApiError::from_storage(e, "", "")
-}
-
-/// Every object of `resource` in `namespace` (`None`: cluster-scoped or
-/// all), decoded; undecodable objects are skipped with a warning.
-pub(crate) async fn list_typed<T: DeserializeOwned>(
-    state: &ApiState,
-    resource: &str,
-    namespace: Option<&str>,
-) -> Result<Vec<T>, ApiError> {
-    let prefix =
-        collection_prefix(resource, namespace).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let page = state
-        .storage
-        .list(&prefix, ListOptions::default())
-        .await
-        .map_err(storage_error)?;
-    Ok(page
-        .items
-        .iter()
-        .filter_map(|kv| match serde_json::from_slice::<T>(&kv.value) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                tracing::warn!(key = %kv.key, error = %e, "undecodable RBAC object skipped");
-                None
-            }
-        })
-        .collect())
-}
-
-/// The object `resource/name` in `namespace`, decoded; `None` when absent.
-pub(crate) async fn get_typed<T: DeserializeOwned>(
-    state: &ApiState,
-    resource: &str,
-    namespace: Option<&str>,
-    name: &str,
-) -> Result<Option<T>, ApiError> {
-    let key =
-        object_key(resource, namespace, name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let got = state.storage.get(&key).await.map_err(storage_error)?;
-    match got {
-        None => Ok(None),
-        Some(s) => serde_json::from_slice(&s.value)
-            .map(Some)
-            .map_err(|e| ApiError::Internal(format!("{key}: {e}"))),
-    }
-}
-
 /// `GetRoleReferenceRules`: the rules of the role a binding references
 /// (`namespace`: the binding's, for `Role` references). `Err(message)` when
 /// the role is missing or the kind unknown.
@@ -195,27 +145,8 @@ pub async fn role_ref_rules(
     role_ref: &RoleRef,
     namespace: &str,
 ) -> Result<Result<Vec<PolicyRule>, String>, ApiError> {
-    match role_ref.kind.as_str() {
-        "ClusterRole" => {
-            match get_typed::<ClusterRole>(state, "clusterroles", None, &role_ref.name).await? {
-                Some(r) => Ok(Ok(r.rules.unwrap_or_default())),
-                None => Ok(Err(format!(
-                    "clusterrole.rbac.authorization.k8s.io \"{}\" not found",
-                    role_ref.name
-                ))),
-            }
-        }
-        "Role" if !namespace.is_empty() => {
-            match get_typed::<Role>(state, "roles", Some(namespace), &role_ref.name).await? {
-                Some(r) => Ok(Ok(r.rules.unwrap_or_default())),
-                None => Ok(Err(format!(
-                    "role.rbac.authorization.k8s.io \"{}\" not found",
-                    role_ref.name
-                ))),
-            }
-        }
-        kind => Ok(Err(format!("unsupported role reference kind: {kind:?}"))),
-    }
+    let snap = state.rbac.snapshot(&state.storage).await?;
+    Ok(snap.role_ref_rules(role_ref, namespace).map(<[_]>::to_vec))
 }
 
 /// `RulesFor`: every rule bound to `user` cluster-wide, plus those bound
@@ -225,59 +156,16 @@ pub async fn rules_for(
     user: &UserInfo,
     namespace: &str,
 ) -> Result<Resolved, ApiError> {
+    let snap = state.rbac.snapshot(&state.storage).await?;
     let mut out = Resolved::default();
-    let crbs: Vec<ClusterRoleBinding> = list_typed(state, "clusterrolebindings", None).await?;
-    for b in &crbs {
-        let name = b.metadata.name.as_deref().unwrap_or("");
-        let Some(subject) = b
-            .subjects
-            .iter()
-            .flatten()
-            .find(|s| applies_to(user, s, ""))
-        else {
-            continue;
-        };
-        match role_ref_rules(state, &b.role_ref, "").await? {
+    for b in snap.bindings_for(user, namespace) {
+        match &b.rules {
             Ok(rules) => {
-                let source = Source(format!(
-                    "ClusterRoleBinding {name:?} of {} {:?} to {}",
-                    b.role_ref.kind,
-                    b.role_ref.name,
-                    describe_subject(subject, "")
-                ));
+                let source = b.source();
                 out.rules
-                    .extend(rules.into_iter().map(|r| (r, source.clone())));
+                    .extend(rules.iter().map(|r| (r.clone(), source.clone())));
             }
-            Err(e) => out.errors.push(e),
-        }
-    }
-    if namespace.is_empty() {
-        return Ok(out);
-    }
-    let rbs: Vec<RoleBinding> = list_typed(state, "rolebindings", Some(namespace)).await?;
-    for b in &rbs {
-        let name = b.metadata.name.as_deref().unwrap_or("");
-        let Some(subject) = b
-            .subjects
-            .iter()
-            .flatten()
-            .find(|s| applies_to(user, s, namespace))
-        else {
-            continue;
-        };
-        match role_ref_rules(state, &b.role_ref, namespace).await? {
-            Ok(rules) => {
-                let source = Source(format!(
-                    "RoleBinding {:?} of {} {:?} to {}",
-                    format!("{name}/{namespace}"),
-                    b.role_ref.kind,
-                    b.role_ref.name,
-                    describe_subject(subject, namespace)
-                ));
-                out.rules
-                    .extend(rules.into_iter().map(|r| (r, source.clone())));
-            }
-            Err(e) => out.errors.push(e),
+            Err(e) => out.errors.push(e.clone()),
         }
     }
     Ok(out)
@@ -290,10 +178,18 @@ pub async fn authorize(
     user: &UserInfo,
     req: &Request,
 ) -> Result<Option<String>, ApiError> {
-    let resolved = rules_for(state, user, &req.namespace).await?;
-    Ok(resolved
-        .allows(req)
-        .map(|s| format!("RBAC: allowed by {}", s.0)))
+    // Upstream's VisitRulesFor with a visitor that stops at the first
+    // allowing rule; errors (a binding to a missing role) only matter when
+    // nothing allows.
+    let snap = state.rbac.snapshot(&state.storage).await?;
+    Ok(snap
+        .bindings_for(user, &req.namespace)
+        .find(|b| {
+            b.rules
+                .as_ref()
+                .is_ok_and(|rules| rules.iter().any(|r| rules::rule_allows(req, r)))
+        })
+        .map(|b| format!("RBAC: allowed by {}", b.source().0)))
 }
 
 /// The RBAC step of [`super::authz::authorize`]: whether a binding allows
