@@ -80,6 +80,9 @@ impl Apiserver {
             .arg(&self.dir)
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
+            // Every request the agent makes, for counting its attempts.
+            .arg("--audit-log-path")
+            .arg(self.dir.join("audit.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -191,6 +194,20 @@ spec:
     image: localhost/berth/busybox:1.36
 ";
 
+/// A static pod NodeRestriction refuses to mirror (a node may not create
+/// pods naming a service account): it runs, without a mirror pod.
+const REFUSED_STATIC_POD: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: static-sa
+  namespace: default
+spec:
+  serviceAccountName: build-bot
+  containers:
+  - name: s
+    image: localhost/berth/busybox:1.36
+";
+
 const POD: &str = r#"{
   "apiVersion": "v1", "kind": "Pod",
   "metadata": {"name": "web", "namespace": "default"},
@@ -221,6 +238,11 @@ async fn node_lease_pods_status_deletion_and_outage() {
     let agent_dir = dir.path().join("agent");
     std::fs::create_dir_all(agent_dir.join("manifests")).unwrap();
     std::fs::write(agent_dir.join("manifests/static-web.yaml"), STATIC_POD).unwrap();
+    std::fs::write(
+        agent_dir.join("manifests/static-sa.yaml"),
+        REFUSED_STATIC_POD,
+    )
+    .unwrap();
     let status_port = free_port();
     // The authenticated server runs (the kubeconfig has a CA): its port is the
     // Node's kubelet port.
@@ -322,6 +344,23 @@ async fn node_lease_pods_status_deletion_and_outage() {
     );
     assert_eq!(Some(owners[0].uid.clone()), node_uid);
     assert_eq!(owners[0].controller, Some(true));
+
+    // The refused static pod: no mirror, and the agent does not hammer the
+    // API server with the same refused create every second (one attempt per
+    // MIRROR_REFUSED_RETRY, counted in the audit log).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(pods.get_opt("static-sa-node-a").await.unwrap().is_none());
+    let audit = std::fs::read_to_string(dir.path().join("apiserver/audit.log")).unwrap();
+    let attempts: Vec<&str> = audit
+        .lines()
+        .filter(|l| {
+            l.contains("\"stage\":\"ResponseComplete\"")
+                && l.contains("\"verb\":\"create\"")
+                && l.contains("\"name\":\"static-sa-node-a\"")
+        })
+        .collect();
+    assert_eq!(attempts.len(), 1, "{attempts:#?}");
+    assert!(attempts[0].contains("\"code\":403"), "{}", attempts[0]);
 
     // 2. The Lease: held by the node, renewed.
     let leases: Api<Lease> = Api::namespaced(admin.clone(), "kube-node-lease");

@@ -31,6 +31,25 @@ use crate::util::{is_not_found, sleep_or_cancel};
 
 /// How often pod statuses are computed and compared.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a mirror pod the API server refused (403 from NodeRestriction,
+/// 422 from validation: the same static pod is refused again) waits before
+/// the next attempt.
+pub const MIRROR_REFUSED_RETRY: Duration = Duration::from_secs(60);
+
+/// A mirror pod the API server refused: for which version of the static pod
+/// (its config hash), and when to try again. The warning is logged once per
+/// version; retries log at debug.
+struct Refused {
+    config_hash: Option<String>,
+    retry_at: std::time::Instant,
+}
+
+/// True when the API refused the request for what it is (403 Forbidden or
+/// 422 Invalid), not for a passing condition: sending it again unchanged gets
+/// the same answer.
+fn is_refusal(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 403 || s.code == 422)
+}
 
 /// Status fields the agent owns: when it no longer reports one, it is cleared.
 const OWNED_STATUS_FIELDS: &[&str] = &[
@@ -328,6 +347,10 @@ async fn status_loop(ctx: Context, store: Store) {
     let mut sent: HashMap<Uid, PodStatus> = HashMap::new();
     // API objects whose final DELETE went through.
     let mut deleted: HashSet<Uid> = HashSet::new();
+    // Static pods whose mirror pod the API server refused.
+    let mut refused: HashMap<(String, String), Refused> = HashMap::new();
+    // The version of each static pod already warned about.
+    let mut refused_before: HashMap<(String, String), Option<String>> = HashMap::new();
     loop {
         if !sleep_or_cancel(&ctx.cancel, STATUS_INTERVAL).await {
             return;
@@ -434,10 +457,18 @@ async fn status_loop(ctx: Context, store: Store) {
                 }
             }
         }
-        let missing: Vec<&Pod> = statics
+        // A refusal holds until it is due again or the static pod changed.
+        let now = std::time::Instant::now();
+        refused_before.retain(|key, _| statics.contains_key(key) && !mirrored.contains(key));
+        refused.retain(|key, r| {
+            statics.get(key).is_some_and(|sp| {
+                r.retry_at > now
+                    && r.config_hash.as_deref() == annotation(sp, CONFIG_HASH_ANNOTATION)
+            })
+        });
+        let missing: Vec<(&(String, String), &Pod)> = statics
             .iter()
-            .filter(|(key, _)| !mirrored.contains(*key))
-            .map(|(_, sp)| sp)
+            .filter(|(key, _)| !mirrored.contains(*key) && !refused.contains_key(*key))
             .collect();
         if missing.is_empty() {
             continue;
@@ -453,7 +484,7 @@ async fn status_loop(ctx: Context, store: Store) {
                 continue;
             }
         };
-        for sp in missing {
+        for (key, sp) in missing {
             // A same-named object that is not a current mirror is deleted above
             // (or is an ordinary pod, which the create then reports as a conflict).
             match pods_api(&ctx, sp)
@@ -465,6 +496,31 @@ async fn status_loop(ctx: Context, store: Store) {
             {
                 Ok(_) => tracing::info!(pod = %pod_key(sp), "mirror pod created"),
                 Err(e) if crate::util::is_conflict(&e) => {}
+                Err(e) if is_refusal(&e) => {
+                    // Deterministic (a static pod naming a Secret, say): the
+                    // pod runs, the API shows no mirror of it. Say so once per
+                    // version of the manifest, retry now and then.
+                    let config_hash = annotation(sp, CONFIG_HASH_ANNOTATION).map(str::to_string);
+                    let again = refused_before.get(key) == Some(&config_hash);
+                    if again {
+                        tracing::debug!(pod = %pod_key(sp), error = %e, "mirror pod still refused");
+                    } else {
+                        tracing::warn!(
+                            pod = %pod_key(sp),
+                            error = %e,
+                            retry_in_s = MIRROR_REFUSED_RETRY.as_secs(),
+                            "the API server refused the mirror pod; the static pod runs without one"
+                        );
+                    }
+                    refused_before.insert(key.clone(), config_hash.clone());
+                    refused.insert(
+                        key.clone(),
+                        Refused {
+                            config_hash,
+                            retry_at: now + MIRROR_REFUSED_RETRY,
+                        },
+                    );
+                }
                 Err(e) => {
                     tracing::warn!(pod = %pod_key(sp), error = %e, "creating the mirror pod failed; retrying")
                 }
