@@ -417,6 +417,8 @@ fn free_port() -> u16 {
 struct Api {
     addr: SocketAddr,
     agent: FakeAgent,
+    /// The audit log (`--audit-log-path`).
+    audit: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -442,6 +444,7 @@ async fn start() -> Api {
         storage,
         ApiConfig {
             authenticator: Some(Authenticator::parse(TOKENS).unwrap()),
+            audit: Some(api::audit::AuditLog::open(&dir.path().join("audit.log")).unwrap()),
             ..ApiConfig::default()
         },
         Some(kubelet),
@@ -455,6 +458,7 @@ async fn start() -> Api {
     let api = Api {
         addr,
         agent,
+        audit: dir.path().join("audit.log"),
         _dir: dir,
     };
     for (path, obj) in fixtures(api.agent.port) {
@@ -874,6 +878,7 @@ async fn exec_websocket_passthrough() {
         resp.headers()["sec-websocket-protocol"],
         "v5.channel.k8s.io"
     );
+    let audit_id = resp.headers()["audit-id"].to_str().unwrap().to_string();
     for chunk in ["hello ", "world\n"] {
         ws.send(chan(0, chunk.as_bytes())).await.unwrap();
         let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
@@ -883,6 +888,11 @@ async fn exec_websocket_passthrough() {
             .unwrap();
         assert_eq!(got, chan(1, chunk.as_bytes()));
     }
+    // The session is open: the audit log has its start, not its end.
+    assert_eq!(
+        exec_stages(&api, &audit_id),
+        ["RequestReceived", "ResponseStarted"]
+    );
     // v5: stdin closed → the command ends → status on channel 3, then close.
     ws.send(Message::binary(vec![255u8, 0])).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
@@ -905,6 +915,34 @@ async fn exec_websocket_passthrough() {
         reqs,
         ["GET /exec/default/multi/a?command=cat&stdin=true&stdout=true&stderr=false&tty=false"]
     );
+    // Closed: ResponseComplete follows (with the 101), as upstream's.
+    drop(ws);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while exec_stages(&api, &audit_id).len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ResponseComplete for the exec session"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        exec_stages(&api, &audit_id),
+        ["RequestReceived", "ResponseStarted", "ResponseComplete"]
+    );
+}
+
+/// The stages the audit log holds for `audit_id`, in order.
+fn exec_stages(api: &Api, audit_id: &str) -> Vec<String> {
+    std::fs::read_to_string(&api.audit)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["auditID"] == audit_id)
+        .map(|e| {
+            assert_eq!(e["objectRef"]["subresource"], "exec", "{e}");
+            e["stage"].as_str().unwrap_or_default().to_string()
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------

@@ -7,7 +7,8 @@
 //! `RequestReceived` before the handler runs, `ResponseComplete` after it;
 //! long-running requests (watch, `pods/log`, `pods/exec`…) get
 //! `ResponseStarted` as soon as the response head is out and
-//! `ResponseComplete` when the stream ends. A request that fails
+//! `ResponseComplete` when the stream ends (for an upgraded `pods/exec`, when
+//! the session ends: [`SessionEnd`]). A request that fails
 //! authentication gets a single `ResponseStarted` event with an empty user
 //! (upstream's `WithFailedAuthenticationAudit`). Every response carries the
 //! event's id as the `Audit-Id` header, with or without a log, and a client's
@@ -444,6 +445,25 @@ fn forbidden_reason(user: &str, message: &str) -> Option<String> {
     )
 }
 
+/// The end of an upgraded session (`pods/exec` after its 101), attached by
+/// the handler to the 101 response: the 101's body is empty and done at once,
+/// so `ResponseComplete` waits for this instead, as upstream writes it when
+/// the exec stream ends.
+#[derive(Clone, Debug)]
+pub struct SessionEnd(tokio::sync::watch::Receiver<()>);
+
+/// Held by the task serving an upgraded session; dropping it ends the session.
+#[derive(Debug)]
+pub struct SessionGuard {
+    _end: tokio::sync::watch::Sender<()>,
+}
+
+/// A session's guard (for the task serving it) and end (for its response).
+pub fn session() -> (SessionGuard, SessionEnd) {
+    let (tx, rx) = tokio::sync::watch::channel(());
+    (SessionGuard { _end: tx }, SessionEnd(rx))
+}
+
 /// Writes `ResponseComplete` of a long-running request when its body is
 /// done: streamed to the end, or dropped because the client went away.
 struct CompleteOnDrop {
@@ -619,6 +639,14 @@ pub async fn audit(State(state): State<Arc<ApiState>>, req: Request, next: Next)
         event.stage_timestamp = micro_time(jiff::Timestamp::now());
         log.write(&event);
         let guard = CompleteOnDrop { log, event };
+        if let Some(SessionEnd(mut end)) = resp.extensions_mut().remove::<SessionEnd>() {
+            tokio::spawn(async move {
+                // Err once the session's guard is dropped.
+                while end.changed().await.is_ok() {}
+                drop(guard);
+            });
+            return resp;
+        }
         let (parts, body) = resp.into_parts();
         let stream = body.into_data_stream().map(move |chunk| {
             // The stream owns the guard: it fires when the stream is dropped.

@@ -1010,7 +1010,10 @@ async fn exec(state: &ApiState, namespace: &str, name: &str, mut req: Request) -
         .await
         .map_err(|e| fail(format!("upgrading the connection to the node agent: {e}")))?;
     tracing::debug!(namespace, pod = name, container, node = %host, "exec: connection upgraded");
+    let (session, session_end) = super::audit::session();
     tokio::spawn(async move {
+        // Dropped when this task ends: the audit log's ResponseComplete.
+        let _session = session;
         let client_io = match on_upgrade.await {
             Ok(io) => io,
             Err(e) => {
@@ -1029,6 +1032,7 @@ async fn exec(state: &ApiState, namespace: &str, name: &str, mut req: Request) -
     });
     let mut out = Response::new(Body::empty());
     *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    out.extensions_mut().insert(session_end);
     for (k, v) in &headers {
         if k != header::CONTENT_LENGTH && k != header::TRANSFER_ENCODING {
             out.headers_mut().append(k, v.clone());
