@@ -24,7 +24,9 @@
 //! - authorization: the same GET of one pod (sequential, 300 times) as the
 //!   admin (`system:masters`, allowed before RBAC is consulted), as a user
 //!   RBAC allows (a ClusterRoleBinding to `view`), and a GET of a Secret the
-//!   same user is denied (403: every binding visited): p50/p99 each.
+//!   same user is denied (403: every binding visited): p50/p99 each; and a
+//!   node reading a Secret a pod bound to it names (the Node authorizer,
+//!   which scans the namespace's N pods per request).
 //!
 //! Then it stops the server by PID (SIGINT, SIGKILL after 10 s). Figures, not
 //! assertions: one JSON object on stdout, progress on stderr. HTTP/2 on one
@@ -532,19 +534,7 @@ async fn authz(
 ) -> anyhow::Result<Value> {
     const N: usize = 300;
     let user = "bench-viewer";
-    let out = Command::new(binary)
-        .args(["kubeconfig", "--data-dir"])
-        .arg(server.dir.path())
-        .args(["--user", user])
-        .output()
-        .context("berth-apiserver kubeconfig --user")?;
-    if !out.status.success() {
-        bail!(
-            "berth-apiserver kubeconfig --user {user}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let text = String::from_utf8(out.stdout).context("kubeconfig is not UTF-8")?;
+    let text = kubeconfig_text(server, binary, &["--user", user])?;
     let binding = json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
         "metadata": {"name": "bench-viewer"},
@@ -572,11 +562,81 @@ async fn authz(
     timed_gets(admin, pod_path, StatusCode::OK, 10).await?;
     timed_gets(&mut viewer, pod_path, StatusCode::OK, 10).await?;
     let secret = "/api/v1/namespaces/default/secrets/none";
-    Ok(json!({
+    let mut out = json!({
         "get_pod_admin": timed_gets(admin, pod_path, StatusCode::OK, N).await?,
         "get_pod_rbac_allowed": timed_gets(&mut viewer, pod_path, StatusCode::OK, N).await?,
         "get_secret_rbac_denied": timed_gets(&mut viewer, secret, StatusCode::FORBIDDEN, N).await?,
-    }))
+    });
+    // The Node authorizer: a node reading a Secret that a pod bound to it
+    // names, in a namespace of `pods_in_namespace` pods (the authorizer
+    // scans that namespace's pods per request).
+    let ns = pod_path
+        .split('/')
+        .nth(4)
+        .context("pod path has no namespace")?;
+    let node = "bench-node";
+    let node_text = kubeconfig_text(server, binary, &["--node", node])?;
+    let secret_obj = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "bench-secret"}, "stringData": {"k": "v"}});
+    admin
+        .call(
+            Method::POST,
+            &format!("/api/v1/namespaces/{ns}/secrets"),
+            Some(secret_obj.to_string().into_bytes()),
+            StatusCode::CREATED,
+        )
+        .await?;
+    let bound = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "bench-secret-user"},
+        "spec": {"nodeName": node,
+            "containers": [{"name": "c", "image": "localhost/berth/busybox:1.36"}],
+            "volumes": [{"name": "s", "secret": {"secretName": "bench-secret"}}]}});
+    admin
+        .call(
+            Method::POST,
+            &format!("/api/v1/namespaces/{ns}/pods"),
+            Some(bound.to_string().into_bytes()),
+            StatusCode::CREATED,
+        )
+        .await?;
+    let pods_in_namespace = admin
+        .get_json(&format!("/api/v1/namespaces/{ns}/pods"))
+        .await?["items"]
+        .as_array()
+        .map_or(0, Vec::len);
+    let mut node_conn = Conn {
+        config: ClientConfig {
+            token: kubeconfig_field(&node_text, "token")
+                .context("the node kubeconfig has no token")?
+                .to_string(),
+            ..admin.config.clone()
+        },
+        sender: admin.for_worker().await?.sender,
+    };
+    let secret_path = format!("/api/v1/namespaces/{ns}/secrets/bench-secret");
+    timed_gets(&mut node_conn, &secret_path, StatusCode::OK, 10).await?;
+    out["get_secret_node_authorizer"] =
+        timed_gets(&mut node_conn, &secret_path, StatusCode::OK, N).await?;
+    out["get_secret_node_authorizer"]["pods_in_namespace"] = json!(pods_in_namespace);
+    Ok(out)
+}
+
+/// `berth-apiserver kubeconfig --data-dir <server's> <who...>`: the kubeconfig text.
+fn kubeconfig_text(server: &Server, binary: &Path, who: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(binary)
+        .args(["kubeconfig", "--data-dir"])
+        .arg(server.dir.path())
+        .args(who)
+        .output()
+        .context("berth-apiserver kubeconfig")?;
+    if !out.status.success() {
+        bail!(
+            "berth-apiserver kubeconfig {}: {}",
+            who.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8(out.stdout).context("kubeconfig is not UTF-8")
 }
 
 /// The `q` quantile of sorted durations (nearest rank).
