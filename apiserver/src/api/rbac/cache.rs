@@ -178,6 +178,9 @@ async fn watch_loop(storage: Arc<dyn Storage>, shared: Arc<Shared>) {
                 // the load this bump forces.
                 shared.changed();
                 shared.watching.store(true, Ordering::Release);
+                // However this ends (the stream fails, the task is aborted or
+                // its runtime goes away), the cache stops trusting snapshots.
+                let _open = WatchOpen(shared.clone());
                 loop {
                     match events.next().await {
                         Some(Some(Ok(_))) => shared.changed(),
@@ -189,14 +192,22 @@ async fn watch_loop(storage: Arc<dyn Storage>, shared: Arc<Shared>) {
                         Some(None) | None => break,
                     }
                 }
-                shared.watching.store(false, Ordering::Release);
-                shared.changed();
             }
             Err(e) => {
                 tracing::warn!(error = %e, "RBAC policy watch could not be opened; policy not cached");
             }
         }
         tokio::time::sleep(REOPEN_BACKOFF).await;
+    }
+}
+
+/// While alive, the watch is open; dropped, it marks the cache untrusted.
+struct WatchOpen(Arc<Shared>);
+
+impl Drop for WatchOpen {
+    fn drop(&mut self) {
+        self.0.watching.store(false, Ordering::Release);
+        self.0.changed();
     }
 }
 
@@ -455,5 +466,116 @@ impl Storage for InvalidatingStorage {
 
     async fn compact(&self, revision: i64) -> StorageResult<()> {
         self.inner.compact(revision).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Error;
+    use crate::storage::sqlite::{SqliteOptions, SqliteStorage};
+
+    /// A store whose watches cannot be opened (as etcd mid-restart).
+    struct NoWatch(Arc<dyn Storage>);
+
+    #[async_trait::async_trait]
+    impl Storage for NoWatch {
+        async fn get(&self, key: &str) -> StorageResult<Option<Stored>> {
+            self.0.get(key).await
+        }
+        async fn list(&self, prefix: &str, options: ListOptions) -> StorageResult<ListResult> {
+            self.0.list(prefix, options).await
+        }
+        async fn create(&self, key: &str, value: Vec<u8>) -> StorageResult<i64> {
+            self.0.create(key, value).await
+        }
+        async fn update(&self, key: &str, value: Vec<u8>, rev: Option<i64>) -> StorageResult<i64> {
+            self.0.update(key, value, rev).await
+        }
+        async fn delete(&self, key: &str, rev: Option<i64>) -> StorageResult<(i64, Stored)> {
+            self.0.delete(key, rev).await
+        }
+        async fn watch(&self, prefix: &str, _from: i64) -> StorageResult<WatchStream> {
+            Err(Error::Unavailable {
+                key: prefix.into(),
+                reason: "no watch in this test".into(),
+            })
+        }
+        async fn current_revision(&self) -> StorageResult<i64> {
+            self.0.current_revision().await
+        }
+        async fn compact(&self, revision: i64) -> StorageResult<()> {
+            self.0.compact(revision).await
+        }
+    }
+
+    fn role(name: &str) -> Vec<u8> {
+        serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": name}, "rules": []})
+        .to_string()
+        .into_bytes()
+    }
+
+    fn sqlite(dir: &std::path::Path) -> Arc<dyn Storage> {
+        Arc::new(SqliteStorage::open(dir, SqliteOptions::default()).expect("sqlite"))
+    }
+
+    async fn settled(cache: &PolicyCache, storage: &Arc<dyn Storage>) -> u64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        // The first call loads and starts the watch, whose opening forces
+        // one more load: settled once two calls in a row load nothing.
+        cache.snapshot(storage).await.expect("snapshot");
+        loop {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let before = cache.loads();
+            cache.snapshot(storage).await.expect("snapshot");
+            cache.snapshot(storage).await.expect("snapshot");
+            if cache.loads() == before {
+                return before;
+            }
+            assert!(std::time::Instant::now() < deadline, "cache never settled");
+        }
+    }
+
+    #[tokio::test]
+    async fn cached_until_an_rbac_write_and_only_then() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = PolicyCache::new();
+        let storage = cache.wrap(sqlite(dir.path()));
+        let loads = settled(&cache, &storage).await;
+        for _ in 0..3 {
+            cache.snapshot(&storage).await.expect("snapshot");
+        }
+        storage
+            .create("/registry/pods/default/p", b"{}".to_vec())
+            .await
+            .expect("pod");
+        cache.snapshot(&storage).await.expect("snapshot");
+        assert_eq!(cache.loads(), loads, "a non-RBAC write reloaded");
+        storage
+            .create("/registry/clusterroles/r1", role("r1"))
+            .await
+            .expect("role");
+        let snap = cache.snapshot(&storage).await.expect("snapshot");
+        assert_eq!(cache.loads(), loads + 1);
+        assert!(snap.cluster_roles.contains_key("r1"));
+    }
+
+    #[tokio::test]
+    async fn nothing_is_cached_while_the_watch_is_down() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = PolicyCache::new();
+        let raw = sqlite(dir.path());
+        let storage = cache.wrap(Arc::new(NoWatch(raw.clone())));
+        for i in 1..=3u64 {
+            cache.snapshot(&storage).await.expect("snapshot");
+            assert_eq!(cache.loads(), i, "served a snapshot without a watch");
+        }
+        // A write behind the cache's back is seen at once.
+        raw.create("/registry/clusterroles/r2", role("r2"))
+            .await
+            .expect("role");
+        let snap = cache.snapshot(&storage).await.expect("snapshot");
+        assert!(snap.cluster_roles.contains_key("r2"));
     }
 }
