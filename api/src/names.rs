@@ -189,6 +189,18 @@ pub fn port_name_errors(s: &str) -> Vec<String> {
 }
 
 /// `IsRelaxedEnvVarName`: printable ASCII other than `=`.
+/// `IsHTTPHeaderName`.
+pub fn http_header_name_errors(s: &str) -> Vec<String> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Vec::new();
+    }
+    vec![regex_error(
+        "a valid HTTP header must consist of alphanumeric characters or '-'",
+        "[-A-Za-z0-9]+",
+        &["X-Header-Name"],
+    )]
+}
+
 pub fn env_var_name_errors(s: &str) -> Vec<String> {
     let mut errs = Vec::new();
     if s.is_empty() {

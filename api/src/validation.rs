@@ -11,15 +11,17 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerPort, EnvVar, Pod, PodSpec, ResourceRequirements, Secret,
-    SecurityContext, Volume, VolumeMount,
+    ConfigMap, Container, ContainerPort, EnvVar, ExecAction, GRPCAction, HTTPGetAction, Pod,
+    PodSpec, Probe, ResourceRequirements, Secret, SecurityContext, SleepAction, TCPSocketAction,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::names::{
-    dns1123_label_errors, dns1123_subdomain_errors, env_var_name_errors, label_value_errors,
-    port_name_errors, qualified_name_errors,
+    dns1123_label_errors, dns1123_subdomain_errors, env_var_name_errors, http_header_name_errors,
+    label_value_errors, port_name_errors, qualified_name_errors,
 };
 use crate::quantity;
 
@@ -463,10 +465,12 @@ fn validate_spec(spec: &PodSpec, errs: &mut Errors) {
     for (i, c) in spec.init_containers.iter().flatten().enumerate() {
         let path = format!("spec.initContainers[{i}]");
         validate_container(c, &path, true, &volumes, &mut names, host_network, errs);
+        validate_probes_and_lifecycle(c, &path, true, spec.termination_grace_period_seconds, errs);
     }
     for (i, c) in spec.containers.iter().enumerate() {
         let path = format!("spec.containers[{i}]");
         validate_container(c, &path, false, &volumes, &mut names, host_network, errs);
+        validate_probes_and_lifecycle(c, &path, false, spec.termination_grace_period_seconds, errs);
     }
     validate_host_ports(&spec.containers, "spec.containers", errs);
     if let Some(init) = &spec.init_containers {
@@ -685,6 +689,203 @@ fn validate_container<'a>(
     }
     if let Some(sc) = &c.security_context {
         validate_security_context(sc, &format!("{path}.securityContext"), errs);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Probes and lifecycle hooks (`validateLivenessProbe`, `validateReadinessProbe`,
+// `validateStartupProbe`, `validateLifecycle`, `validateHandler`)
+// ---------------------------------------------------------------------------
+
+const NOT_FOR_INIT: &str = "may not be set for init containers without restartPolicy=Always";
+const NEGATIVE: &str = "must be greater than or equal to 0";
+const HTTP_SCHEMES: &[&str] = &["HTTP", "HTTPS"];
+
+/// A probe's or hook's handler: at most one action is set (a probe has no
+/// `sleep`, a hook no `grpc`).
+struct Handler<'a> {
+    exec: Option<&'a ExecAction>,
+    http_get: Option<&'a HTTPGetAction>,
+    tcp_socket: Option<&'a TCPSocketAction>,
+    grpc: Option<&'a GRPCAction>,
+    sleep: Option<&'a SleepAction>,
+}
+
+/// Probes and hooks of a regular container, or of a restartable (sidecar)
+/// init container; other init containers may have none of them.
+fn validate_probes_and_lifecycle(
+    c: &Container,
+    path: &str,
+    init: bool,
+    grace: Option<i64>,
+    errs: &mut Errors,
+) {
+    if init && c.restart_policy.as_deref() != Some("Always") {
+        for (field, set) in [
+            ("lifecycle", c.lifecycle.is_some()),
+            ("livenessProbe", c.liveness_probe.is_some()),
+            ("readinessProbe", c.readiness_probe.is_some()),
+            ("startupProbe", c.startup_probe.is_some()),
+        ] {
+            if set {
+                errs.forbidden(format!("{path}.{field}"), NOT_FOR_INIT);
+            }
+        }
+        return;
+    }
+    if let Some(lc) = &c.lifecycle {
+        for (field, hook) in [("postStart", &lc.post_start), ("preStop", &lc.pre_stop)] {
+            if let Some(h) = hook {
+                let handler = Handler {
+                    exec: h.exec.as_ref(),
+                    http_get: h.http_get.as_ref(),
+                    tcp_socket: h.tcp_socket.as_ref(),
+                    grpc: None,
+                    sleep: h.sleep.as_ref(),
+                };
+                validate_handler(&handler, grace, &format!("{path}.lifecycle.{field}"), errs);
+            }
+        }
+    }
+    if let Some(p) = &c.liveness_probe {
+        let pp = format!("{path}.livenessProbe");
+        validate_probe(p, grace, &pp, errs);
+        success_threshold_one(p, &pp, errs);
+    }
+    if let Some(p) = &c.readiness_probe {
+        let pp = format!("{path}.readinessProbe");
+        validate_probe(p, grace, &pp, errs);
+        if let Some(g) = p.termination_grace_period_seconds {
+            errs.invalid(
+                format!("{pp}.terminationGracePeriodSeconds"),
+                g,
+                "must not be set for readinessProbes",
+            );
+        }
+    }
+    if let Some(p) = &c.startup_probe {
+        let pp = format!("{path}.startupProbe");
+        validate_probe(p, grace, &pp, errs);
+        success_threshold_one(p, &pp, errs);
+    }
+}
+
+fn success_threshold_one(p: &Probe, path: &str, errs: &mut Errors) {
+    let t = p.success_threshold.unwrap_or(0);
+    if t != 1 {
+        errs.invalid(format!("{path}.successThreshold"), t, "must be 1");
+    }
+}
+
+/// `validateProbe`.
+fn validate_probe(p: &Probe, grace: Option<i64>, path: &str, errs: &mut Errors) {
+    let handler = Handler {
+        exec: p.exec.as_ref(),
+        http_get: p.http_get.as_ref(),
+        tcp_socket: p.tcp_socket.as_ref(),
+        grpc: p.grpc.as_ref(),
+        sleep: None,
+    };
+    validate_handler(&handler, grace, path, errs);
+    for (field, v) in [
+        ("initialDelaySeconds", p.initial_delay_seconds),
+        ("timeoutSeconds", p.timeout_seconds),
+        ("periodSeconds", p.period_seconds),
+        ("successThreshold", p.success_threshold),
+        ("failureThreshold", p.failure_threshold),
+    ] {
+        let v = v.unwrap_or(0);
+        if v < 0 {
+            errs.invalid(format!("{path}.{field}"), v, NEGATIVE);
+        }
+    }
+    if let Some(g) = p.termination_grace_period_seconds
+        && g <= 0
+    {
+        errs.invalid(
+            format!("{path}.terminationGracePeriodSeconds"),
+            g,
+            "must be greater than 0",
+        );
+    }
+}
+
+/// `validateHandler`: exactly one action, each valid.
+fn validate_handler(h: &Handler<'_>, grace: Option<i64>, path: &str, errs: &mut Errors) {
+    let mut count = 0;
+    let mut one = |errs: &mut Errors, field: &str| -> bool {
+        if count > 0 {
+            errs.forbidden(
+                format!("{path}.{field}"),
+                "may not specify more than 1 handler type",
+            );
+            return false;
+        }
+        count += 1;
+        true
+    };
+    if let Some(e) = h.exec
+        && one(errs, "exec")
+        && e.command.as_ref().is_none_or(Vec::is_empty)
+    {
+        errs.required(format!("{path}.exec.command"), "");
+    }
+    if let Some(g) = h.http_get
+        && one(errs, "httpGet")
+    {
+        let gp = format!("{path}.httpGet");
+        if g.path.as_deref().unwrap_or("").is_empty() {
+            errs.required(format!("{gp}.path"), "");
+        }
+        port_num_or_name(&g.port, &format!("{gp}.port"), errs);
+        let scheme = g.scheme.as_deref().unwrap_or("");
+        if !HTTP_SCHEMES.contains(&scheme) {
+            errs.not_supported(format!("{gp}.scheme"), scheme, HTTP_SCHEMES);
+        }
+        for header in g.http_headers.iter().flatten() {
+            errs.invalid_each(
+                &format!("{gp}.httpHeaders"),
+                &header.name,
+                http_header_name_errors(&header.name),
+            );
+        }
+    }
+    if let Some(t) = h.tcp_socket
+        && one(errs, "tcpSocket")
+    {
+        port_num_or_name(&t.port, &format!("{path}.tcpSocket.port"), errs);
+    }
+    if let Some(g) = h.grpc
+        && one(errs, "grpc")
+        && !valid_port_num(g.port)
+    {
+        errs.invalid(format!("{path}.grpc.port"), g.port, PORT_RANGE);
+    }
+    if let Some(s) = h.sleep
+        && one(errs, "sleep")
+        && let Some(grace) = grace
+        && (s.seconds < 0 || s.seconds > grace)
+    {
+        errs.invalid(
+            format!("{path}.sleep"),
+            s.seconds,
+            &format!("must be non-negative and less than terminationGracePeriodSeconds ({grace})"),
+        );
+    }
+    if count == 0 {
+        errs.required(path, "must specify a handler type");
+    }
+}
+
+/// `ValidatePortNumOrName`.
+fn port_num_or_name(port: &IntOrString, path: &str, errs: &mut Errors) {
+    match port {
+        IntOrString::Int(n) => {
+            if !valid_port_num(*n) {
+                errs.invalid(path, *n, PORT_RANGE);
+            }
+        }
+        IntOrString::String(name) => errs.invalid_each(path, name, port_name_errors(name)),
     }
 }
 
@@ -1138,5 +1339,132 @@ mod tests {
         assert!(!env_var_name_errors("é").is_empty());
         assert_eq!(subscripted_key("metadata.labels['app']"), Some("app"));
         assert_eq!(subscripted_key("metadata.name"), None);
+        assert!(http_header_name_errors("X-Header-1").is_empty());
+        assert!(!http_header_name_errors("X Header").is_empty());
+        assert!(!http_header_name_errors("").is_empty());
+    }
+
+    /// A defaulted pod with `container` merged into its one container (and
+    /// `init`, when given, as its one init container); its errors as text.
+    fn probe_errors(container: serde_json::Value, init: Option<serde_json::Value>) -> Vec<String> {
+        let mut c = serde_json::json!({"name": "c", "image": "busybox"});
+        for (k, v) in container.as_object().into_iter().flatten() {
+            c[k] = v.clone();
+        }
+        let mut pod = serde_json::json!({"metadata": {"name": "p", "namespace": "default"},
+            "spec": {"containers": [c]}});
+        if let Some(mut i) = init {
+            i["name"] = "i".into();
+            i["image"] = "busybox".into();
+            pod["spec"]["initContainers"] = serde_json::json!([i]);
+        }
+        let mut pod: Pod = serde_json::from_value(pod).expect("pod");
+        crate::defaults::apply(&mut pod);
+        validate_pod(&pod).iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn probes_as_upstream() {
+        use serde_json::json;
+        let ok = json!({
+            "livenessProbe": {"httpGet": {"port": 8080, "httpHeaders": [{"name": "X-A", "value": "1"}]},
+                              "terminationGracePeriodSeconds": 5},
+            "readinessProbe": {"exec": {"command": ["true"]}, "successThreshold": 3},
+            "startupProbe": {"tcpSocket": {"port": "http"}, "failureThreshold": 30},
+            "lifecycle": {"postStart": {"exec": {"command": ["true"]}},
+                          "preStop": {"sleep": {"seconds": 5}}},
+        });
+        assert_eq!(probe_errors(ok, None), Vec::<String>::new());
+        let c = "spec.containers[0]";
+        let cases = [
+            (
+                json!({"readinessProbe": {"exec": {"command": ["true"]},
+                                       "terminationGracePeriodSeconds": 30}}),
+                format!(
+                    "{c}.readinessProbe.terminationGracePeriodSeconds: Invalid value: 30: must not be set for readinessProbes"
+                ),
+            ),
+            (
+                json!({"livenessProbe": {"exec": {"command": ["true"]}, "successThreshold": 2}}),
+                format!("{c}.livenessProbe.successThreshold: Invalid value: 2: must be 1"),
+            ),
+            (
+                json!({"startupProbe": {"exec": {"command": ["true"]}, "successThreshold": 2}}),
+                format!("{c}.startupProbe.successThreshold: Invalid value: 2: must be 1"),
+            ),
+            (
+                json!({"livenessProbe": {"exec": {"command": ["true"]}, "periodSeconds": -1}}),
+                format!(
+                    "{c}.livenessProbe.periodSeconds: Invalid value: -1: must be greater than or equal to 0"
+                ),
+            ),
+            (
+                json!({"livenessProbe": {"exec": {"command": ["true"]}, "terminationGracePeriodSeconds": 0}}),
+                format!(
+                    "{c}.livenessProbe.terminationGracePeriodSeconds: Invalid value: 0: must be greater than 0"
+                ),
+            ),
+            (
+                json!({"livenessProbe": {"periodSeconds": 5}}),
+                format!("{c}.livenessProbe: Required value: must specify a handler type"),
+            ),
+            (
+                json!({"livenessProbe": {"exec": {"command": ["true"]}, "tcpSocket": {"port": 80}}}),
+                format!(
+                    "{c}.livenessProbe.tcpSocket: Forbidden: may not specify more than 1 handler type"
+                ),
+            ),
+            (
+                json!({"readinessProbe": {"exec": {"command": []}}}),
+                format!("{c}.readinessProbe.exec.command: Required value"),
+            ),
+            (
+                json!({"readinessProbe": {"httpGet": {"port": 0}}}),
+                format!(
+                    "{c}.readinessProbe.httpGet.port: Invalid value: 0: must be between 1 and 65535, inclusive"
+                ),
+            ),
+            (
+                json!({"readinessProbe": {"httpGet": {"port": 80, "scheme": "FTP"}}}),
+                format!(
+                    "{c}.readinessProbe.httpGet.scheme: Unsupported value: \"FTP\": supported values: \"HTTP\", \"HTTPS\""
+                ),
+            ),
+            (
+                json!({"readinessProbe": {"grpc": {"port": 70000}}}),
+                format!(
+                    "{c}.readinessProbe.grpc.port: Invalid value: 70000: must be between 1 and 65535, inclusive"
+                ),
+            ),
+            (
+                json!({"lifecycle": {"preStop": {"sleep": {"seconds": 31}}}}),
+                format!(
+                    "{c}.lifecycle.preStop.sleep: Invalid value: 31: must be non-negative and less than terminationGracePeriodSeconds (30)"
+                ),
+            ),
+            (
+                json!({"lifecycle": {"postStart": {}}}),
+                format!("{c}.lifecycle.postStart: Required value: must specify a handler type"),
+            ),
+        ];
+        for (container, want) in cases {
+            let got = probe_errors(container.clone(), None);
+            assert_eq!(got, vec![want], "{container}");
+        }
+        // Init containers: none of it, unless restartable (a sidecar).
+        let probe = json!({"exec": {"command": ["true"]}});
+        assert_eq!(
+            probe_errors(json!({}), Some(json!({"readinessProbe": probe}))),
+            vec![
+                "spec.initContainers[0].readinessProbe: Forbidden: may not be set for init containers without restartPolicy=Always"
+            ]
+        );
+        assert_eq!(
+            probe_errors(
+                json!({}),
+                Some(json!({"restartPolicy": "Always", "readinessProbe": probe}))
+            ),
+            Vec::<String>::new()
+        );
     }
 }

@@ -1269,6 +1269,7 @@ spec:
   initContainers:
   - name: init
     image: busybox:1.36
+    restartPolicy: Always
     lifecycle: {preStop: {exec: {command: [x]}}}
   containers:
   - name: app
@@ -1297,6 +1298,7 @@ spec:
             "spec.imagePullSecrets: registry credentials are not supported yet; images are pulled anonymously",
             "spec.securityContext.seLinuxOptions: not supported yet, ignored",
             "spec.initContainers[0].lifecycle: lifecycle hooks are not supported yet",
+            "spec.initContainers[0].restartPolicy: sidecar containers are not supported yet",
             "spec.containers[0].livenessProbe: probes are not supported yet",
             "spec.containers[0].envFrom: static pods may not reference ConfigMaps or Secrets (as upstream); the pod's containers will not start",
             "spec.containers[0].env[2].valueFrom.secretKeyRef: static pods may not reference ConfigMaps or Secrets (as upstream); the pod's containers will not start",
