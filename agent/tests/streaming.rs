@@ -12,7 +12,7 @@ use berth_agent::server::NodeView;
 use berth_agent::source::ManifestError;
 use berth_agent::streaming::{self, Host, tls};
 use berth_cri::api;
-use berth_cri::fake::FakeRuntime;
+use berth_cri::fake::{ExecResult, FakeRuntime};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
@@ -572,12 +572,41 @@ async fn exec_and_run_errors() {
             .await,
         (500, "container not found (\"pending\")".into())
     );
-    // The fake runtime has no ExecSync: the runtime's error is the answer.
+    // ExecSync: stdout then stderr; a non-zero exit is the kubelet's 500 text;
+    // a runtime error is the answer as it is.
+    env.fake.script_exec(
+        "app",
+        [
+            ExecResult {
+                stdout: b"hi\n".to_vec(),
+                stderr: b"warn\n".to_vec(),
+                ..ExecResult::default()
+            },
+            ExecResult {
+                exit_code: 1,
+                stderr: b"boom".to_vec(),
+                ..ExecResult::default()
+            },
+        ],
+    );
+    assert_eq!(
+        c.call(env.addr, "POST", "/run/default/web/app?cmd=echo%20hi")
+            .await,
+        (200, "hi\nwarn\n".into())
+    );
+    assert_eq!(
+        c.call(env.addr, "POST", "/run/default/web/app?cmd=echo%20hi")
+            .await,
+        (500, "command 'echo hi' exited with 1: boom".into())
+    );
+    assert_eq!(env.fake.execs()[0].cmd, ["echo", "hi"]);
+    env.fake
+        .fail_next("ExecSync", tonic::Code::Internal, "runtime trouble");
     let (code, body) = c
         .call(env.addr, "POST", "/run/default/web/app?cmd=echo%20hi")
         .await;
     assert_eq!(code, 500, "{body}");
-    assert!(body.contains("ExecSync"), "{body}");
+    assert!(body.contains("runtime trouble"), "{body}");
     // /run is POST only.
     assert_eq!(c.get(env.addr, "/run/default/web/app?cmd=id").await.0, 405);
 }

@@ -22,8 +22,11 @@
 //!   a pull of an image not made pullable fails NotFound `failed to pull and
 //!   unpack image …: not found`; ContainerStatus reports the image's repo tag
 //!   and repo digest;
-//! - GetContainerEvents is Unimplemented unless enabled; ExecSync and the other
-//!   streaming/stats RPCs are Unimplemented;
+//! - GetContainerEvents is Unimplemented unless enabled; ExecSync answers
+//!   from a script per container name ([`FakeRuntime::script_exec`]: exit
+//!   code, output, run time; past the request's timeout it fails
+//!   DeadlineExceeded), on running containers only; the other streaming/stats
+//!   RPCs are Unimplemented;
 //! - times are wall-clock nanoseconds; IDs and unique-ID prefixes resolve.
 //!
 //! Knobs script faults ([`FakeRuntime::fail_next`], [`FakeRuntime::delay`]),
@@ -59,7 +62,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
 pub use image::FakeImage;
-pub use state::{FakeContainer, FakeSandbox, KILLED_EXIT_CODE};
+pub use state::{ExecResult, FakeContainer, FakeExec, FakeSandbox, KILLED_EXIT_CODE};
 
 use crate::api::image_service_server::ImageServiceServer;
 use crate::api::runtime_service_server::RuntimeServiceServer;
@@ -421,6 +424,24 @@ impl FakeRuntime {
             .lock()
             .on_stop_exit
             .insert(name.to_string(), exit_code);
+    }
+
+    /// From now on, ExecSync in containers named `name` answers `results`
+    /// in order, the last one repeating (one result: always that). Probe
+    /// tests script a readiness check that flips, or an exec that hangs.
+    pub fn script_exec(&self, name: &str, results: impl IntoIterator<Item = ExecResult>) {
+        let queue: std::collections::VecDeque<ExecResult> = results.into_iter().collect();
+        let mut st = self.shared.lock();
+        if queue.is_empty() {
+            st.exec_scripts.remove(name);
+        } else {
+            st.exec_scripts.insert(name.to_string(), queue);
+        }
+    }
+
+    /// Every ExecSync answered so far, in order.
+    pub fn execs(&self) -> Vec<FakeExec> {
+        self.shared.lock().execs.clone()
     }
 
     // ----- images, sandboxes, runtime conditions, events -----

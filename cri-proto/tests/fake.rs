@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use berth_cri::api;
-use berth_cri::fake::FakeRuntime;
+use berth_cri::fake::{ExecResult, FakeRuntime};
 use berth_cri::{ConnectOptions, Error, RuntimeClient};
 
 fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -1064,12 +1064,6 @@ async fn container_events_are_unimplemented_unless_enabled() {
     let client = fake.client().await;
     let err = client.get_container_events().await.unwrap_err();
     assert!(err.is_unimplemented(), "{err:?}");
-    let err = client
-        .exec_sync(api::ExecSyncRequest::default())
-        .await
-        .unwrap_err();
-    assert!(err.is_unimplemented(), "{err:?}");
-
     fake.enable_container_events(true);
     let mut events = client.get_container_events().await.unwrap();
     let config = sandbox_config("web", "uid-1", 0);
@@ -1147,4 +1141,85 @@ async fn call_log_records_every_rpc_in_order() {
         vec!["RunPodSandbox", "RunPodSandbox", "ListPodSandbox"]
     );
     assert_eq!(fake.call_count("RunPodSandbox"), 2);
+}
+
+#[tokio::test]
+async fn exec_sync_answers_from_a_script() {
+    let fake = FakeRuntime::start().await;
+    fake.add_image("busybox");
+    let client = fake.client().await;
+    let exec = |id: &str, timeout: i64| api::ExecSyncRequest {
+        container_id: id.to_string(),
+        cmd: vec!["check".into(), "--ready".into()],
+        timeout,
+    };
+    // Unknown container: NotFound, as containerd.
+    let err = client.exec_sync(exec("nope", 1)).await.unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+
+    let config = sandbox_config("web", "uid-1", 0);
+    let sb = run_sandbox(&client, &config).await;
+    let c = create(&client, &sb, &config, "app", 0).await;
+    // Created, not running: refused.
+    let err = client.exec_sync(exec(&c, 1)).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("container is in CONTAINER_CREATED state"),
+        "{err}"
+    );
+    client
+        .start_container(api::StartContainerRequest {
+            container_id: c.clone(),
+        })
+        .await
+        .unwrap();
+    // Nothing scripted: exit 0, no output.
+    let r = client.exec_sync(exec(&c, 1)).await.unwrap();
+    assert_eq!((r.exit_code, r.stdout.len()), (0, 0));
+    // A script: answers in order, the last one repeats.
+    fake.script_exec(
+        "app",
+        [ExecResult::exit(1, "not yet"), ExecResult::exit(0, "ok")],
+    );
+    let codes: Vec<(i32, Vec<u8>)> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            let r = client.exec_sync(exec(&c, 1)).await.unwrap();
+            v.push((r.exit_code, r.stdout));
+        }
+        v
+    };
+    assert_eq!(
+        codes,
+        [
+            (1, b"not yet".to_vec()),
+            (0, b"ok".to_vec()),
+            (0, b"ok".to_vec())
+        ]
+    );
+    // A hang past the timeout: DeadlineExceeded after the timeout.
+    fake.script_exec("app", [ExecResult::hang(Duration::from_secs(5))]);
+    let start = std::time::Instant::now();
+    let err = client.exec_sync(exec(&c, 1)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    // Every call is recorded with its command and timeout.
+    let execs = fake.execs();
+    assert_eq!(execs.len(), 5, "{execs:?}");
+    assert!(execs.iter().all(|e| e.container_id == c
+        && e.container_name == "app"
+        && e.cmd == ["check", "--ready"]
+        && e.timeout == 1));
+    // Exited: refused again.
+    fake.exit_container(&c, 0);
+    let err = client.exec_sync(exec(&c, 1)).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("container is in CONTAINER_EXITED state"),
+        "{err}"
+    );
 }

@@ -265,6 +265,32 @@ runtime_service! {
             }))
         }
 
+        async fn exec_sync(
+            &self,
+            request: Request<api::ExecSyncRequest>,
+        ) -> Result<Response<api::ExecSyncResponse>, Status> {
+            self.0.enter("ExecSync").await?;
+            let req = request.into_inner();
+            let result = self.0.lock().exec_sync(&req)?;
+            let limit = u64::try_from(req.timeout)
+                .ok()
+                .filter(|&t| t > 0)
+                .map(std::time::Duration::from_secs);
+            if let Some(limit) = limit.filter(|&l| result.delay > l) {
+                tokio::time::sleep(limit).await;
+                return Err(Status::deadline_exceeded(format!(
+                    "failed to exec in container: timeout {}s exceeded: context deadline exceeded",
+                    req.timeout
+                )));
+            }
+            tokio::time::sleep(result.delay).await;
+            Ok(Response::new(api::ExecSyncResponse {
+                stdout: result.stdout,
+                stderr: result.stderr,
+                exit_code: result.exit_code,
+            }))
+        }
+
         async fn get_container_events(
             &self,
             _request: Request<api::GetEventsRequest>,
@@ -283,7 +309,6 @@ runtime_service! {
     unimplemented {
         update_container_resources "UpdateContainerResources" (UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse;
         reopen_container_log "ReopenContainerLog" (ReopenContainerLogRequest) -> ReopenContainerLogResponse;
-        exec_sync "ExecSync" (ExecSyncRequest) -> ExecSyncResponse;
         exec "Exec" (ExecRequest) -> ExecResponse;
         attach "Attach" (AttachRequest) -> AttachResponse;
         port_forward "PortForward" (PortForwardRequest) -> PortForwardResponse;

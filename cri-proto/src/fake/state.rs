@@ -90,6 +90,52 @@ pub struct FakeContainer {
     pub config: api::ContainerConfig,
 }
 
+/// A scripted `ExecSync` answer (see [`super::FakeRuntime::script_exec`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecResult {
+    /// The command's exit code.
+    pub exit_code: i32,
+    /// What it wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// What it wrote to stderr.
+    pub stderr: Vec<u8>,
+    /// How long it runs; beyond the request's `timeout` the call fails
+    /// DeadlineExceeded after that timeout, as containerd's does.
+    pub delay: Duration,
+}
+
+impl ExecResult {
+    /// Exit `exit_code` at once with `stdout` as output.
+    pub fn exit(exit_code: i32, stdout: &str) -> ExecResult {
+        ExecResult {
+            exit_code,
+            stdout: stdout.as_bytes().to_vec(),
+            ..ExecResult::default()
+        }
+    }
+
+    /// Run for `delay`, then exit 0.
+    pub fn hang(delay: Duration) -> ExecResult {
+        ExecResult {
+            delay,
+            ..ExecResult::default()
+        }
+    }
+}
+
+/// One `ExecSync` the fake answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeExec {
+    /// The container's full ID.
+    pub container_id: String,
+    /// The container's name (its metadata name).
+    pub container_name: String,
+    /// The command.
+    pub cmd: Vec<String>,
+    /// The request's timeout in seconds (0: none).
+    pub timeout: i64,
+}
+
 /// A scripted error for one RPC.
 #[derive(Debug, Default)]
 pub(crate) struct Faults {
@@ -114,6 +160,11 @@ pub(crate) struct State {
     /// Container name → exit code on StopContainer.
     pub on_stop_exit: HashMap<String, i32>,
     pub calls: Vec<String>,
+    /// Container name → the ExecSync answers to give, in order; the last one
+    /// repeats.
+    pub exec_scripts: HashMap<String, VecDeque<ExecResult>>,
+    /// Every ExecSync answered, in order.
+    pub execs: Vec<FakeExec>,
     pub events_enabled: bool,
     pub subscribers: Vec<EventSender>,
     pub runtime_ready: Option<bool>,
@@ -572,6 +623,35 @@ impl State {
             self.exit(idx, code, None, String::new());
         }
         Ok(())
+    }
+
+    /// `ExecSync`: the container must be running (containerd: "container is
+    /// in CONTAINER_EXITED state"); the next scripted answer for its name
+    /// (exit 0 with no output when none is scripted).
+    pub fn exec_sync(&mut self, req: &api::ExecSyncRequest) -> Result<ExecResult, Status> {
+        let idx = self
+            .container_index(&req.container_id)
+            .ok_or_else(|| not_found("container", &req.container_id))?;
+        let c = &self.containers[idx];
+        if c.state != api::ContainerState::ContainerRunning {
+            return Err(Status::unknown(format!(
+                "failed to exec in container: container is in {} state",
+                state_name(c.state)
+            )));
+        }
+        let (container_id, container_name) = (c.id.clone(), c.metadata.name.clone());
+        let result = match self.exec_scripts.get_mut(&container_name) {
+            Some(queue) if queue.len() > 1 => queue.pop_front().unwrap_or_default(),
+            Some(queue) => queue.front().cloned().unwrap_or_default(),
+            None => ExecResult::default(),
+        };
+        self.execs.push(FakeExec {
+            container_id,
+            container_name,
+            cmd: req.cmd.clone(),
+            timeout: req.timeout,
+        });
+        Ok(result)
     }
 
     pub fn stop_container(&mut self, id: &str, timeout: i64) -> Result<(), Status> {
