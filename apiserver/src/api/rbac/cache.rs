@@ -278,11 +278,11 @@ impl Applicable<'_> {
     }
 }
 
-fn decode_all<T: DeserializeOwned>(page: &ListResult) -> Vec<(String, T)> {
+fn decode_all<T: DeserializeOwned>(page: &ListResult) -> Vec<T> {
     page.items
         .iter()
         .filter_map(|kv| match serde_json::from_slice::<T>(&kv.value) {
-            Ok(v) => Some((kv.key.clone(), v)),
+            Ok(v) => Some(v),
             Err(e) => {
                 tracing::warn!(key = %kv.key, error = %e, "undecodable RBAC object skipped");
                 None
@@ -307,11 +307,11 @@ impl Snapshot {
             generation,
             ..Snapshot::default()
         };
-        for (_, r) in decode_all::<ClusterRole>(&list_all(storage, "clusterroles").await?) {
+        for r in decode_all::<ClusterRole>(&list_all(storage, "clusterroles").await?) {
             let name = r.metadata.name.clone().unwrap_or_default();
             snap.cluster_roles.insert(name, r.rules.unwrap_or_default());
         }
-        for (_, r) in decode_all::<Role>(&list_all(storage, "roles").await?) {
+        for r in decode_all::<Role>(&list_all(storage, "roles").await?) {
             let ns = r.metadata.namespace.clone().unwrap_or_default();
             let name = r.metadata.name.clone().unwrap_or_default();
             snap.roles
@@ -320,11 +320,8 @@ impl Snapshot {
                 .insert(name, r.rules.unwrap_or_default());
         }
         snap.cluster_role_bindings =
-            decode_all::<ClusterRoleBinding>(&list_all(storage, "clusterrolebindings").await?)
-                .into_iter()
-                .map(|(_, b)| b)
-                .collect();
-        for (_, b) in decode_all::<RoleBinding>(&list_all(storage, "rolebindings").await?) {
+            decode_all::<ClusterRoleBinding>(&list_all(storage, "clusterrolebindings").await?);
+        for b in decode_all::<RoleBinding>(&list_all(storage, "rolebindings").await?) {
             let ns = b.metadata.namespace.clone().unwrap_or_default();
             snap.role_bindings.entry(ns).or_default().push(b);
         }

@@ -110,14 +110,6 @@ impl Resolved {
     pub fn policy_rules(&self) -> Vec<PolicyRule> {
         self.rules.iter().map(|(r, _)| r.clone()).collect()
     }
-
-    /// The source of the first rule allowing `req`, if any.
-    pub fn allows(&self, req: &Request) -> Option<&Source> {
-        self.rules
-            .iter()
-            .find(|(r, _)| rules::rule_allows(req, r))
-            .map(|(_, s)| s)
-    }
 }
 
 /// `appliesToUser`.
