@@ -111,6 +111,15 @@ impl Resources {
         }
     }
 
+    /// Raises the named extended resource to at least `amount`.
+    fn max_scalar(&mut self, name: &str, amount: i64) {
+        match self.scalar.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+            Ok(i) => self.scalar[i].1 = self.scalar[i].1.max(amount),
+            Err(i) if amount > 0 => self.scalar.insert(i, (name.to_owned(), amount)),
+            Err(_) => {}
+        }
+    }
+
     /// Adds `other` to `self` (every resource).
     pub fn add(&mut self, other: &Resources) {
         self.milli_cpu = self.milli_cpu.saturating_add(other.milli_cpu);
@@ -144,10 +153,7 @@ impl Resources {
         self.ephemeral_storage = self.ephemeral_storage.max(other.ephemeral_storage);
         self.pods = self.pods.max(other.pods);
         for (name, amount) in &other.scalar {
-            if *amount > self.scalar(name) {
-                let current = self.scalar(name);
-                self.add_scalar(name, amount - current);
-            }
+            self.max_scalar(name, *amount);
         }
     }
 }
@@ -260,6 +266,23 @@ mod tests {
 
     fn q(s: &str) -> Quantity {
         Quantity(s.to_owned())
+    }
+
+    /// A negative extended resource on one side and a huge one on the other
+    /// (found by the property test) must not overflow taking the maximum.
+    #[test]
+    fn max_of_extreme_extended_resources_does_not_overflow() {
+        let mut low = Resources::default();
+        low.add_scalar("example.com/dev", i64::MIN + 1);
+        let mut high = Resources::default();
+        high.add_scalar("example.com/dev", i64::MAX);
+        low.max_with(&high);
+        assert_eq!(low.scalar("example.com/dev"), i64::MAX);
+        let mut empty = Resources::default();
+        let mut negative = Resources::default();
+        negative.add_scalar("example.com/dev", -5);
+        empty.max_with(&negative);
+        assert_eq!(empty.scalar, vec![], "absent counts as zero");
     }
 
     #[test]
