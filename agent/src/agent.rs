@@ -223,7 +223,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         },
         metrics.clone(),
     )
-    .with_events(events);
+    .with_events(events.clone());
     let manager = Arc::new(match api_client_for_runtime {
         Some(c) => manager.with_api_client(c),
         None => manager,
@@ -232,12 +232,22 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     let workers = PodWorkers::new(
         manager,
         pod_config.clone(),
-        transient,
+        transient.clone(),
         metrics.clone(),
         config.sync_frequency,
         relist_poke.clone(),
         cancel.clone(),
     );
+    workers.set_prober(crate::prober::ProbeManager::new(
+        client.clone(),
+        cache.clone(),
+        transient,
+        events.clone(),
+        metrics.probes.clone(),
+        trigger_tx.clone(),
+        config.node_ip.clone(),
+        cancel.clone(),
+    ));
 
     let source = crate::source::file::spawn(
         config.pod_manifest_path.clone(),

@@ -18,6 +18,8 @@ pub mod notify;
 pub mod objects;
 pub mod observed;
 pub mod pleg;
+pub mod probe_results;
+pub mod prober;
 pub mod runtime;
 pub mod server;
 pub mod source;

@@ -58,6 +58,7 @@ pub fn router(view: Arc<dyn NodeView>, metrics: Arc<Metrics>) -> Router {
         .route("/pods/{namespace}/{name}", get(get_pod))
         .route("/status", get(node_status))
         .route("/metrics", get(scrape))
+        .route("/metrics/probes", get(scrape_probes))
         .fallback(not_found)
         .with_state(AppState { view, metrics })
 }
@@ -164,6 +165,17 @@ async fn node_status(State(state): State<AppState>) -> Response {
         pod_warnings: view.pod_warnings().into_iter().collect(),
     };
     json(StatusCode::OK, &body)
+}
+
+/// The kubelet's `/metrics/probes`: `prober_probe_total` and
+/// `prober_probe_duration_seconds`.
+async fn scrape_probes(State(state): State<AppState>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        state.metrics.probes.encode(),
+    )
+        .into_response()
 }
 
 async fn scrape(State(state): State<AppState>) -> Response {

@@ -4,7 +4,7 @@
 //! runtime reports ([`ObservedPod`]) and what the pod worker remembers
 //! ([`Transient`]). It mirrors the kubelet's `generateAPIPodStatus`,
 //! `convertToAPIContainerStatuses` and `getPhase` (pkg/kubelet/kubelet_pods.go),
-//! the prober's `UpdatePodStatus` for `ready`/`started` (no probes yet), and the
+//! the prober's `UpdatePodStatus` for `ready`/`started` (from the probe results in [`Transient`]), and the
 //! condition generators of pkg/kubelet/status/generate.go.
 //!
 //! The kubelet keeps the previous status in memory and stamps a condition's
@@ -26,6 +26,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::observed::{self, ObservedContainer, ObservedPod};
+use crate::probe_results::{ContainerProbes, ProbeResult, ProbeType};
 
 /// Why a container is waiting, as the kubelet reports it (`ErrImagePull`,
 /// `ImagePullBackOff`, `ErrImageNeverPull`, `CrashLoopBackOff`,
@@ -36,20 +37,63 @@ pub struct Waiting {
     pub message: String,
 }
 
-/// The workers' shared view of per-pod transient state (waiting reasons).
+/// The workers' shared view of per-pod transient state: the pod workers'
+/// waiting reasons and the probe workers' results (kept apart, so neither
+/// writer overwrites the other's).
 #[derive(Debug, Default)]
 pub struct TransientStore {
     inner: RwLock<HashMap<crate::Uid, Transient>>,
+    probes: RwLock<HashMap<crate::Uid, BTreeMap<String, ContainerProbes>>>,
 }
 
 impl TransientStore {
-    /// The transient state of `uid` (empty if none).
+    /// The transient state of `uid` (empty if none), with its probe results.
     pub fn get(&self, uid: &str) -> Transient {
         let m = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let mut t = m.get(uid).cloned().unwrap_or_default();
+        drop(m);
+        t.probes = self.probes(uid);
+        t
+    }
+
+    /// The probe results of pod `uid`, by container ID.
+    pub fn probes(&self, uid: &str) -> BTreeMap<String, ContainerProbes> {
+        let m = self.probes.read().unwrap_or_else(|e| e.into_inner());
         m.get(uid).cloned().unwrap_or_default()
     }
 
-    pub(crate) fn set(&self, uid: &str, t: Transient) {
+    /// Set (or with `None` forget) one probe result of container `id` of pod
+    /// `uid`. Returns true when it changed.
+    pub fn set_probe(
+        &self,
+        uid: &str,
+        id: &str,
+        probe: ProbeType,
+        result: Option<ProbeResult>,
+    ) -> bool {
+        let mut m = self.probes.write().unwrap_or_else(|e| e.into_inner());
+        let pod = m.entry(uid.to_string()).or_default();
+        let entry = pod.entry(id.to_string()).or_default();
+        let changed = entry.get(probe) != result;
+        entry.set(probe, result);
+        if entry.is_empty() {
+            pod.remove(id);
+        }
+        if pod.is_empty() {
+            m.remove(uid);
+        }
+        changed
+    }
+
+    /// Forget every probe result of pod `uid`.
+    pub(crate) fn clear_probes(&self, uid: &str) {
+        let mut m = self.probes.write().unwrap_or_else(|e| e.into_inner());
+        m.remove(uid);
+    }
+
+    /// Keeps `t` (its probe results are the probe workers' and are not taken).
+    pub(crate) fn set(&self, uid: &str, mut t: Transient) {
+        t.probes.clear();
         let mut m = self.inner.write().unwrap_or_else(|e| e.into_inner());
         m.insert(uid.to_string(), t);
     }
@@ -70,6 +114,9 @@ pub struct Transient {
     /// A pod-level problem (e.g. RunPodSandbox failed), shown as the pod's
     /// `status.reason`/`status.message` while no container runs.
     pub pod_error: Option<Waiting>,
+    /// The probe workers' latest results, by container ID (see
+    /// [`crate::probe_results`]); a container with no entry has no result yet.
+    pub probes: BTreeMap<String, ContainerProbes>,
 }
 
 /// Pod phases (`status.phase`).
@@ -317,14 +364,29 @@ impl Ctx<'_> {
             ));
         }
 
-        // The prober's view without probes: started once running, ready while
-        // running; a regular init container is ready once it exited 0.
+        // The prober manager's `UpdatePodStatus`: started once running and its
+        // startup probe (if any) succeeded for this very container; ready once
+        // started and its readiness probe (if any) succeeded. A regular init
+        // container is ready once it exited 0.
         let running = is_running(&status);
-        status.started = Some(running);
+        let probes = newest
+            .filter(|_| running)
+            .and_then(|c| self.transient.probes.get(&c.id).copied())
+            .unwrap_or_default();
+        let started = running
+            && match probes.startup {
+                Some(r) => r == ProbeResult::Success,
+                None => spec.startup_probe.is_none(),
+            };
+        status.started = Some(started);
         status.ready = if init && !restart::is_restartable_init_container(spec) {
             terminated(&status).is_some_and(|t| t.exit_code == 0)
         } else {
-            running
+            started
+                && match probes.readiness {
+                    Some(r) => r == ProbeResult::Success,
+                    None => spec.readiness_probe.is_none(),
+                }
         };
         if status.last_state.is_none() {
             status.last_state = Some(ContainerState::default());
@@ -965,6 +1027,7 @@ mod tests {
                 })
                 .collect(),
             pod_error: None,
+            probes: BTreeMap::new(),
         }
     }
 

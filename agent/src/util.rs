@@ -39,3 +39,11 @@ pub fn is_not_found(e: &kube::Error) -> bool {
 pub fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
+
+/// Nanoseconds since the epoch, now (the runtime's timestamps are in these).
+pub fn unix_nanos_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

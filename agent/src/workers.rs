@@ -37,6 +37,8 @@ pub struct PodWorkers {
     relist: Arc<Notify>,
     cancel: CancellationToken,
     workers: Mutex<HashMap<Uid, mpsc::Sender<()>>>,
+    /// The probe workers, kept in step with each pod after its sync.
+    prober: std::sync::OnceLock<Arc<crate::prober::ProbeManager>>,
 }
 
 impl PodWorkers {
@@ -59,7 +61,14 @@ impl PodWorkers {
             relist,
             cancel,
             workers: Mutex::new(HashMap::new()),
+            prober: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Start and stop each pod's probes with `prober` after its syncs (see
+    /// [`crate::prober`]); without one, no probe runs.
+    pub fn set_prober(&self, prober: Arc<crate::prober::ProbeManager>) {
+        let _ = self.prober.set(prober);
     }
 
     /// Ask for a sync of pod `uid`, starting its worker if it has none.
@@ -111,6 +120,8 @@ impl PodWorkers {
             let span = tracing::info_span!("sync", pod = %pod_name, pod.uid = %uid);
             let started = Instant::now();
             let grace = desired.as_ref().and_then(|d| termination_grace(&d.pod));
+            // The probe results as of now: a liveness failure kills the container.
+            transient.probes = self.transient.probes(&uid);
             // A trigger taken during the sync: one more sync follows at once.
             let mut again = false;
             let sync = self
@@ -152,6 +163,12 @@ impl PodWorkers {
             };
             self.metrics.observe_sync(started.elapsed(), result.is_ok());
             self.relist.notify_one();
+            if let (Some(prober), Ok(SyncOutcome::Synced { .. })) = (self.prober.get(), &result) {
+                match &desired {
+                    Some(d) => prober.update_pod(&d.pod),
+                    None => prober.remove_pod(&uid),
+                }
+            }
             match result {
                 Ok(SyncOutcome::Synced { requeue }) => {
                     self.transient.set(&uid, transient.clone());
@@ -177,6 +194,9 @@ impl PodWorkers {
                     }
                     workers.remove(&uid);
                     self.transient.remove(&uid);
+                    if let Some(prober) = self.prober.get() {
+                        prober.remove_pod(&uid);
+                    }
                     span.in_scope(|| tracing::info!("pod removed"));
                     return;
                 }

@@ -267,6 +267,28 @@ impl RuntimeClient {
         .map(|_| ())
     }
 
+    /// CRI `ExecSync` of `cmd` in a container, which the runtime ends after
+    /// `timeout` (DeadlineExceeded, an [`Error::Timeout`]); the call itself may
+    /// take that long plus the request timeout, as the kubelet allows.
+    pub async fn exec_sync_timeout(
+        &self,
+        container_id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<api::ExecSyncResponse> {
+        let call_timeout = self.opts.request_timeout + timeout;
+        let mut client = self.rt();
+        let req = api::ExecSyncRequest {
+            container_id: container_id.to_string(),
+            cmd,
+            timeout: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+        };
+        self.call("ExecSync", call_timeout, async move {
+            client.exec_sync(req).await
+        })
+        .await
+    }
+
     /// CRI `GetContainerEvents`: a stream of container lifecycle events, where the
     /// runtime offers it (containerd 1.7+, CRI-O). Unimplemented on containerd 1.6.
     pub async fn get_container_events(

@@ -439,6 +439,18 @@ impl FakeRuntime {
         }
     }
 
+    /// As [`script_exec`](Self::script_exec), for the commands whose first
+    /// word is `program` only (a container with a liveness and a readiness
+    /// probe gets one script each); these scripts come first.
+    pub fn script_exec_of(
+        &self,
+        name: &str,
+        program: &str,
+        results: impl IntoIterator<Item = ExecResult>,
+    ) {
+        self.script_exec(&format!("{name}\0{program}"), results);
+    }
+
     /// Every ExecSync answered so far, in order.
     pub fn execs(&self) -> Vec<FakeExec> {
         self.shared.lock().execs.clone()

@@ -19,6 +19,7 @@ use super::images::ImageError;
 use super::{Result, RuntimeManager, SyncError, cri, ignore_not_found};
 use crate::events::{EventType, ObjectRef};
 use crate::observed::{ContainerState, ObservedContainer, ObservedPod, ObservedSandbox, keys};
+use crate::probe_results::ProbeType;
 use crate::source::SourcedPod;
 use crate::status::{Transient, Waiting};
 
@@ -64,13 +65,7 @@ pub fn pod_is_done(spec: &PodSpec, observed: &ObservedPod) -> bool {
         })
 }
 
-/// Nanoseconds since the epoch, now.
-fn unix_nanos_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
+use crate::util::unix_nanos_now;
 
 /// The monotonic instant matching a wall-clock time in nanoseconds.
 fn instant_of(unix_nanos: i64) -> Instant {
@@ -91,6 +86,14 @@ fn is_static(pod: &Pod) -> bool {
         .as_ref()
         .and_then(|a| a.get(crate::source::manifest::CONFIG_SOURCE_ANNOTATION))
         .is_some_and(|s| s == crate::source::manifest::FILE_SOURCE)
+}
+
+/// The probe whose failure means `running` must be killed, if any.
+fn failed_probe(transient: &Transient, running: &ObservedContainer) -> Option<ProbeType> {
+    transient
+        .probes
+        .get(&running.id)
+        .and_then(|p| p.kill_reason())
 }
 
 /// How soon a container that failed to be created or started is tried again.
@@ -451,15 +454,25 @@ impl RuntimeManager {
             let next_count = latest.map(|l| l.restart_count + 1).unwrap_or(0);
             match latest {
                 Some(l) if l.sandbox_id == ps.sandbox_id && l.state == ContainerState::Running => {
-                    if l.hash == container_hash(c) {
+                    if l.hash != container_hash(c) {
+                        tracing::info!(container = %c.name, id = %l.id, "container spec changed; replacing it");
+                        self.stop_running_with(&[l], grace, |o| {
+                            format!("Container {} definition changed, will be restarted", o.name)
+                        })
+                        .await?;
+                    } else if let Some(probe) = failed_probe(transient, l) {
+                        // The kubelet's computePodActions: a failed liveness or
+                        // startup probe kills the container; the restart policy
+                        // decides whether it comes back.
+                        let restart = policy != restart::NEVER;
+                        self.kill_for_probe(c, l, probe, restart, grace).await?;
+                        if !restart {
+                            continue;
+                        }
+                    } else {
                         transient.waiting.remove(&c.name);
                         continue;
                     }
-                    tracing::info!(container = %c.name, id = %l.id, "container spec changed; replacing it");
-                    self.stop_running_with(&[l], grace, |o| {
-                        format!("Container {} definition changed, will be restarted", o.name)
-                    })
-                    .await?;
                 }
                 Some(l) if l.sandbox_id == ps.sandbox_id && l.state == ContainerState::Exited => {
                     if !restart::restarts_after_exit(policy, l.exit_code) {
@@ -490,6 +503,40 @@ impl RuntimeManager {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Kill `running` (container `c`) because its `probe` failed: with the
+    /// probe's own `terminationGracePeriodSeconds` when it has one, and the
+    /// kubelet's `Killing` event ("Container x failed liveness probe, will be
+    /// restarted").
+    async fn kill_for_probe(
+        &self,
+        c: &Container,
+        running: &ObservedContainer,
+        probe: ProbeType,
+        restart: bool,
+        pod_grace: i64,
+    ) -> Result<()> {
+        let grace = probe
+            .of(c)
+            .and_then(|p| p.termination_grace_period_seconds)
+            .unwrap_or(pod_grace);
+        let what = match probe {
+            ProbeType::Startup => "startup",
+            _ => "liveness",
+        };
+        tracing::info!(container = %c.name, id = %running.id, probe = what, grace, "probe failed; killing the container");
+        self.stop_running_with(&[running], grace, |o| {
+            if restart {
+                format!(
+                    "Container {} failed {what} probe, will be restarted",
+                    o.name
+                )
+            } else {
+                format!("Container {} failed {what} probe", o.name)
+            }
+        })
+        .await
     }
 
     /// The kubelet's `doBackOff`: true (and a CrashLoopBackOff reason) while the

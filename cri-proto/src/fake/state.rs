@@ -640,7 +640,13 @@ impl State {
             )));
         }
         let (container_id, container_name) = (c.id.clone(), c.metadata.name.clone());
-        let result = match self.exec_scripts.get_mut(&container_name) {
+        let by_program = req
+            .cmd
+            .first()
+            .map(|program| format!("{container_name}\0{program}"))
+            .filter(|key| self.exec_scripts.contains_key(key));
+        let key = by_program.unwrap_or_else(|| container_name.clone());
+        let result = match self.exec_scripts.get_mut(&key) {
             Some(queue) if queue.len() > 1 => queue.pop_front().unwrap_or_default(),
             Some(queue) => queue.front().cloned().unwrap_or_default(),
             None => ExecResult::default(),

@@ -20,6 +20,8 @@ use prometheus_client::registry::Registry;
 
 use crate::status::phase;
 
+pub mod probes;
+
 /// The content type of [`Metrics::encode`]'s output (OpenMetrics text, which
 /// prometheus-client produces and Prometheus scrapes).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -76,6 +78,8 @@ pub struct Metrics {
     events: Family<OutcomeLabels, Counter>,
     /// Serialises scrapes: the scrape-time gauges are reset and set, then encoded.
     scrape: Mutex<()>,
+    /// The prober's metrics, served apart at `/metrics/probes` as the kubelet's.
+    pub probes: std::sync::Arc<probes::ProbeMetrics>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -181,6 +185,7 @@ impl Metrics {
             image_pulls,
             events,
             scrape: Mutex::new(()),
+            probes: Default::default(),
         }
     }
 

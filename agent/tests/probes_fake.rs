@@ -1,0 +1,482 @@
+//! The prober against the in-process fake CRI, wired as the agent wires it
+//! (pod workers, PLEG, probe workers): readiness follows an exec probe, a
+//! liveness failure kills and restarts the container with the kubelet's
+//! events, the startup probe holds the others off, thresholds count, a timeout
+//! fails, and `restartPolicy: Never` does not bring a killed container back.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_agent::events::{EventRecorder, Recorded};
+use berth_agent::metrics::Metrics;
+use berth_agent::pleg::{Pleg, RuntimeCache};
+use berth_agent::prober::ProbeManager;
+use berth_agent::runtime::{RuntimeManager, Settings};
+use berth_agent::source::{PodConfig, Snapshot, SourcedPod, manifest::parse_manifest};
+use berth_agent::status::{TransientStore, compute_pod_status};
+use berth_agent::workers::PodWorkers;
+use berth_cri::fake::{ExecResult, FakeRuntime};
+use k8s_openapi::api::core::v1::PodStatus;
+use tokio_util::sync::CancellationToken;
+
+const IMAGE: &str = "localhost/berth/busybox:1.36";
+
+/// An agent without sources: pods go straight into its [`PodConfig`].
+struct Node {
+    fake: FakeRuntime,
+    _dir: tempfile::TempDir,
+    config: Arc<PodConfig>,
+    cache: Arc<RuntimeCache>,
+    transient: Arc<TransientStore>,
+    metrics: Arc<Metrics>,
+    events: Arc<Mutex<Vec<Recorded>>>,
+    cancel: CancellationToken,
+}
+
+impl Node {
+    async fn start() -> Self {
+        let fake = FakeRuntime::start().await;
+        fake.add_image(IMAGE);
+        let dir = tempfile::tempdir().unwrap();
+        let client = fake.client().await;
+        let cancel = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let (recorder, mut rx) = EventRecorder::channel(1000, None);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        {
+            let events = events.clone();
+            tokio::spawn(async move {
+                while let Some(e) = rx.recv().await {
+                    events.lock().unwrap().push(e);
+                }
+            });
+        }
+        let manager = RuntimeManager::new(
+            client.clone(),
+            Settings {
+                node_name: "node-a".into(),
+                node_ip: "192.0.2.10".into(),
+                root_dir: dir.path().join("root"),
+                pod_logs_dir: dir.path().join("logs"),
+                cgroup_root: "/berth-test-kubepods".into(),
+            },
+            metrics.clone(),
+        )
+        .with_events(recorder.clone());
+        let (trigger_tx, mut trigger_rx) = tokio::sync::mpsc::unbounded_channel();
+        let config = PodConfig::new(trigger_tx.clone());
+        let cache = RuntimeCache::new();
+        let transient = Arc::new(TransientStore::default());
+        let poke = Arc::new(tokio::sync::Notify::new());
+        let workers = PodWorkers::new(
+            Arc::new(manager),
+            config.clone(),
+            transient.clone(),
+            metrics.clone(),
+            Duration::from_secs(60),
+            poke.clone(),
+            cancel.clone(),
+        );
+        workers.set_prober(ProbeManager::new(
+            client.clone(),
+            cache.clone(),
+            transient.clone(),
+            recorder,
+            metrics.probes.clone(),
+            trigger_tx,
+            "192.0.2.10".into(),
+            cancel.clone(),
+        ));
+        let pleg = Pleg::new(client, cache.clone(), metrics.clone());
+        {
+            let workers = workers.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                pleg.run(Duration::from_millis(100), poke, cancel, |uid| {
+                    workers.trigger(uid)
+                })
+                .await
+            });
+        }
+        {
+            let workers = workers.clone();
+            tokio::spawn(async move {
+                while let Some(uid) = trigger_rx.recv().await {
+                    workers.trigger(uid);
+                }
+            });
+        }
+        Node {
+            fake,
+            _dir: dir,
+            config,
+            cache,
+            transient,
+            metrics,
+            events,
+            cancel,
+        }
+    }
+
+    fn run(&self, yaml: &str) -> SourcedPod {
+        let path = self._dir.path().join("pod.yaml");
+        let p = parse_manifest(&path, yaml.as_bytes(), "node-a").expect("test manifest parses");
+        self.config.apply(Snapshot {
+            pods: vec![p.clone()],
+            errors: vec![],
+        });
+        p
+    }
+
+    fn status(&self, p: &SourcedPod) -> PodStatus {
+        let uid = p.pod.metadata.uid.clone().unwrap();
+        compute_pod_status(
+            &p.pod,
+            &self.cache.get(&uid),
+            &self.transient.get(&uid),
+            "192.0.2.10",
+            "containerd",
+        )
+    }
+
+    /// Wait (up to `within`) until `check` holds of the pod's status.
+    async fn until(
+        &self,
+        p: &SourcedPod,
+        within: Duration,
+        what: &str,
+        check: impl Fn(&PodStatus) -> bool,
+    ) -> PodStatus {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let s = self.status(p);
+            if check(&s) {
+                return s;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "{what}: not within {within:?}; status {s:#?}; events {:#?}",
+                    self.events()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn events(&self) -> Vec<(String, String)> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| (e.reason.clone(), e.message.clone()))
+            .collect()
+    }
+
+    fn has_event(&self, reason: &str, message: &str) -> bool {
+        self.events()
+            .iter()
+            .any(|(r, m)| r == reason && m == message)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn ready(s: &PodStatus) -> bool {
+    s.container_statuses
+        .as_ref()
+        .and_then(|c| c.first())
+        .is_some_and(|c| c.ready)
+}
+
+fn started(s: &PodStatus) -> Option<bool> {
+    s.container_statuses
+        .as_ref()
+        .and_then(|c| c.first())
+        .and_then(|c| c.started)
+}
+
+fn restarts(s: &PodStatus) -> i32 {
+    s.container_statuses
+        .as_ref()
+        .and_then(|c| c.first())
+        .map_or(0, |c| c.restart_count)
+}
+
+fn condition(s: &PodStatus, type_: &str) -> String {
+    s.conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.clone())
+        .unwrap_or_default()
+}
+
+fn pod(policy: &str, probes: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  restartPolicy: {policy}\n  terminationGracePeriodSeconds: 7\n  containers:\n  - name: web\n    image: {IMAGE}\n    args: [serve]\n{probes}"
+    )
+}
+
+#[tokio::test]
+async fn readiness_follows_an_exec_probe_both_ways() {
+    let node = Node::start().await;
+    node.fake.script_exec(
+        "web",
+        [
+            ExecResult::exit(1, "not yet"),
+            ExecResult::exit(1, "not yet"),
+            ExecResult::exit(0, "ok"),
+        ],
+    );
+    let p = node.run(&pod(
+        "Always",
+        "    readinessProbe:\n      exec: {command: [check]}\n      periodSeconds: 1\n      failureThreshold: 1\n",
+    ));
+    // Running and started at once (no startup probe), but not ready.
+    let s = node
+        .until(&p, Duration::from_secs(5), "running", |s| {
+            started(s) == Some(true)
+        })
+        .await;
+    assert!(!ready(&s));
+    assert_eq!(condition(&s, "Ready"), "False");
+    let s = node.until(&p, Duration::from_secs(6), "ready", ready).await;
+    assert_eq!(condition(&s, "ContainersReady"), "True");
+    assert_eq!(condition(&s, "Ready"), "True");
+    assert!(
+        node.has_event("Unhealthy", "Readiness probe failed: not yet"),
+        "{:?}",
+        node.events()
+    );
+    // It flips back: not ready after one failure (failureThreshold 1), and
+    // the container is not killed for it.
+    node.fake.script_exec("web", [ExecResult::exit(1, "gone")]);
+    let s = node
+        .until(&p, Duration::from_secs(4), "not ready again", |s| !ready(s))
+        .await;
+    assert_eq!(restarts(&s), 0);
+    assert!(!node.events().iter().any(|(r, _)| r == "Killing"));
+    // The exec went to the container with the probe's timeout (1 s default).
+    let execs = node.fake.execs();
+    assert!(execs.iter().all(|e| e.cmd == ["check"] && e.timeout == 1));
+    // The metrics count every run, by result.
+    let text = node.metrics.probes.encode();
+    assert!(
+        text.contains("prober_probe_total{probe_type=\"Readiness\",result=\"failed\",container=\"web\",pod=\"web-node-a\",namespace=\"default\""),
+        "{text}"
+    );
+    assert!(text.contains("result=\"successful\""), "{text}");
+    assert!(
+        text.contains("prober_probe_duration_seconds_bucket"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn liveness_failure_kills_and_restarts_with_the_kubelets_events() {
+    let node = Node::start().await;
+    node.fake.script_exec("web", [ExecResult::exit(1, "boom")]);
+    let p = node.run(&pod(
+        "Always",
+        "    livenessProbe:\n      exec: {command: [alive]}\n      periodSeconds: 1\n      failureThreshold: 2\n      terminationGracePeriodSeconds: 3\n",
+    ));
+    let s = node
+        .until(&p, Duration::from_secs(8), "restarted once", |s| {
+            restarts(s) == 1 && started(s) == Some(true)
+        })
+        .await;
+    // No readiness probe: ready while running.
+    assert!(ready(&s));
+    let last = s.container_statuses.as_ref().unwrap()[0]
+        .last_state
+        .as_ref()
+        .and_then(|l| l.terminated.as_ref())
+        .expect("the killed container is lastState");
+    assert_eq!(last.exit_code, 137);
+    assert!(node.has_event("Unhealthy", "Liveness probe failed: boom"));
+    assert!(
+        node.has_event(
+            "Killing",
+            "Container web failed liveness probe, will be restarted"
+        ),
+        "{:?}",
+        node.events()
+    );
+    // Killed with the probe's grace period, not the pod's 7 s.
+    let stops: Vec<i64> = node
+        .fake
+        .containers()
+        .iter()
+        .flat_map(|c| c.stop_timeouts.clone())
+        .collect();
+    assert_eq!(stops.first(), Some(&3), "{stops:?}");
+    // failureThreshold 2: two failures before the kill, not one.
+    let unhealthy = node
+        .events()
+        .iter()
+        .filter(|(r, _)| r == "Unhealthy")
+        .count();
+    assert!(unhealthy >= 2, "{:?}", node.events());
+}
+
+#[tokio::test]
+async fn startup_probe_holds_liveness_and_readiness_until_it_passes() {
+    let node = Node::start().await;
+    node.fake.script_exec_of(
+        "web",
+        "started",
+        [
+            ExecResult::exit(1, "starting"),
+            ExecResult::exit(1, "starting"),
+            ExecResult::exit(0, ""),
+        ],
+    );
+    node.fake
+        .script_exec_of("web", "alive", [ExecResult::exit(0, "")]);
+    node.fake
+        .script_exec_of("web", "ready", [ExecResult::exit(0, "")]);
+    let p = node.run(&pod(
+        "Always",
+        "    startupProbe:\n      exec: {command: [started]}\n      periodSeconds: 1\n      failureThreshold: 10\n    livenessProbe:\n      exec: {command: [alive]}\n      periodSeconds: 1\n    readinessProbe:\n      exec: {command: [ready]}\n      periodSeconds: 1\n",
+    ));
+    let s = node
+        .until(&p, Duration::from_secs(3), "running", |s| {
+            s.container_statuses
+                .as_ref()
+                .is_some_and(|c| c[0].state.as_ref().is_some_and(|st| st.running.is_some()))
+        })
+        .await;
+    assert_eq!(
+        started(&s),
+        Some(false),
+        "not started before the startup probe passes"
+    );
+    assert!(!ready(&s));
+    node.until(&p, Duration::from_secs(8), "started and ready", |s| {
+        started(s) == Some(true) && ready(s)
+    })
+    .await;
+    // No liveness or readiness exec ran before the startup probe's success.
+    let execs = node.fake.execs();
+    let first_success = execs
+        .iter()
+        .position(|e| e.cmd == ["started"])
+        .map(|first| first + 2)
+        .unwrap();
+    assert!(
+        execs[..=first_success].iter().all(|e| e.cmd == ["started"]),
+        "{execs:?}"
+    );
+    assert!(execs.iter().any(|e| e.cmd == ["alive"]));
+    // The startup probe does not run again once passed.
+    let startups = execs.iter().filter(|e| e.cmd == ["started"]).count();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let after = node
+        .fake
+        .execs()
+        .iter()
+        .filter(|e| e.cmd == ["started"])
+        .count();
+    assert_eq!(startups, after);
+}
+
+#[tokio::test]
+async fn failed_startup_probe_kills_with_its_own_message() {
+    let node = Node::start().await;
+    node.fake.script_exec("web", [ExecResult::exit(1, "no")]);
+    let p = node.run(&pod(
+        "Always",
+        "    startupProbe:\n      exec: {command: [started]}\n      periodSeconds: 1\n      failureThreshold: 1\n",
+    ));
+    node.until(&p, Duration::from_secs(6), "restarted", |s| {
+        restarts(s) >= 1
+    })
+    .await;
+    assert!(node.has_event(
+        "Killing",
+        "Container web failed startup probe, will be restarted"
+    ));
+    assert!(node.has_event("Unhealthy", "Startup probe failed: no"));
+}
+
+#[tokio::test]
+async fn never_policy_does_not_restart_a_container_killed_by_liveness() {
+    let node = Node::start().await;
+    node.fake.script_exec("web", [ExecResult::exit(3, "dead")]);
+    let p = node.run(&pod(
+        "Never",
+        "    livenessProbe:\n      exec: {command: [alive]}\n      periodSeconds: 1\n      failureThreshold: 1\n",
+    ));
+    let s = node
+        .until(&p, Duration::from_secs(6), "failed", |s| {
+            s.phase.as_deref() == Some("Failed")
+        })
+        .await;
+    assert_eq!(restarts(&s), 0);
+    assert!(
+        node.has_event("Killing", "Container web failed liveness probe"),
+        "{:?}",
+        node.events()
+    );
+    // Nothing probes a container that will not run again.
+    let n = node.fake.execs().len();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(node.fake.execs().len(), n);
+}
+
+#[tokio::test]
+async fn exec_timeout_fails_and_success_threshold_counts() {
+    let node = Node::start().await;
+    node.fake.script_exec(
+        "web",
+        [
+            ExecResult::hang(Duration::from_secs(5)),
+            ExecResult::exit(0, ""),
+        ],
+    );
+    let p = node.run(&pod(
+        "Always",
+        "    readinessProbe:\n      exec: {command: [sh, -c, slow]}\n      periodSeconds: 1\n      timeoutSeconds: 1\n      successThreshold: 2\n",
+    ));
+    node.until(&p, Duration::from_secs(8), "ready", ready).await;
+    assert!(
+        node.has_event(
+            "Unhealthy",
+            "Readiness probe failed: command \"sh -c slow\" timed out"
+        ),
+        "{:?}",
+        node.events()
+    );
+    // Two successes in a row were needed: at least three execs in all.
+    assert!(node.fake.execs().len() >= 3);
+}
+
+#[tokio::test]
+async fn results_go_with_the_pod() {
+    let node = Node::start().await;
+    let p = node.run(&pod(
+        "Always",
+        "    readinessProbe:\n      exec: {command: [check]}\n      periodSeconds: 1\n",
+    ));
+    node.until(&p, Duration::from_secs(5), "ready", ready).await;
+    assert!(node.metrics.probes.encode().contains("pod=\"web-node-a\""));
+    node.config.apply(Snapshot {
+        pods: vec![],
+        errors: vec![],
+    });
+    let uid = p.pod.metadata.uid.clone().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !node.fake.containers().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(node.transient.probes(&uid).is_empty());
+    assert!(
+        !node.metrics.probes.encode().contains("pod=\"web-node-a\""),
+        "a removed pod's series go"
+    );
+}
