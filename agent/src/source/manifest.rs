@@ -132,21 +132,6 @@ const STATIC_REFERENCES: &str = "static pods may not reference ConfigMaps or Sec
 /// Container fields, checked on every init and app container.
 const CONTAINER_UNSUPPORTED: &[Unsupported] = &[
     Unsupported {
-        path: "livenessProbe",
-        check: Check::Present,
-        reason: "probes are not supported yet",
-    },
-    Unsupported {
-        path: "readinessProbe",
-        check: Check::Present,
-        reason: "probes are not supported yet",
-    },
-    Unsupported {
-        path: "startupProbe",
-        check: Check::Present,
-        reason: "probes are not supported yet",
-    },
-    Unsupported {
         path: "lifecycle",
         check: Check::Present,
         reason: "lifecycle hooks are not supported yet",
@@ -1299,7 +1284,6 @@ spec:
             "spec.securityContext.seLinuxOptions: not supported yet, ignored",
             "spec.initContainers[0].lifecycle: lifecycle hooks are not supported yet",
             "spec.initContainers[0].restartPolicy: sidecar containers are not supported yet",
-            "spec.containers[0].livenessProbe: probes are not supported yet",
             "spec.containers[0].envFrom: static pods may not reference ConfigMaps or Secrets (as upstream); the pod's containers will not start",
             "spec.containers[0].env[2].valueFrom.secretKeyRef: static pods may not reference ConfigMaps or Secrets (as upstream); the pod's containers will not start",
             "spec.containers[0].env[3].valueFrom.fieldRef.fieldPath: this field path is not supported yet",
