@@ -7,7 +7,7 @@
 //! | [`quantity`] | `apimachinery/pkg/api/resource` (`ParseQuantity`, `Cmp`, `Add`, `Value`, `MilliValue`) |
 //! | [`names`] | `apimachinery/pkg/util/validation` (DNS-1123, qualified names, label values) |
 //! | [`defaults`] | `pkg/apis/core/v1/defaults.go` (`SetDefaults_Pod` and friends) |
-//! | [`validation`] | `pkg/apis/core/validation` (`ValidatePod`, `ValidatePodUpdate`, object metadata) |
+//! | [`validation`] | `pkg/apis/core/validation` (`ValidatePod`, `ValidatePodUpdate`, object metadata, tolerations) and `pkg/apis/node/validation` (`ValidateRuntimeClass`) |
 //! | [`qos`] | `pkg/apis/core/v1/helper/qos` (`ComputePodQOS`) |
 //! | [`restart`] | the kubelet's restart rules (`ShouldContainerBeRestarted`) |
 //! | [`references`] | `pkg/api/pod/util.go` (`VisitPodSecretNames`, `VisitPodConfigmapNames`) and the Node authorizer's pod edges |

@@ -13,8 +13,9 @@ use std::fmt;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ContainerPort, EnvVar, ExecAction, GRPCAction, HTTPGetAction, Pod,
     PodSpec, Probe, ResourceRequirements, Secret, SecurityContext, SleepAction, TCPSocketAction,
-    Volume, VolumeMount,
+    Toleration, Volume, VolumeMount,
 };
+use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -296,10 +297,7 @@ fn object_meta(meta: &ObjectMeta, namespaced: bool, rule: NameRule, errs: &mut E
         }
         (false, _) => {}
     }
-    for (key, value) in meta.labels.iter().flatten() {
-        errs.invalid_each("metadata.labels", key, qualified_name_errors(key));
-        errs.invalid_each("metadata.labels", value, label_value_errors(value));
-    }
+    labels("metadata.labels", meta.labels.as_ref(), errs);
     let mut total = 0usize;
     for (key, value) in meta.annotations.iter().flatten() {
         errs.invalid_each(
@@ -318,6 +316,15 @@ fn object_meta(meta: &ObjectMeta, namespaced: bool, rule: NameRule, errs: &mut E
     }
     owner_references(meta.owner_references.as_deref().unwrap_or_default(), errs);
     finalizers(meta.finalizers.as_deref().unwrap_or_default(), errs);
+}
+
+/// `ValidateLabels`: qualified-name keys and label values, every error
+/// named by the map's field itself.
+fn labels(field: &str, map: Option<&BTreeMap<String, String>>, errs: &mut Errors) {
+    for (key, value) in map.into_iter().flatten() {
+        errs.invalid_each(field, key, qualified_name_errors(key));
+        errs.invalid_each(field, value, label_value_errors(value));
+    }
 }
 
 /// `ValidateOwnerReferences`: every reference names its owner fully, Events
@@ -1313,6 +1320,135 @@ pub fn validate_secret_update(new: &Secret, old: &Secret) -> Vec<FieldError> {
     errs.0
 }
 
+// ---------------------------------------------------------------------------
+// Tolerations
+// ---------------------------------------------------------------------------
+
+const TOLERATION_OPERATORS: &[&str] = &["Equal", "Exists"];
+const TAINT_EFFECTS: &[&str] = &["NoSchedule", "PreferNoSchedule", "NoExecute"];
+
+/// A toleration as `field.Error` prints an internal struct (`%#v`); the
+/// `tolerationSeconds` pointer shows its value, not an address.
+fn shown_toleration(t: &Toleration) -> String {
+    let seconds = t
+        .toleration_seconds
+        .map_or("(*int64)(nil)".to_string(), |s| s.to_string());
+    format!(
+        "core.Toleration{{Key:{:?}, Operator:{:?}, Value:{:?}, Effect:{:?}, TolerationSeconds:{seconds}}}",
+        t.key.as_deref().unwrap_or(""),
+        t.operator.as_deref().unwrap_or(""),
+        t.value.as_deref().unwrap_or(""),
+        t.effect.as_deref().unwrap_or(""),
+    )
+}
+
+/// `ValidateTolerations`: label-name keys, `Exists` for an empty key,
+/// `tolerationSeconds` only with `NoExecute`, the operator and its value, the effect.
+fn tolerations(list: &[Toleration], path: &str, errs: &mut Errors) {
+    for (i, t) in list.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        let key = t.key.as_deref().unwrap_or("");
+        let operator = t.operator.as_deref().unwrap_or("");
+        let value = t.value.as_deref().unwrap_or("");
+        let effect = t.effect.as_deref().unwrap_or("");
+        if !key.is_empty() {
+            errs.invalid_each(&format!("{at}.key"), key, qualified_name_errors(key));
+        }
+        if key.is_empty() && operator != "Exists" {
+            errs.invalid(
+                format!("{at}.operator"),
+                operator,
+                "operator must be Exists when `key` is empty, which means \"match all values and all keys\"",
+            );
+        }
+        if t.toleration_seconds.is_some() && effect != "NoExecute" {
+            errs.invalid(
+                format!("{at}.effect"),
+                effect,
+                "effect must be 'NoExecute' when `tolerationSeconds` is set",
+            );
+        }
+        match operator {
+            "" | "Equal" => {
+                let msgs = label_value_errors(value);
+                if !msgs.is_empty() {
+                    errs.invalid(format!("{at}.operator"), value, &msgs.join(";"));
+                }
+            }
+            "Exists" if !value.is_empty() => errs.push(
+                format!("{at}.operator"),
+                ErrorType::Invalid,
+                format!(
+                    "Invalid value: {}: value must be empty when `operator` is 'Exists'",
+                    shown_toleration(t)
+                ),
+            ),
+            "Exists" => {}
+            other => errs.not_supported(format!("{at}.operator"), other, TOLERATION_OPERATORS),
+        }
+        if !effect.is_empty() && !TAINT_EFFECTS.contains(&effect) {
+            errs.not_supported(format!("{at}.effect"), effect, TAINT_EFFECTS);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// RuntimeClasses (node.k8s.io)
+// ---------------------------------------------------------------------------
+
+/// `ValidateRuntimeClass` (`pkg/apis/node/validation`, beyond object
+/// metadata): the handler is a DNS-1123 label; `overhead.podFixed` is
+/// checked as a container's limits (so upstream names its errors
+/// `overhead.limits[cpu]`); `scheduling.nodeSelector` holds labels and
+/// `scheduling.tolerations` valid, unique tolerations.
+pub fn validate_runtime_class(rc: &RuntimeClass) -> Vec<FieldError> {
+    let mut errs = Errors::default();
+    errs.invalid_each("handler", &rc.handler, dns1123_label_errors(&rc.handler));
+    if let Some(overhead) = &rc.overhead {
+        let limits = ResourceRequirements {
+            limits: overhead.pod_fixed.clone(),
+            ..ResourceRequirements::default()
+        };
+        validate_resources(&limits, "overhead", &mut errs);
+    }
+    if let Some(scheduling) = &rc.scheduling {
+        labels(
+            "scheduling.nodeSelector",
+            scheduling.node_selector.as_ref(),
+            &mut errs,
+        );
+        let list = scheduling.tolerations.as_deref().unwrap_or_default();
+        tolerations(list, "scheduling.tolerations", &mut errs);
+        // Unique by the API's list keys (key, operator, value, effect).
+        let mut seen = HashSet::new();
+        for (i, t) in list.iter().enumerate() {
+            let list_key = [&t.key, &t.operator, &t.value, &t.effect].map(|f| f.as_deref());
+            if !seen.insert(list_key.map(|f| f.unwrap_or(""))) {
+                errs.push(
+                    format!("scheduling.tolerations[{i}]"),
+                    ErrorType::Duplicate,
+                    format!("Duplicate value: {}", shown_toleration(t)),
+                );
+            }
+        }
+    }
+    errs.0
+}
+
+/// `ValidateRuntimeClassUpdate` (beyond metadata): the new object is valid
+/// and its handler unchanged.
+pub fn validate_runtime_class_update(new: &RuntimeClass, old: &RuntimeClass) -> Vec<FieldError> {
+    let mut errs = validate_runtime_class(new);
+    if new.handler != old.handler {
+        errs.push(FieldError {
+            field: "handler".into(),
+            error_type: ErrorType::Invalid,
+            reason: format!("Invalid value: {:?}: field is immutable", new.handler),
+        });
+    }
+    errs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1465,6 +1601,92 @@ mod tests {
                 Some(json!({"restartPolicy": "Always", "readinessProbe": probe}))
             ),
             Vec::<String>::new()
+        );
+    }
+
+    fn runtime_class_errors(rc: serde_json::Value) -> Vec<String> {
+        let rc: RuntimeClass = serde_json::from_value(rc).expect("decodes");
+        validate_runtime_class(&rc)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// Upstream's `TestValidateRuntimeClass`, `TestValidateOverhead` and
+    /// `TestValidateScheduling`, with the messages.
+    #[test]
+    fn runtime_classes() {
+        use serde_json::json;
+        let ok = json!({"metadata": {"name": "gvisor"}, "handler": "runsc",
+            "overhead": {"podFixed": {"cpu": "250m", "memory": "64Mi"}},
+            "scheduling": {"nodeSelector": {"runtime": "gvisor"},
+                "tolerations": [{"key": "runtime", "operator": "Exists", "effect": "NoSchedule"}]}});
+        assert_eq!(runtime_class_errors(ok), Vec::<String>::new());
+        let label = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+        assert_eq!(
+            runtime_class_errors(json!({"handler": "RunSC"})),
+            vec![format!("handler: Invalid value: \"RunSC\": {label}")]
+        );
+        assert_eq!(
+            runtime_class_errors(json!({})),
+            vec![format!("handler: Invalid value: \"\": {label}")]
+        );
+        assert_eq!(
+            runtime_class_errors(
+                json!({"handler": "h", "overhead": {"podFixed": {"cpu": "-1", "my.org": "10m"}}})
+            ),
+            vec![
+                "overhead.limits[cpu]: Invalid value: \"-1\": must be greater than or equal to 0",
+                "overhead.limits[my.org]: Invalid value: \"my.org\": must be a standard resource type or fully qualified",
+            ]
+        );
+        let errs = runtime_class_errors(json!({"handler": "h", "scheduling": {
+            "nodeSelector": {"not a valid key!!!": "nope"},
+            "tolerations": [
+                {"key": "valid", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5},
+                {"key": "valid", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 10},
+                {"operator": "Equal", "value": "x"},
+                {"key": "k", "operator": "Exists", "value": "v", "effect": "Sometimes"},
+                {"key": "k", "operator": "Less", "tolerationSeconds": 1}]}}));
+        let fields: Vec<&str> = errs
+            .iter()
+            .map(|e| e.split(": ").next().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "scheduling.nodeSelector",
+                "scheduling.tolerations[2].operator",
+                "scheduling.tolerations[3].operator",
+                "scheduling.tolerations[3].effect",
+                "scheduling.tolerations[4].effect",
+                "scheduling.tolerations[4].operator",
+                "scheduling.tolerations[1]",
+            ],
+            "{errs:#?}"
+        );
+        assert_eq!(
+            errs[6],
+            "scheduling.tolerations[1]: Duplicate value: core.Toleration{Key:\"valid\", Operator:\"Exists\", Value:\"\", Effect:\"NoExecute\", TolerationSeconds:10}"
+        );
+        assert_eq!(
+            errs[5],
+            "scheduling.tolerations[4].operator: Unsupported value: \"Less\": supported values: \"Equal\", \"Exists\""
+        );
+    }
+
+    #[test]
+    fn runtime_class_handler_is_immutable() {
+        let rc = |handler: &str| RuntimeClass {
+            handler: handler.into(),
+            ..RuntimeClass::default()
+        };
+        assert!(validate_runtime_class_update(&rc("runc"), &rc("runc")).is_empty());
+        let errs = validate_runtime_class_update(&rc("crun"), &rc("runc"));
+        assert_eq!(errs.len(), 1);
+        assert_eq!(
+            errs[0].to_string(),
+            "handler: Invalid value: \"crun\": field is immutable"
         );
     }
 }

@@ -12,6 +12,11 @@
 //! the patched object; for a status update, before the status strategy puts
 //! the stored spec back (as upstream, whose mutating admission runs inside
 //! `UpdatedObject`, before `BeforeUpdate`).
+//!
+//! Then, on a create, [`mutate`]: the plugins that change the object
+//! ([`super::runtimeclass`]), for every request, authenticated or not. They
+//! run after the checks above, as upstream orders `RuntimeClass` after
+//! `NodeRestriction`.
 
 use serde_json::Value;
 
@@ -20,6 +25,7 @@ use super::auth::User;
 use super::error::{ApiError, ApiResult};
 use super::noderestriction;
 use super::resources::Resource;
+use super::runtimeclass;
 
 /// The kind of write (`admission.Operation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,4 +94,10 @@ pub async fn admit(state: &ApiState, attrs: &Attributes<'_>) -> ApiResult<()> {
     noderestriction::admit(state, user, attrs).await?;
     super::rbac::escalation::admit(state, user, attrs).await?;
     Ok(())
+}
+
+/// Run the plugins that may change `object` (a create's new object; its
+/// `attrs.object` is left unset, as `object` is borrowed mutably here).
+pub async fn mutate(state: &ApiState, attrs: &Attributes<'_>, object: &mut Value) -> ApiResult<()> {
+    runtimeclass::admit(state, attrs, object).await
 }

@@ -29,6 +29,9 @@
 //!      namespace's pods (upstream keeps a graph instead). Mirror pods are
 //!      not edges of that graph: only pods someone else bound to the node grant it anything.
 //!    - `namespaces`: get.
+//!    - every other resource (not subdivided by node): the static node rules
+//!      (upstream's `NodeRules()`, also the `system:node` role), e.g.
+//!      get/list/watch of `runtimeclasses`, create of `subjectaccessreviews`.
 //!    - `pods/log` (verb `get`) and `pods/exec` (verb `create`, also for a
 //!      WebSocket `GET`): never, as upstream.
 //! 3. **RBAC** ([`super::rbac`]): ClusterRoleBindings, and RoleBindings of
@@ -42,15 +45,20 @@
 //! this module. Without an authenticator (no user at all) everything is
 //! allowed, as before.
 
+use std::sync::LazyLock;
+
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_api::references;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::rbac::v1::PolicyRule;
 use serde_json::{Value, json};
 
 use super::ApiState;
 use super::auth::User;
 use super::error::ApiError;
+use super::rbac::policy;
+use super::rbac::rules::{self, Request};
 use super::resources::Resource;
 use super::selectors::FieldSelector;
 use crate::storage::{ListOptions, collection_prefix, object_key};
@@ -388,9 +396,28 @@ async fn authorize_node(
             _ => no(""),
         },
         ("", "namespaces", None) if verb == "get" => Decision::Allow,
-        _ => no(""),
+        // Access to other resources is not subdivided: upstream evaluates the
+        // static node rules (`NodeRules()`, the `system:node` role's rules).
+        _ => {
+            let req = Request::resource(
+                verb,
+                res.group,
+                res.name,
+                attrs.sub.unwrap_or(""),
+                attrs.namespace.unwrap_or(""),
+                name,
+            );
+            if NODE_RULES.iter().any(|rule| rules::rule_allows(&req, rule)) {
+                Decision::Allow
+            } else {
+                no("")
+            }
+        }
     })
 }
+
+/// Upstream's `bootstrappolicy.NodeRules()`, built once.
+static NODE_RULES: LazyLock<Vec<PolicyRule>> = LazyLock::new(policy::node_rules);
 
 /// Whether a pod bound to `node` in `namespace` refers to the `kind`
 /// (`configmaps`, `secrets`, `serviceaccounts`) object `name` — the edges of

@@ -29,6 +29,7 @@ pub mod protobuf;
 pub mod proxy;
 pub mod rbac;
 pub mod resources;
+pub mod runtimeclass;
 pub mod selectors;
 pub mod strategy;
 pub mod table;

@@ -9,11 +9,13 @@ use k8s_openapi::api::authorization::v1::{
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 
 use super::rbac::strategy::{BindingStrategy, ClusterRoleStrategy, RoleStrategy};
 use super::strategy::{
-    ConfigMapStrategy, NamespaceStrategy, Plain, PodStrategy, SecretStrategy, Strategy,
+    ConfigMapStrategy, NamespaceStrategy, Plain, PodStrategy, RuntimeClassStrategy, SecretStrategy,
+    Strategy,
 };
 use super::table::{self, Printer};
 use super::validation::round_trip;
@@ -224,6 +226,20 @@ pub static RESOURCES: &[Resource] = &[
         strategy: &Plain,
         printer: &table::DEFAULT,
         schema: round_trip::<Lease>,
+    },
+    Resource {
+        name: "runtimeclasses",
+        singular: "runtimeclass",
+        kind: "RuntimeClass",
+        group: "node.k8s.io",
+        version: "v1",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        strategy: &RuntimeClassStrategy,
+        printer: &table::RUNTIME_CLASS,
+        schema: round_trip::<RuntimeClass>,
     },
     Resource {
         name: "roles",

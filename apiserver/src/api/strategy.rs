@@ -289,6 +289,30 @@ impl Strategy for SecretStrategy {
     }
 }
 
+/// RuntimeClasses: `berth-api`'s `ValidateRuntimeClass` (handler, overhead,
+/// scheduling) and, on update, the handler kept.
+pub struct RuntimeClassStrategy;
+impl Strategy for RuntimeClassStrategy {
+    fn validate(&self, obj: &Value) -> ApiResult<Vec<FieldError>> {
+        Ok(validation::validate_runtime_class(&typed(
+            obj,
+            "RuntimeClass",
+        )?))
+    }
+
+    fn validate_update(
+        &self,
+        old: &Value,
+        new: &Value,
+        _status: bool,
+    ) -> ApiResult<Vec<FieldError>> {
+        Ok(validation::validate_runtime_class_update(
+            &typed(new, "RuntimeClass")?,
+            &typed(old, "RuntimeClass")?,
+        ))
+    }
+}
+
 /// A `StatusCause` for each field error.
 pub fn causes(errs: Vec<FieldError>) -> Vec<Cause> {
     errs.into_iter()

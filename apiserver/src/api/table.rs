@@ -668,6 +668,37 @@ pub static ROLE_BINDING: Printer = Printer {
     cells: role_binding_cells,
 };
 
+/// Upstream's `runtimeClassColumnDefinitions`.
+fn runtime_class_columns() -> Vec<Value> {
+    let (name, age) = name_and_age();
+    vec![
+        name,
+        col(
+            "Handler",
+            "string",
+            "",
+            "handler specifies the underlying runtime and configuration that the CRI implementation will use to handle pods of this class. The possible values are specific to the node & CRI configuration.  It is assumed that all handlers are available on every node, and handlers of the same name are equivalent on every node. For example, a handler called \"runc\" might specify that the runc OCI runtime (using native Linux containers) will be used to run the containers in a pod. The Handler must be lowercase, conform to the DNS Label (RFC 1123) requirements, and is immutable.",
+            0,
+        ),
+        age,
+    ]
+}
+
+/// `printRuntimeClass`: name, handler, age.
+fn runtime_class_cells(obj: &Value) -> Vec<Value> {
+    vec![
+        json!(str_at(obj, "/metadata/name")),
+        json!(str_at(obj, "/handler")),
+        json!(age(obj)),
+    ]
+}
+
+/// RuntimeClasses: `NAME, HANDLER, AGE`.
+pub static RUNTIME_CLASS: Printer = Printer {
+    columns: runtime_class_columns,
+    cells: runtime_class_cells,
+};
+
 /// One table row.
 pub fn row(printer: &Printer, obj: &Value, include: IncludeObject) -> Value {
     let mut r = json!({"cells": (printer.cells)(obj)});

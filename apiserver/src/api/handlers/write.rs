@@ -144,6 +144,12 @@ pub(super) async fn create(
         &target.admission(Operation::Create, &name, Some(&obj), None),
     )
     .await?;
+    admission::mutate(
+        state,
+        &target.admission(Operation::Create, &name, None, None),
+        &mut obj,
+    )
+    .await?;
     // Every field error at once (one 422 listing every cause, as kube-apiserver does).
     res.strategy.prepare_for_create(&mut obj)?;
     let mut errs = strategy::validate_meta(res, &obj)?;

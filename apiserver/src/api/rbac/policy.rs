@@ -146,8 +146,9 @@ fn aggregated(name: &str, labels: &[(&str, &str)], selects: &str) -> ClusterRole
     }
 }
 
-/// Upstream's `NodeRules()`.
-fn node_rules() -> Vec<PolicyRule> {
+/// Upstream's `NodeRules()`: the `system:node` role, and what the Node
+/// authorizer grants for the resources it does not subdivide.
+pub fn node_rules() -> Vec<PolicyRule> {
     vec![
         rule(&["create"], &[AUTHENTICATION], &["tokenreviews"]),
         rule(
