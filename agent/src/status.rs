@@ -14,7 +14,7 @@
 //! creation), and the pod's start time otherwise. Recomputing therefore gives the
 //! same status for the same runtime state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::RwLock;
 
 use berth_api::restart;
@@ -44,6 +44,8 @@ pub struct Waiting {
 pub struct TransientStore {
     inner: RwLock<HashMap<crate::Uid, Transient>>,
     probes: RwLock<HashMap<crate::Uid, BTreeMap<String, ContainerProbes>>>,
+    /// Containers (by ID) whose postStart hook is still running, per pod.
+    post_start: RwLock<HashMap<crate::Uid, BTreeSet<String>>>,
 }
 
 impl TransientStore {
@@ -53,7 +55,22 @@ impl TransientStore {
         let mut t = m.get(uid).cloned().unwrap_or_default();
         drop(m);
         t.probes = self.probes(uid);
+        let hooks = self.post_start.read().unwrap_or_else(|e| e.into_inner());
+        t.post_start_running = hooks.get(uid).cloned().unwrap_or_default();
         t
+    }
+
+    /// Mark container `id` of pod `uid` as running its postStart hook, or done.
+    pub(crate) fn set_post_start(&self, uid: &str, id: &str, running: bool) {
+        let mut m = self.post_start.write().unwrap_or_else(|e| e.into_inner());
+        if running {
+            m.entry(uid.to_string()).or_default().insert(id.to_string());
+        } else if let Some(set) = m.get_mut(uid) {
+            set.remove(id);
+            if set.is_empty() {
+                m.remove(uid);
+            }
+        }
     }
 
     /// The probe results of pod `uid`, by container ID.
@@ -94,6 +111,7 @@ impl TransientStore {
     /// Keeps `t` (its probe results are the probe workers' and are not taken).
     pub(crate) fn set(&self, uid: &str, mut t: Transient) {
         t.probes.clear();
+        t.post_start_running.clear();
         let mut m = self.inner.write().unwrap_or_else(|e| e.into_inner());
         m.insert(uid.to_string(), t);
     }
@@ -117,6 +135,9 @@ pub struct Transient {
     /// The probe workers' latest results, by container ID (see
     /// [`crate::probe_results`]); a container with no entry has no result yet.
     pub probes: BTreeMap<String, ContainerProbes>,
+    /// Containers (by ID) whose postStart hook has not returned: running, but
+    /// neither started nor ready until it does.
+    pub post_start_running: BTreeSet<String>,
 }
 
 /// Pod phases (`status.phase`).
@@ -366,9 +387,11 @@ impl Ctx<'_> {
 
         // The prober manager's `UpdatePodStatus`: started once running and its
         // startup probe (if any) succeeded for this very container; ready once
-        // started and its readiness probe (if any) succeeded. A regular init
-        // container is ready once it exited 0.
-        let running = is_running(&status);
+        // started and its readiness probe (if any) succeeded; neither while its
+        // postStart hook runs. A regular init container is ready once it
+        // exited 0.
+        let hook_done = newest.is_none_or(|c| !self.transient.post_start_running.contains(&c.id));
+        let running = is_running(&status) && hook_done;
         let probes = newest
             .filter(|_| running)
             .and_then(|c| self.transient.probes.get(&c.id).copied())
@@ -1028,6 +1051,7 @@ mod tests {
                 .collect(),
             pod_error: None,
             probes: BTreeMap::new(),
+            post_start_running: BTreeSet::new(),
         }
     }
 

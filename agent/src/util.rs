@@ -47,3 +47,46 @@ pub fn unix_nanos_now() -> i64 {
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+/// Expand `$(VAR)` references as Kubernetes does: a defined variable is replaced,
+/// an undefined one is left as written, and `$$` escapes a `$`.
+pub fn expand(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(input.len());
+    let bytes = input.as_bytes();
+    let mut i = 0;
+    let mut literal_start = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'$' && i + 1 < bytes.len() {
+            match bytes[i + 1] {
+                b'$' => {
+                    out.push_str(&input[literal_start..i]);
+                    out.push('$');
+                    i += 2;
+                    literal_start = i;
+                    continue;
+                }
+                b'(' => {
+                    if let Some(close) = input[i + 2..].find(')') {
+                        let name = &input[i + 2..i + 2 + close];
+                        out.push_str(&input[literal_start..i]);
+                        match lookup(name) {
+                            Some(v) => out.push_str(&v),
+                            None => {
+                                out.push_str("$(");
+                                out.push_str(name);
+                                out.push(')');
+                            }
+                        }
+                        i += 2 + close + 1;
+                        literal_start = i;
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    out.push_str(&input[literal_start..]);
+    out
+}

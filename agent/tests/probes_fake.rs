@@ -67,6 +67,7 @@ impl Node {
         let config = PodConfig::new(trigger_tx.clone());
         let cache = RuntimeCache::new();
         let transient = Arc::new(TransientStore::default());
+        let manager = manager.with_transient_store(transient.clone());
         let poke = Arc::new(tokio::sync::Notify::new());
         let workers = PodWorkers::new(
             Arc::new(manager),
@@ -478,5 +479,135 @@ async fn results_go_with_the_pod() {
     assert!(
         !node.metrics.probes.encode().contains("pod=\"web-node-a\""),
         "a removed pod's series go"
+    );
+}
+
+fn hooked(hooks: &str) -> String {
+    pod("Always", &format!("    lifecycle:\n{hooks}"))
+}
+
+#[tokio::test]
+async fn post_start_holds_started_and_ready_until_it_returns() {
+    let node = Node::start().await;
+    node.fake.script_exec_of(
+        "web",
+        "hook",
+        [
+            ExecResult::hang(Duration::from_millis(1500)),
+            ExecResult::exit(0, ""),
+        ],
+    );
+    let p = node.run(&hooked(
+        "      postStart: {exec: {command: [hook, start]}}\n",
+    ));
+    let s = node
+        .until(&p, Duration::from_secs(3), "running", |s| {
+            s.container_statuses
+                .as_ref()
+                .is_some_and(|c| c[0].state.as_ref().is_some_and(|st| st.running.is_some()))
+        })
+        .await;
+    assert_eq!(started(&s), Some(false), "not started while postStart runs");
+    assert!(!ready(&s));
+    node.until(&p, Duration::from_secs(5), "started after the hook", |s| {
+        started(s) == Some(true) && ready(s)
+    })
+    .await;
+    assert_eq!(node.fake.execs()[0].cmd, ["hook", "start"]);
+    // No probe-style timeout on postStart (upstream passes none).
+    assert_eq!(node.fake.execs()[0].timeout, 0);
+}
+
+#[tokio::test]
+async fn failed_post_start_kills_and_restarts_the_container() {
+    let node = Node::start().await;
+    node.fake
+        .script_exec_of("web", "hook", [ExecResult::exit(2, "bad")]);
+    let p = node.run(&hooked("      postStart: {exec: {command: [hook]}}\n"));
+    node.until(&p, Duration::from_secs(8), "restarted", |s| {
+        restarts(s) >= 1
+    })
+    .await;
+    assert!(node.has_event("FailedPostStartHook", "PostStartHook failed"));
+    assert!(
+        node.has_event("Killing", "FailedPostStartHook"),
+        "{:?}",
+        node.events()
+    );
+    // A tcpSocket handler is not a lifecycle handler: it fails the same way.
+    let node = Node::start().await;
+    let p = node.run(&hooked("      postStart: {tcpSocket: {port: 80}}\n"));
+    node.until(&p, Duration::from_secs(8), "killed", |s| {
+        s.container_statuses.as_ref().is_some_and(|c| {
+            c[0].last_state
+                .as_ref()
+                .is_some_and(|l| l.terminated.is_some())
+        })
+    })
+    .await;
+    assert!(node.has_event("FailedPostStartHook", "PostStartHook failed"));
+}
+
+#[tokio::test]
+async fn pre_stop_runs_before_the_stop_signal_and_shares_the_grace_period() {
+    let node = Node::start().await;
+    node.fake.script_exec_of(
+        "web",
+        "drain",
+        [ExecResult::hang(Duration::from_millis(2100))],
+    );
+    let p = node.run(&hooked("      preStop: {exec: {command: [drain]}}\n"));
+    node.until(&p, Duration::from_secs(3), "ready", ready).await;
+    // The manifest goes: the spec is gone, the hook comes from the runtime's
+    // record of the container.
+    node.config.apply(Snapshot {
+        pods: vec![],
+        errors: vec![],
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    while !node.fake.containers().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = node.fake.calls();
+    let exec = calls
+        .iter()
+        .position(|c| c == "ExecSync")
+        .expect("preStop ran");
+    let stop = calls
+        .iter()
+        .position(|c| c == "StopContainer")
+        .expect("the container was stopped");
+    assert!(exec < stop, "{calls:?}");
+    // 7 s of grace, 2 spent in the hook: 5 left for the stop signal.
+    let execs = node.fake.execs();
+    assert_eq!(execs[0].cmd, ["drain"]);
+    assert_eq!(execs[0].timeout, 7);
+    assert!(node.fake.containers().is_empty());
+}
+
+#[tokio::test]
+async fn failed_pre_stop_is_reported_and_the_stop_goes_on() {
+    let node = Node::start().await;
+    node.fake
+        .script_exec_of("web", "drain", [ExecResult::exit(1, "no")]);
+    let p = node.run(&hooked("      preStop: {exec: {command: [drain]}}\n"));
+    node.until(&p, Duration::from_secs(3), "ready", ready).await;
+    node.config.apply(Snapshot {
+        pods: vec![],
+        errors: vec![],
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !node.fake.containers().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(node.fake.containers().is_empty());
+    let uid = p.pod.metadata.uid.clone().unwrap();
+    let want = format!(
+        "Exec lifecycle hook ([drain]) for Container \"web\" in Pod \"web-node-a_default({uid})\" failed - error: command 'drain' exited with 1: no, message: \"no\""
+    );
+    assert!(
+        node.has_event("FailedPreStopHook", &want),
+        "{:?}",
+        node.events()
     );
 }

@@ -22,7 +22,7 @@ pub fn command(c: &Container, cmd: &[String]) -> Vec<String> {
             .map(|e| e.value.clone().unwrap_or_default())
     };
     cmd.iter()
-        .map(|arg| crate::runtime::container::expand(arg, lookup))
+        .map(|arg| crate::util::expand(arg, lookup))
         .collect()
 }
 

@@ -40,16 +40,19 @@ pub fn url(h: &HTTPGetAction, pod_ip: &str, port: u16) -> String {
     format!("{scheme}://{}{slash}{path}", join_host_port(host, port))
 }
 
-/// Run the probe once within `timeout`.
-pub async fn probe(h: &HTTPGetAction, pod_ip: &str, port: u16, timeout: Duration) -> Outcome {
-    let url = url(h, pod_ip, port);
-    let headers: Vec<(String, String)> = h
-        .http_headers
+/// The action's `httpHeaders` as (name, value) pairs.
+pub fn headers(h: &HTTPGetAction) -> Vec<(String, String)> {
+    h.http_headers
         .iter()
         .flatten()
         .map(|h| (h.name.clone(), h.value.clone()))
-        .collect();
-    match tokio::time::timeout(timeout, get(&url, &headers)).await {
+        .collect()
+}
+
+/// Run the probe once within `timeout`.
+pub async fn probe(h: &HTTPGetAction, pod_ip: &str, port: u16, timeout: Duration) -> Outcome {
+    let url = url(h, pod_ip, port);
+    match tokio::time::timeout(timeout, get(&url, &headers(h))).await {
         Err(_) => Outcome::Failure(format!(
             "Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
         )),
@@ -66,7 +69,7 @@ pub async fn probe(h: &HTTPGetAction, pod_ip: &str, port: u16, timeout: Duration
 
 /// GET `url`, following same-host redirects. The final status and (at most
 /// 10 KiB of) body.
-async fn get(url: &str, headers: &[(String, String)]) -> Result<(u16, String), String> {
+pub async fn get(url: &str, headers: &[(String, String)]) -> Result<(u16, String), String> {
     let mut uri: Uri = url.parse().map_err(|e| format!("invalid URL: {e}"))?;
     let first_host = uri.host().unwrap_or_default().to_string();
     let mut redirects = 0;

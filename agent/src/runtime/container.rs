@@ -143,6 +143,15 @@ impl RuntimeManager {
         {
             annotations.insert(keys::CONTAINER_PORTS.into(), json);
         }
+        // As the kubelet: the preStop hook runs even when the spec is gone.
+        if let Some(pre_stop) = container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            && let Ok(json) = serde_json::to_string(pre_stop)
+        {
+            annotations.insert(super::hooks::PRE_STOP_HANDLER.into(), json);
+        }
 
         api::ContainerConfig {
             metadata: Some(api::ContainerMetadata {
@@ -465,48 +474,7 @@ fn node_memory_bytes() -> i64 {
         .unwrap_or(0)
 }
 
-/// Expand `$(VAR)` references as Kubernetes does: a defined variable is replaced,
-/// an undefined one is left as written, and `$$` escapes a `$`.
-pub fn expand(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
-    let mut out = String::with_capacity(input.len());
-    let bytes = input.as_bytes();
-    let mut i = 0;
-    let mut literal_start = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'$' && i + 1 < bytes.len() {
-            match bytes[i + 1] {
-                b'$' => {
-                    out.push_str(&input[literal_start..i]);
-                    out.push('$');
-                    i += 2;
-                    literal_start = i;
-                    continue;
-                }
-                b'(' => {
-                    if let Some(close) = input[i + 2..].find(')') {
-                        let name = &input[i + 2..i + 2 + close];
-                        out.push_str(&input[literal_start..i]);
-                        match lookup(name) {
-                            Some(v) => out.push_str(&v),
-                            None => {
-                                out.push_str("$(");
-                                out.push_str(name);
-                                out.push(')');
-                            }
-                        }
-                        i += 2 + close + 1;
-                        literal_start = i;
-                        continue;
-                    }
-                }
-                _ => {}
-            }
-        }
-        i += 1;
-    }
-    out.push_str(&input[literal_start..]);
-    out
-}
+pub use crate::util::expand;
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@
 //! - [`sync`]: the per-pod reconcile (start, restart, replace, kill, clean up).
 
 pub mod container;
+pub mod hooks;
 pub mod images;
 pub mod inspect;
 pub mod sandbox;
@@ -43,6 +44,9 @@ pub struct RuntimeManager {
     pub(crate) events: crate::events::EventRecorder,
     /// ConfigMaps and Secrets of the pods (env and volumes).
     pub(crate) objects: Arc<crate::objects::ObjectStore>,
+    /// Where a running postStart hook is shown to the status while the pod's
+    /// sync waits for it (the pod workers' store, see [`with_transient_store`](Self::with_transient_store)).
+    pub(crate) live: Arc<crate::status::TransientStore>,
 }
 
 impl RuntimeManager {
@@ -63,7 +67,14 @@ impl RuntimeManager {
             metrics,
             events: crate::events::EventRecorder::log_only(),
             objects,
+            live: Arc::default(),
         }
+    }
+
+    /// Show running postStart hooks in `store` (the one the status reads).
+    pub fn with_transient_store(mut self, store: Arc<crate::status::TransientStore>) -> Self {
+        self.live = store;
+        self
     }
 
     /// Fetch the ConfigMaps and Secrets pods reference through `client`.

@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use tokio::time::Instant;
 
 use super::container::{ContainerContext, container_hash};
+use super::hooks::{self, HookTarget};
 use super::images::ImageError;
 use super::{Result, RuntimeManager, SyncError, cri, ignore_not_found};
 use crate::events::{EventType, ObjectRef};
@@ -86,6 +87,22 @@ fn is_static(pod: &Pod) -> bool {
         .as_ref()
         .and_then(|a| a.get(crate::source::manifest::CONFIG_SOURCE_ANNOTATION))
         .is_some_and(|s| s == crate::source::manifest::FILE_SOURCE)
+}
+
+/// The kubelet's `minimumGracePeriodInSeconds`: what a container's stop
+/// signal gets at least after its preStop hook ran.
+const MIN_GRACE_AFTER_HOOK: i64 = 2;
+
+/// The event object of a runtime container; the spec may be gone (pod
+/// removal), so the pod is named by the runtime's labels.
+fn container_object(c: &ObservedContainer) -> ObjectRef {
+    let label = |k: &str| c.labels.get(k).map(String::as_str).unwrap_or_default();
+    ObjectRef::from_parts(
+        label(keys::POD_NAMESPACE),
+        label(keys::POD_NAME),
+        label(keys::POD_UID),
+    )
+    .container(&c.name, c.init)
 }
 
 /// The probe whose failure means `running` must be killed, if any.
@@ -730,7 +747,69 @@ impl RuntimeManager {
             format!("Started container {}", c.name),
         );
         transient.waiting.remove(&c.name);
+        if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref())
+            && let Err(message) = self.post_start(ps, c, &id, hook).await
+        {
+            // As the kubelet: the message stays out of the event (it may hold
+            // secrets), the container is killed and waits with PostStartHookError.
+            tracing::warn!(container = %c.name, id = %id, message = %message, "postStart hook failed; killing the container");
+            self.events.record(
+                &obj,
+                EventType::Warning,
+                "FailedPostStartHook",
+                "PostStartHook failed",
+            );
+            let grace = ps
+                .spec
+                .termination_grace_period_seconds
+                .unwrap_or(DEFAULT_GRACE_SECONDS);
+            let observed = self.inspect_pod(ps.uid).await?;
+            if let Some(running) = observed.containers.iter().find(|o| o.id == id) {
+                self.stop_running_with(&[running], grace, |_| "FailedPostStartHook".into())
+                    .await?;
+            }
+            transient.waiting.insert(
+                c.name.clone(),
+                Waiting {
+                    reason: "PostStartHookError".into(),
+                    message,
+                },
+            );
+            min_requeue(&mut ps.requeue, CONTAINER_RETRY);
+        }
         Ok(())
+    }
+
+    /// Run container `c`'s postStart hook; the status shows the container
+    /// neither started nor ready until it returns.
+    async fn post_start(
+        &self,
+        ps: &PodSync<'_>,
+        c: &Container,
+        id: &str,
+        hook: &k8s_openapi::api::core::v1::LifecycleHandler,
+    ) -> std::result::Result<(), String> {
+        let meta = &ps.pod.metadata;
+        let target = HookTarget {
+            container_id: id,
+            container: &c.name,
+            pod: format!(
+                "{}_{}({})",
+                meta.name.as_deref().unwrap_or_default(),
+                meta.namespace.as_deref().unwrap_or_default(),
+                ps.uid
+            ),
+            pod_ip: ps
+                .pod_ips
+                .first()
+                .cloned()
+                .unwrap_or_else(|| self.settings.node_ip.clone()),
+            ports: c.ports.clone().unwrap_or_default(),
+        };
+        self.live.set_post_start(ps.uid, id, true);
+        let ran = self.run_hook(&target, hook, None).await;
+        self.live.set_post_start(ps.uid, id, false);
+        ran
     }
 
     /// The kubelet's `verifyRunAsNonRoot`: with `runAsNonRoot`, the container
@@ -819,23 +898,55 @@ impl RuntimeManager {
             .iter()
             .filter(|c| matches!(c.state, ContainerState::Running | ContainerState::Unknown))
             .inspect(|c| {
-                // The spec may be gone (pod removal): the pod is named by the runtime's labels.
-                let label = |k: &str| c.labels.get(k).map(String::as_str).unwrap_or_default();
-                let obj = ObjectRef::from_parts(
-                    label(keys::POD_NAMESPACE),
-                    label(keys::POD_NAME),
-                    label(keys::POD_UID),
-                )
-                .container(&c.name, c.init);
                 self.events
-                    .record(&obj, EventType::Normal, "Killing", why(c));
+                    .record(&container_object(c), EventType::Normal, "Killing", why(c));
             })
             .map(|c| async move {
+                let grace = self.pre_stop(c, grace).await;
                 tracing::info!(container = %c.name, id = %c.id, grace, "stopping container");
                 ignore_not_found(self.client.stop_container(&c.id, grace).await)
                     .map_err(cri(format!("StopContainer {}", c.id)))
             });
         join_all(stops).await.into_iter().collect()
+    }
+
+    /// Run `c`'s preStop hook, if it has one and there is time (the kubelet's
+    /// `executePreStopHook`): it may take the whole grace period; what is left
+    /// (at least the kubelet's minimum of 2 s) is the stop signal's.
+    async fn pre_stop(&self, c: &ObservedContainer, grace: i64) -> i64 {
+        let Some(handler) = hooks::pre_stop_of(c).filter(|_| grace > 0) else {
+            return grace;
+        };
+        let needs_ip = handler
+            .http_get
+            .as_ref()
+            .is_some_and(|h| h.host.as_deref().unwrap_or_default().is_empty());
+        let pod_ip = if needs_ip {
+            self.sandbox_ip(&c.sandbox_id).await
+        } else {
+            String::new()
+        };
+        let target = HookTarget::of(c, pod_ip);
+        let started = Instant::now();
+        let limit = Duration::from_secs(u64::try_from(grace).unwrap_or(0));
+        tracing::info!(container = %c.name, id = %c.id, grace, "running preStop hook");
+        match tokio::time::timeout(limit, self.run_hook(&target, &handler, Some(limit))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => {
+                tracing::warn!(container = %c.name, id = %c.id, message = %message, "preStop hook failed");
+                self.events.record(
+                    &container_object(c),
+                    EventType::Warning,
+                    "FailedPreStopHook",
+                    message,
+                );
+            }
+            Err(_) => {
+                tracing::info!(container = %c.name, id = %c.id, grace, "preStop hook not completed in grace period");
+            }
+        }
+        let spent = i64::try_from(started.elapsed().as_secs()).unwrap_or(i64::MAX);
+        grace.saturating_sub(spent).max(MIN_GRACE_AFTER_HOOK)
     }
 
     /// Stop a sandbox and the containers in it.

@@ -132,9 +132,9 @@ const STATIC_REFERENCES: &str = "static pods may not reference ConfigMaps or Sec
 /// Container fields, checked on every init and app container.
 const CONTAINER_UNSUPPORTED: &[Unsupported] = &[
     Unsupported {
-        path: "lifecycle",
+        path: "lifecycle.stopSignal",
         check: Check::Present,
-        reason: "lifecycle hooks are not supported yet",
+        reason: "this container runtime's CRI has no stop signal (containerd 1.6); the image's STOPSIGNAL (else SIGTERM) is used",
     },
     Unsupported {
         path: "restartPolicy",
@@ -1282,7 +1282,6 @@ spec:
             "spec.volumes[0].configMap: static pods support only emptyDir and hostPath volumes (configMap and secret volumes are refused as upstream)",
             "spec.imagePullSecrets: registry credentials are not supported yet; images are pulled anonymously",
             "spec.securityContext.seLinuxOptions: not supported yet, ignored",
-            "spec.initContainers[0].lifecycle: lifecycle hooks are not supported yet",
             "spec.initContainers[0].restartPolicy: sidecar containers are not supported yet",
             "spec.containers[0].envFrom: static pods may not reference ConfigMaps or Secrets (as upstream); the pod's containers will not start",
             "spec.containers[0].env[2].valueFrom.secretKeyRef: static pods may not reference ConfigMaps or Secrets (as upstream); the pod's containers will not start",
