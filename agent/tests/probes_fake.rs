@@ -611,3 +611,117 @@ async fn failed_pre_stop_is_reported_and_the_stop_goes_on() {
         node.events()
     );
 }
+
+fn sidecar_pod(policy: &str, side_a_extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  restartPolicy: {policy}\n  terminationGracePeriodSeconds: 7\n  initContainers:\n  - name: side-a\n    image: {IMAGE}\n    restartPolicy: Always\n{side_a_extra}  - name: setup\n    image: {IMAGE}\n  - name: side-b\n    image: {IMAGE}\n    restartPolicy: Always\n  containers:\n  - name: main\n    image: {IMAGE}\n"
+    )
+}
+
+fn init_status<'a>(
+    s: &'a PodStatus,
+    name: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::ContainerStatus> {
+    s.init_container_statuses
+        .as_ref()
+        .and_then(|all| all.iter().find(|c| c.name == name))
+}
+
+fn created(node: &Node, name: &str) -> bool {
+    node.fake
+        .containers()
+        .iter()
+        .any(|c| c.metadata.name == name)
+}
+
+#[tokio::test]
+async fn sidecars_start_in_order_gate_on_their_startup_probe_and_keep_running() {
+    let node = Node::start().await;
+    node.fake.script_exec_of(
+        "side-a",
+        "started",
+        [
+            ExecResult::exit(1, ""),
+            ExecResult::exit(1, ""),
+            ExecResult::exit(0, ""),
+        ],
+    );
+    // The regular init container `setup` exits 0 at once in the fake.
+    node.fake.on_start_exit("setup", 0);
+    let p = node.run(&sidecar_pod(
+        "Always",
+        "    startupProbe:\n      exec: {command: [started]}\n      periodSeconds: 1\n",
+    ));
+    // side-a runs, but setup waits for its startup probe.
+    node.until(&p, Duration::from_secs(3), "side-a running", |s| {
+        init_status(s, "side-a").is_some_and(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!created(&node, "setup"), "setup waited for side-a to start");
+    let s = node
+        .until(&p, Duration::from_secs(8), "main running", |s| {
+            s.container_statuses.as_ref().is_some_and(|c| {
+                c[0].state.as_ref().is_some_and(|st| st.running.is_some())
+            })
+        })
+        .await;
+    assert_eq!(s.phase.as_deref(), Some("Running"));
+    assert_eq!(condition(&s, "Initialized"), "True");
+    // Sidecars count in readiness: both are ready, and so is the pod.
+    let s = node
+        .until(&p, Duration::from_secs(3), "ready", |s| condition(s, "Ready") == "True")
+        .await;
+    assert!(init_status(&s, "side-b").is_some_and(|c| c.ready));
+    // A sidecar that dies comes back while main keeps running.
+    node.fake.exit_containers_named("side-b", 1);
+    let s = node
+        .until(&p, Duration::from_secs(8), "side-b restarted", |s| {
+            init_status(s, "side-b").is_some_and(|c| {
+                c.restart_count == 1 && c.state.as_ref().is_some_and(|st| st.running.is_some())
+            })
+        })
+        .await;
+    assert_eq!(restarts(&s), 0, "main was not touched");
+    assert_eq!(
+        init_status(&s, "setup").map(|c| c.restart_count),
+        Some(0),
+        "a completed init container does not run again"
+    );
+}
+
+#[tokio::test]
+async fn job_like_pod_with_sidecars_succeeds_and_stops_sidecars_after_main_in_reverse() {
+    let node = Node::start().await;
+    node.fake.on_start_exit("setup", 0);
+    let p = node.run(&sidecar_pod("Never", ""));
+    node.until(&p, Duration::from_secs(5), "main running", |s| {
+        s.container_statuses.as_ref().is_some_and(|c| {
+            c[0].state.as_ref().is_some_and(|st| st.running.is_some())
+        })
+    })
+    .await;
+    node.fake.exit_containers_named("main", 0);
+    let s = node
+        .until(&p, Duration::from_secs(5), "succeeded", |s| {
+            s.phase.as_deref() == Some("Succeeded")
+        })
+        .await;
+    assert_eq!(restarts(&s), 0);
+    // The sidecars were stopped after main ended, side-b (started last) first.
+    let finished = |name: &str| {
+        node.fake
+            .containers()
+            .iter()
+            .find(|c| c.metadata.name == name)
+            .map(|c| c.finished_at)
+            .unwrap_or(0)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while finished("side-a") == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(finished("main") > 0);
+    assert!(finished("main") < finished("side-b"), "main before sidecars");
+    assert!(finished("side-b") < finished("side-a"), "reverse order");
+}

@@ -140,3 +140,110 @@ spec:
     );
     Ok(())
 }
+
+fn init_status<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["status"]["initContainerStatuses"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+#[test]
+fn sidecar_outlives_main_restarts_stops_last_and_lets_a_job_succeed() -> Result<()> {
+    let Some(_env) =
+        require_runtime("sidecar_outlives_main_restarts_stops_last_and_lets_a_job_succeed")
+    else {
+        return Ok(());
+    };
+    let cd = Containerd::start()?;
+    let agent = Agent::start(&cd, &[])?;
+    agent.wait_healthy(T)?;
+    let shared = agent.temp_dir().join("shared");
+    std::fs::create_dir_all(&shared)?;
+    let shared_path = shared.display();
+    agent.write_manifest(
+        "side.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: side
+spec:
+  terminationGracePeriodSeconds: 5
+  volumes: [{{name: shared, hostPath: {{path: {shared_path}, type: Directory}}}}]
+  initContainers:
+    - name: proxy
+      image: {IMAGE}
+      restartPolicy: Always
+      volumeMounts: [{{name: shared, mountPath: /shared}}]
+      command: ["sh", "-c", "trap 'sleep 1; echo proxy-term >> /shared/log; exit 0' TERM; while true; do sleep 1 & wait $!; done"]
+  containers:
+    - name: main
+      image: {IMAGE}
+      volumeMounts: [{{name: shared, mountPath: /shared}}]
+      command: ["sh", "-c", "trap 'echo main-term >> /shared/log; exit 0' TERM; while true; do sleep 1 & wait $!; done"]
+"#
+        ),
+    )?;
+    let pod = wait_pod(&agent, "side", "running", |p| {
+        status(p, "main")["ready"] == true && init_status(p, "proxy")["ready"] == true
+    })?;
+    // main crashes and restarts; the sidecar keeps running.
+    let main_id = status(&pod, "main")["containerID"]
+        .as_str()
+        .unwrap_or("")
+        .trim_start_matches("containerd://")
+        .to_string();
+    cd.ctr(&["-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", &main_id])?;
+    let pod = wait_pod(&agent, "side", "main restarted", |p| {
+        status(p, "main")["restartCount"] == 1 && status(p, "main")["ready"] == true
+    })?;
+    assert_eq!(init_status(&pod, "proxy")["restartCount"], 0, "{pod:#}");
+    assert!(init_status(&pod, "proxy")["state"]["running"].is_object());
+
+    // Removal stops main first, then the sidecar (whose trap takes 1 s).
+    agent.remove_manifest("side.yaml")?;
+    let log = agent.wait_for(T, "both SIGTERM traps", || {
+        std::fs::read_to_string(shared.join("log"))
+            .ok()
+            .filter(|t| t.contains("proxy-term"))
+    })?;
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        ["main-term", "proxy-term"],
+        "{log}"
+    );
+
+    // A Job-like pod: main ends, the sidecar is stopped, the pod succeeds.
+    agent.write_manifest(
+        "job.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: job
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 2
+  initContainers:
+    - name: proxy
+      image: {IMAGE}
+      restartPolicy: Always
+      command: ["sh", "-c", "while true; do sleep 1; done"]
+  containers:
+    - name: main
+      image: {IMAGE}
+      command: ["sh", "-c", "sleep 2; exit 0"]
+"#
+        ),
+    )?;
+    let pod = wait_pod(&agent, "job", "Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    })?;
+    assert_eq!(status(&pod, "main")["state"]["terminated"]["exitCode"], 0);
+    assert!(
+        init_status(&pod, "proxy")["state"]["terminated"].is_object(),
+        "the sidecar was stopped: {pod:#}"
+    );
+    Ok(())
+}

@@ -49,7 +49,8 @@ pub fn pod_is_done(spec: &PodSpec, observed: &ObservedPod) -> bool {
         return false;
     }
     // An init container that failed under restartPolicy Never fails the pod.
-    let init_failed = spec.init_containers.iter().flatten().any(|c| {
+    // Sidecars restart whatever the pod's policy: they never fail it.
+    let init_failed = spec.init_containers.iter().flatten().filter(|c| !restart::is_restartable_init_container(c)).any(|c| {
         observed.latest_container(&c.name, true).is_some_and(|l| {
             l.state == ContainerState::Exited && l.exit_code != 0 && policy == restart::NEVER
         })
@@ -338,7 +339,7 @@ impl RuntimeManager {
         };
 
         if self
-            .sync_init_containers(&mut ps, &observed, transient)
+            .sync_init_containers(&mut ps, &observed, transient, grace)
             .await?
         {
             self.sync_app_containers(&mut ps, &observed, transient, grace)
@@ -406,16 +407,33 @@ impl RuntimeManager {
         Ok((id, config, ips))
     }
 
-    /// Run init containers one at a time, in order. Returns true once all have
-    /// succeeded in the current sandbox (app containers may start).
+    /// Run init containers in order (the kubelet's `computeInitContainerActions`).
+    /// A regular init container runs to completion before the next starts; a
+    /// sidecar (`restartPolicy: Always`) is started, and the next one starts
+    /// once it has started (its startup probe passed, if it has one). Sidecars
+    /// are kept running (restarted with back-off, killed when their liveness
+    /// probe fails) for the pod's whole life. Returns true once the pod is
+    /// initialized (app containers may run).
     async fn sync_init_containers(
         &self,
         ps: &mut PodSync<'_>,
         observed: &ObservedPod,
         transient: &mut Transient,
+        grace: i64,
     ) -> Result<bool> {
+        // Initialized once an app container exists in this sandbox: regular
+        // init containers do not run again, and a sidecar's restart no longer
+        // holds the app containers back.
+        let initialized = observed
+            .containers
+            .iter()
+            .any(|o| !o.init && o.sandbox_id == ps.sandbox_id);
         let inits = ps.spec.init_containers.clone().unwrap_or_default();
         for (index, c) in inits.iter().enumerate() {
+            let sidecar = restart::is_restartable_init_container(c);
+            if initialized && !sidecar {
+                continue;
+            }
             // Init containers run again in a new sandbox: only this sandbox's count.
             let here = observed
                 .containers
@@ -426,30 +444,54 @@ impl RuntimeManager {
                 .map(|l| l.restart_count + 1)
                 .unwrap_or(0);
             match here {
-                Some(o) if o.state == ContainerState::Running => return Ok(false),
-                Some(o) if o.state == ContainerState::Exited && o.exit_code == 0 => {
+                Some(o) if o.state == ContainerState::Running && sidecar => {
+                    if let Some(probe) = failed_probe(transient, o) {
+                        self.kill_for_probe(c, o, probe, true, grace).await?;
+                        self.start_container(ps, c, index, true, restart_count, transient)
+                            .await?;
+                        if !initialized {
+                            return Ok(false);
+                        }
+                        continue;
+                    }
                     transient.waiting.remove(&c.name);
-                    continue;
-                }
-                Some(o) if o.state == ContainerState::Exited => {
-                    if self.crash_backoff_wait(ps, c, o, transient) {
+                    let started = c.startup_probe.is_none()
+                        || transient
+                            .probes
+                            .get(&o.id)
+                            .is_some_and(|p| p.startup == Some(crate::probe_results::ProbeResult::Success));
+                    if !started && !initialized {
                         return Ok(false);
                     }
-                    self.start_container(ps, c, index, true, restart_count, transient)
-                        .await?;
-                    return Ok(false);
+                }
+                Some(o) if o.state == ContainerState::Running => return Ok(false),
+                Some(o) if o.state == ContainerState::Exited && o.exit_code == 0 && !sidecar => {
+                    transient.waiting.remove(&c.name);
+                }
+                Some(o) if o.state == ContainerState::Exited => {
+                    if !self.crash_backoff_wait(ps, c, o, transient) {
+                        self.start_container(ps, c, index, true, restart_count, transient)
+                            .await?;
+                    }
+                    if !initialized {
+                        return Ok(false);
+                    }
                 }
                 Some(o) => {
                     // Created but never started (a failed StartContainer): start over.
                     self.remove_container(&o.id).await;
                     self.start_container(ps, c, index, true, restart_count, transient)
                         .await?;
-                    return Ok(false);
+                    if !initialized {
+                        return Ok(false);
+                    }
                 }
                 None => {
                     self.start_container(ps, c, index, true, restart_count, transient)
                         .await?;
-                    return Ok(false);
+                    if !initialized {
+                        return Ok(false);
+                    }
                 }
             }
         }
@@ -949,6 +991,38 @@ impl RuntimeManager {
         grace.saturating_sub(spent).max(MIN_GRACE_AFTER_HOOK)
     }
 
+    /// Stop a pod's containers as the kubelet does since sidecars: the app (and
+    /// regular init) containers first, in parallel; then the init containers
+    /// still running (sidecars), one at a time in reverse order of their start
+    /// (the spec may be gone, so the runtime's start times stand for the spec
+    /// order), each with what is left of the grace period.
+    async fn stop_pod_containers(
+        &self,
+        containers: &[&ObservedContainer],
+        grace: i64,
+    ) -> Result<()> {
+        let (mut sidecars, main): (Vec<&ObservedContainer>, Vec<&ObservedContainer>) = containers
+            .iter()
+            .copied()
+            .filter(|c| matches!(c.state, ContainerState::Running | ContainerState::Unknown))
+            .partition(|c| c.init);
+        let started = Instant::now();
+        self.stop_running(&main, grace).await?;
+        sidecars.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+        for sidecar in sidecars {
+            let spent = i64::try_from(started.elapsed().as_secs()).unwrap_or(i64::MAX);
+            let left = if grace <= 0 {
+                grace
+            } else {
+                grace
+                    .saturating_sub(spent)
+                    .max(grace.min(MIN_GRACE_AFTER_HOOK))
+            };
+            self.stop_running(&[sidecar], left).await?;
+        }
+        Ok(())
+    }
+
     /// Stop a sandbox and the containers in it.
     async fn kill_sandbox(
         &self,
@@ -961,7 +1035,7 @@ impl RuntimeManager {
             .iter()
             .filter(|c| c.sandbox_id == sb.id)
             .collect();
-        self.stop_running(&inside, grace).await?;
+        self.stop_pod_containers(&inside, grace).await?;
         self.stop_sandbox(sb).await
     }
 
@@ -1044,7 +1118,7 @@ impl RuntimeManager {
         if !observed.is_empty() {
             tracing::info!(grace, "pod no longer to run; removing it");
         }
-        self.stop_running(&observed.containers.iter().collect::<Vec<_>>(), grace)
+        self.stop_pod_containers(&observed.containers.iter().collect::<Vec<_>>(), grace)
             .await?;
         // Every container is stopped above (one Killing event each).
         for sb in &observed.sandboxes {

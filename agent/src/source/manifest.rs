@@ -137,11 +137,6 @@ const CONTAINER_UNSUPPORTED: &[Unsupported] = &[
         reason: "this container runtime's CRI has no stop signal (containerd 1.6); the image's STOPSIGNAL (else SIGTERM) is used",
     },
     Unsupported {
-        path: "restartPolicy",
-        check: Check::Present,
-        reason: "sidecar containers are not supported yet",
-    },
-    Unsupported {
         path: "envFrom",
         check: Check::Present,
         reason: STATIC_REFERENCES,
@@ -1282,7 +1277,6 @@ spec:
             "spec.volumes[0].configMap: static pods support only emptyDir and hostPath volumes (configMap and secret volumes are refused as upstream)",
             "spec.imagePullSecrets: registry credentials are not supported yet; images are pulled anonymously",
             "spec.securityContext.seLinuxOptions: not supported yet, ignored",
-            "spec.initContainers[0].restartPolicy: sidecar containers are not supported yet",
             "spec.containers[0].envFrom: static pods may not reference ConfigMaps or Secrets (as upstream); the pod's containers will not start",
             "spec.containers[0].env[2].valueFrom.secretKeyRef: static pods may not reference ConfigMaps or Secrets (as upstream); the pod's containers will not start",
             "spec.containers[0].env[3].valueFrom.fieldRef.fieldPath: this field path is not supported yet",
