@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod capacity;
 pub mod cgroups;
 pub mod cluster;
 pub mod config;

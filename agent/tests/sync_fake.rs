@@ -605,3 +605,37 @@ async fn sandbox_is_replaced_when_host_network_changes() {
     assert_ne!(ready[0].id, first[0].id);
     assert_eq!(ready[0].metadata.attempt, 1);
 }
+
+#[tokio::test]
+async fn downward_api_resource_fields_and_host_ips_reach_the_env() {
+    let env = Env::new().await;
+    let m = env.manager().await;
+    let p = env.pod(
+        "res.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: res}}\nspec:\n  containers:\n  - name: app\n    image: {IMAGE}\n    resources:\n      requests: {{cpu: 250m, memory: 64Mi}}\n      limits: {{memory: 128Mi}}\n    env:\n    - name: CPU_M\n      valueFrom: {{resourceFieldRef: {{resource: requests.cpu, divisor: 1m}}}}\n    - name: MEM_MI\n      valueFrom: {{resourceFieldRef: {{resource: limits.memory, divisor: 1Mi}}}}\n    - name: CPU_LIMIT\n      valueFrom: {{resourceFieldRef: {{resource: limits.cpu}}}}\n    - name: HOSTS\n      valueFrom: {{fieldRef: {{fieldPath: status.hostIPs}}}}\n"
+        ),
+    );
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    sync(&m, &p, &mut Transient::default()).await;
+    let c = env
+        .fake
+        .containers()
+        .into_iter()
+        .find(|c| c.metadata.name == "app")
+        .expect("created");
+    let get = |k: &str| {
+        c.config
+            .envs
+            .iter()
+            .find(|e| e.key == k)
+            .map(|e| e.value.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(get("CPU_M"), "250");
+    assert_eq!(get("MEM_MI"), "128");
+    // No CPU limit: the node's CPUs, in whole cores.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(get("CPU_LIMIT"), cpus.to_string());
+    assert_eq!(get("HOSTS"), "192.0.2.10");
+}

@@ -3,7 +3,6 @@
 //! `nodes/<name>/status` on change and at least every [`REPORT_FREQUENCY`]).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
@@ -153,13 +152,15 @@ fn stamp(status: &NodeStatus, transitions: &mut BTreeMap<String, (String, Time)>
 /// The node's status as of now, without heartbeat or transition times.
 pub fn compute(ctx: &Context) -> NodeStatus {
     let mut resources = BTreeMap::new();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    resources.insert("cpu".to_string(), Quantity(cpus.to_string()));
-    if let Some(kib) = mem_total_kib() {
+    resources.insert(
+        "cpu".to_string(),
+        Quantity(crate::capacity::cpus().to_string()),
+    );
+    if let Some(kib) = crate::capacity::mem_total_kib() {
         resources.insert("memory".to_string(), Quantity(format!("{kib}Ki")));
     }
     resources.insert("pods".to_string(), Quantity("110".to_string()));
-    if let Some(bytes) = fs_capacity(&ctx.root_dir).or_else(|| fs_capacity(Path::new("/"))) {
+    if let Some(bytes) = crate::capacity::ephemeral_storage_bytes(&ctx.root_dir) {
         resources.insert("ephemeral-storage".to_string(), Quantity(bytes.to_string()));
     }
 
@@ -268,26 +269,6 @@ fn read_trimmed(path: &str) -> String {
 }
 
 /// `MemTotal` from /proc/meminfo, in KiB.
-fn mem_total_kib() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    parse_mem_total(&text)
-}
-
-fn parse_mem_total(meminfo: &str) -> Option<u64> {
-    meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-}
-
-/// The size of the filesystem holding `path`, in bytes.
-fn fs_capacity(path: &Path) -> Option<u64> {
-    let st = nix::sys::statvfs::statvfs(path).ok()?;
-    #[allow(clippy::unnecessary_cast)]
-    Some(st.blocks() as u64 * st.fragment_size() as u64)
-}
-
 /// `PRETTY_NAME` from /etc/os-release (as the kubelet's `osImage`).
 fn os_image() -> String {
     let text = std::fs::read_to_string("/etc/os-release")
@@ -309,12 +290,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_meminfo_and_os_release() {
-        assert_eq!(
-            parse_mem_total("MemTotal:        8040516 kB\nMemFree: 1 kB\n"),
-            Some(8040516)
-        );
-        assert_eq!(parse_mem_total("MemFree: 1 kB\n"), None);
+    fn parses_os_release() {
         assert_eq!(
             parse_pretty_name("NAME=\"Debian\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n")
                 .as_deref(),

@@ -226,7 +226,7 @@ impl RuntimeManager {
         let oom_score_adj = match berth_api::qos::pod_qos_class(pod) {
             berth_api::qos::GUARANTEED => -997,
             berth_api::qos::BEST_EFFORT => 1000,
-            _ => burstable_oom_score_adj(mem_request, node_memory_bytes()),
+            _ => burstable_oom_score_adj(mem_request, crate::capacity::memory_bytes()),
         };
 
         let sc = container.security_context.clone().unwrap_or_default();
@@ -394,8 +394,26 @@ impl RuntimeManager {
                         }
                     },
                 }
+            } else if let Some(sel) = from.and_then(|f| f.resource_field_ref.as_ref()) {
+                let node = super::downward::NodeAllocatable::of_node(&self.settings.root_dir);
+                // The selector may name another container of the pod.
+                let target = sel
+                    .container_name
+                    .as_deref()
+                    .filter(|n| !n.is_empty() && *n != container.name)
+                    .and_then(|n| {
+                        let spec = pod.spec.as_ref()?;
+                        spec.containers
+                            .iter()
+                            .chain(spec.init_containers.iter().flatten())
+                            .find(|c| c.name == n)
+                    })
+                    .unwrap_or(container);
+                Some(
+                    super::downward::resource_field_value(target, sel, &node)
+                        .map_err(|e| format!("env {name}: resourceFieldRef: {e}"))?,
+                )
             } else {
-                // resourceFieldRef was warned about when the manifest was read.
                 None
             };
             let value = resolved.unwrap_or_default();
@@ -458,20 +476,6 @@ pub fn burstable_oom_score_adj(memory_request: i64, memory_capacity: i64) -> i64
     let capacity = i128::from(memory_capacity.max(1));
     let adj = 1000 - 1000 * i128::from(memory_request.max(0)) / capacity;
     i64::try_from(adj.clamp(2, 999)).unwrap_or(999)
-}
-
-/// MemTotal from /proc/meminfo, in bytes (0 if unreadable).
-fn node_memory_bytes() -> i64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<i64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
 }
 
 pub use crate::util::expand;

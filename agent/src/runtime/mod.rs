@@ -7,6 +7,7 @@
 //! - [`sync`]: the per-pod reconcile (start, restart, replace, kill, clean up).
 
 pub mod container;
+pub mod downward;
 pub mod hooks;
 pub mod images;
 pub mod inspect;

@@ -143,8 +143,13 @@ const CONTAINER_UNSUPPORTED: &[Unsupported] = &[
     },
     Unsupported {
         path: "env[*].valueFrom",
-        check: Check::KeysExcept(&["fieldRef", "configMapKeyRef", "secretKeyRef"]),
-        reason: "only fieldRef is supported",
+        check: Check::KeysExcept(&[
+            "fieldRef",
+            "resourceFieldRef",
+            "configMapKeyRef",
+            "secretKeyRef",
+        ]),
+        reason: "not supported",
     },
     Unsupported {
         path: "env[*].valueFrom.configMapKeyRef",
@@ -208,6 +213,7 @@ fn is_supported_field_path(v: &Value) -> bool {
             | "status.podIP"
             | "status.podIPs"
             | "status.hostIP"
+            | "status.hostIPs"
     ) || validation::subscripted_key(path).is_some()
 }
 
@@ -1279,7 +1285,6 @@ spec:
             "spec.securityContext.seLinuxOptions: not supported yet, ignored",
             "spec.containers[0].envFrom: static pods may not reference ConfigMaps or Secrets (as upstream); the pod's containers will not start",
             "spec.containers[0].env[2].valueFrom.secretKeyRef: static pods may not reference ConfigMaps or Secrets (as upstream); the pod's containers will not start",
-            "spec.containers[0].env[3].valueFrom.fieldRef.fieldPath: this field path is not supported yet",
             "spec.containers[0].securityContext.seccompProfile: not supported yet, ignored",
         ];
         for w in expected {
