@@ -80,6 +80,33 @@ if ! has_cap "$cap_eff" 24 || ! has_cap "$cap_bnd" 24; then
 fi
 
 umask 022
+
+# A second runtime handler, "berth-recorded": runc behind a wrapper that logs
+# every invocation to <state>/runc-recorded.log, so a test can prove a pod
+# ran under the handler its RuntimeClass names. (crun 1.8, Debian 12's,
+# refuses hybrid cgroup hosts; where the host is pure cgroup v2 and crun is
+# installed, a "crun" handler is offered too.)
+runc_bin=$(command -v runc || echo /usr/sbin/runc)
+recorded="$state/runc-recorded"
+cat >"$recorded.tmp.$$" <<SH
+#!/bin/sh
+# Written by integration/containerd-config.sh: record, then run runc.
+echo "\$*" >>"$state/runc-recorded.log"
+exec "$runc_bin" "\$@"
+SH
+chmod 0755 "$recorded.tmp.$$"
+mv "$recorded.tmp.$$" "$recorded"
+crun_runtime=
+if [[ $(stat -fc %T /sys/fs/cgroup 2>/dev/null) == cgroup2fs ]] && command -v crun >/dev/null; then
+  crun_runtime="
+      [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.crun]
+        runtime_type = \"io.containerd.runc.v2\"
+        [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.crun.options]
+          BinaryName = \"$(command -v crun)\"
+          SystemdCgroup = false
+          Root = \"$state/crun\""
+fi
+
 tmp="$config.tmp.$$"
 cat >"$tmp" <<TOML
 # Written by integration/containerd-config.sh; do not edit by hand.
@@ -138,6 +165,12 @@ disabled_plugins = [
           SystemdCgroup = false
           # runc's state under our state dir instead of /run/containerd/runc.
           Root = "$state/runc"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.berth-recorded]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.berth-recorded.options]
+          BinaryName = "$recorded"
+          SystemdCgroup = false
+          Root = "$state/runc"$crun_runtime
 
     [plugins."io.containerd.grpc.v1.cri".cni]
       bin_dir = "/usr/lib/cni"

@@ -224,7 +224,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         metrics.clone(),
     )
     .with_events(events.clone())
-    .with_transient_store(transient.clone());
+    .with_transient_store(transient.clone())
+    .with_runtime_classes(config.runtime_classes.clone());
     let manager = Arc::new(match api_client_for_runtime {
         Some(c) => manager.with_api_client(c),
         None => manager,

@@ -75,6 +75,12 @@ pub struct Flags {
     /// neither, the server is not started].
     #[arg(long)]
     pub client_ca_file: Option<PathBuf>,
+    /// A RuntimeClass the node knows without the API server, as
+    /// `NAME=HANDLER` (the CRI runtime handler); repeatable. Static pods name
+    /// them in `runtimeClassName`; with --kubeconfig, RuntimeClass objects
+    /// are looked up too [default: none].
+    #[arg(long = "runtime-class", value_name = "NAME=HANDLER")]
+    pub runtime_classes: Vec<String>,
 }
 
 /// How log lines are written.
@@ -110,6 +116,8 @@ struct FileConfig {
     // The kubelet's spelling (its config nests it as authentication.x509.clientCAFile).
     #[serde(rename = "clientCAFile")]
     client_ca_file: Option<PathBuf>,
+    /// RuntimeClass name → CRI handler.
+    runtime_classes: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// The settings the agent runs with.
@@ -137,6 +145,8 @@ pub struct Config {
     pub tls_private_key_file: Option<PathBuf>,
     /// The CA its clients' certificates must chain to (`None`: the kubeconfig's).
     pub client_ca_file: Option<PathBuf>,
+    /// RuntimeClasses known locally: name → CRI runtime handler.
+    pub runtime_classes: std::collections::BTreeMap<String, String>,
 }
 
 /// Parse a Go-style duration such as `20s`, `1m`, `1m30s`, `500ms`.
@@ -242,6 +252,7 @@ impl Config {
             tls_cert_file: flags.tls_cert_file.or(file.tls_cert_file),
             tls_private_key_file: flags.tls_private_key_file.or(file.tls_private_key_file),
             client_ca_file: flags.client_ca_file.or(file.client_ca_file),
+            runtime_classes: runtime_classes(&flags.runtime_classes, file.runtime_classes)?,
         };
         if config.tls_cert_file.is_some() != config.tls_private_key_file.is_some() {
             bail!("--tls-cert-file and --tls-private-key-file must be given together");
@@ -268,6 +279,31 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// `--runtime-class NAME=HANDLER` flags over the file's `runtimeClasses`,
+/// each checked as the API server checks a RuntimeClass (name a DNS
+/// subdomain, handler a DNS label).
+fn runtime_classes(
+    flags: &[String],
+    file: Option<std::collections::BTreeMap<String, String>>,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut out = file.unwrap_or_default();
+    for flag in flags {
+        let Some((name, handler)) = flag.split_once('=') else {
+            bail!("--runtime-class: {flag:?} is not NAME=HANDLER");
+        };
+        out.insert(name.to_string(), handler.to_string());
+    }
+    for (name, handler) in &out {
+        if let Some(why) = berth_api::names::dns1123_subdomain_errors(name).first() {
+            bail!("--runtime-class: name {name:?}: {why}");
+        }
+        if let Some(why) = berth_api::names::dns1123_label_errors(handler).first() {
+            bail!("--runtime-class: handler {handler:?} of {name:?}: {why}");
+        }
+    }
+    Ok(out)
 }
 
 fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
@@ -317,6 +353,43 @@ mod tests {
         assert_eq!(c.port, 10250);
         assert_eq!(c.address.to_string(), "0.0.0.0");
         assert_eq!(c.client_ca_file, None);
+    }
+
+    #[test]
+    fn runtime_classes_from_flags_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "nodeName: n\nruntimeClasses: {gvisor: runsc, fast: crun}\n",
+        )
+        .unwrap();
+        let c = Config::load(Flags {
+            config: Some(path.clone()),
+            runtime_classes: vec!["fast=runc".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.runtime_classes.get("fast").map(String::as_str),
+            Some("runc")
+        );
+        assert_eq!(
+            c.runtime_classes.get("gvisor").map(String::as_str),
+            Some("runsc")
+        );
+        for bad in ["nohandler", "x=Bad_Handler", "Bad=runc"] {
+            let err = Config::load(Flags {
+                node_name: Some("n".into()),
+                runtime_classes: vec![bad.into()],
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(
+                err.to_string().starts_with("--runtime-class"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

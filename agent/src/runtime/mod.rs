@@ -11,6 +11,7 @@ pub mod downward;
 pub mod hooks;
 pub mod images;
 pub mod inspect;
+pub mod runtimeclass;
 pub mod sandbox;
 pub mod sync;
 
@@ -48,6 +49,8 @@ pub struct RuntimeManager {
     /// Where a running postStart hook is shown to the status while the pod's
     /// sync waits for it (the pod workers' store, see [`with_transient_store`](Self::with_transient_store)).
     pub(crate) live: Arc<crate::status::TransientStore>,
+    /// RuntimeClass names → CRI runtime handlers.
+    pub(crate) runtime_classes: runtimeclass::RuntimeClasses,
 }
 
 impl RuntimeManager {
@@ -69,6 +72,7 @@ impl RuntimeManager {
             events: crate::events::EventRecorder::log_only(),
             objects,
             live: Arc::default(),
+            runtime_classes: runtimeclass::RuntimeClasses::default(),
         }
     }
 
@@ -78,9 +82,19 @@ impl RuntimeManager {
         self
     }
 
-    /// Fetch the ConfigMaps and Secrets pods reference through `client`.
+    /// Fetch the ConfigMaps, Secrets and RuntimeClasses pods reference through `client`.
     pub fn with_api_client(self, client: kube::Client) -> Self {
+        self.runtime_classes.set_client(client.clone());
         self.objects.set_client(client);
+        self
+    }
+
+    /// The node's own RuntimeClasses (name → CRI runtime handler).
+    pub fn with_runtime_classes(
+        mut self,
+        local: std::collections::BTreeMap<String, String>,
+    ) -> Self {
+        self.runtime_classes = runtimeclass::RuntimeClasses::new(local);
         self
     }
 
@@ -125,6 +139,9 @@ pub enum SyncError {
         #[source]
         source: berth_plugins::Error,
     },
+    /// The pod's RuntimeClass has no handler here (the message is the API's).
+    #[error("{message}")]
+    RuntimeClass { message: String },
     /// A filesystem operation on the pod's directories failed.
     #[error("{op} {path}: {source}")]
     Io {

@@ -382,12 +382,25 @@ impl RuntimeManager {
             path: log_dir.clone(),
             source,
         })?;
-        tracing::info!(attempt, "creating pod sandbox");
+        let runtime_handler = match pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.runtime_class_name.as_deref())
+            .filter(|n| !n.is_empty())
+        {
+            Some(class) => self
+                .runtime_classes
+                .handler(class)
+                .await
+                .map_err(|message| SyncError::RuntimeClass { message })?,
+            None => String::new(),
+        };
+        tracing::info!(attempt, runtime_handler, "creating pod sandbox");
         let id = self
             .client
             .run_pod_sandbox(api::RunPodSandboxRequest {
                 config: Some(config.clone()),
-                runtime_handler: String::new(),
+                runtime_handler,
             })
             .await
             .map_err(cri("RunPodSandbox"))?

@@ -97,11 +97,6 @@ const POD_UNSUPPORTED: &[Unsupported] = &[
         reason: "pod-level resources are not supported",
     },
     Unsupported {
-        path: "spec.runtimeClassName",
-        check: Check::Present,
-        reason: "runtime classes are not supported; the runtime's default handler is used",
-    },
-    Unsupported {
         path: "spec.hostUsers",
         check: Check::Unless(is_true),
         reason: "user namespaces are not supported",
