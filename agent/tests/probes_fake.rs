@@ -654,23 +654,26 @@ async fn sidecars_start_in_order_gate_on_their_startup_probe_and_keep_running() 
     ));
     // side-a runs, but setup waits for its startup probe.
     node.until(&p, Duration::from_secs(3), "side-a running", |s| {
-        init_status(s, "side-a").is_some_and(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()))
+        init_status(s, "side-a")
+            .is_some_and(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()))
     })
     .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(!created(&node, "setup"), "setup waited for side-a to start");
     let s = node
         .until(&p, Duration::from_secs(8), "main running", |s| {
-            s.container_statuses.as_ref().is_some_and(|c| {
-                c[0].state.as_ref().is_some_and(|st| st.running.is_some())
-            })
+            s.container_statuses
+                .as_ref()
+                .is_some_and(|c| c[0].state.as_ref().is_some_and(|st| st.running.is_some()))
         })
         .await;
     assert_eq!(s.phase.as_deref(), Some("Running"));
     assert_eq!(condition(&s, "Initialized"), "True");
     // Sidecars count in readiness: both are ready, and so is the pod.
     let s = node
-        .until(&p, Duration::from_secs(3), "ready", |s| condition(s, "Ready") == "True")
+        .until(&p, Duration::from_secs(3), "ready", |s| {
+            condition(s, "Ready") == "True"
+        })
         .await;
     assert!(init_status(&s, "side-b").is_some_and(|c| c.ready));
     // A sidecar that dies comes back while main keeps running.
@@ -696,9 +699,9 @@ async fn job_like_pod_with_sidecars_succeeds_and_stops_sidecars_after_main_in_re
     node.fake.on_start_exit("setup", 0);
     let p = node.run(&sidecar_pod("Never", ""));
     node.until(&p, Duration::from_secs(5), "main running", |s| {
-        s.container_statuses.as_ref().is_some_and(|c| {
-            c[0].state.as_ref().is_some_and(|st| st.running.is_some())
-        })
+        s.container_statuses
+            .as_ref()
+            .is_some_and(|c| c[0].state.as_ref().is_some_and(|st| st.running.is_some()))
     })
     .await;
     node.fake.exit_containers_named("main", 0);
@@ -722,6 +725,9 @@ async fn job_like_pod_with_sidecars_succeeds_and_stops_sidecars_after_main_in_re
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(finished("main") > 0);
-    assert!(finished("main") < finished("side-b"), "main before sidecars");
+    assert!(
+        finished("main") < finished("side-b"),
+        "main before sidecars"
+    );
     assert!(finished("side-b") < finished("side-a"), "reverse order");
 }

@@ -639,3 +639,36 @@ async fn downward_api_resource_fields_and_host_ips_reach_the_env() {
     assert_eq!(get("CPU_LIMIT"), cpus.to_string());
     assert_eq!(get("HOSTS"), "192.0.2.10");
 }
+
+#[tokio::test]
+async fn pods_the_node_cannot_run_get_no_sandbox_and_say_why() {
+    let env = Env::new().await;
+    let m = env.manager().await.with_apparmor_enabled(false);
+    let p = env.pod(
+        "userns.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: userns}}\nspec:\n  hostUsers: false\n  containers:\n  - name: app\n    image: {IMAGE}\n"
+        ),
+    );
+    let mut t = Transient::default();
+    sync(&m, &p, &mut t).await;
+    assert_eq!(env.fake.call_count("RunPodSandbox"), 0);
+    let err = t.pod_error.clone().expect("a pod-level reason");
+    assert_eq!(err.reason, "FailedCreatePodSandBox");
+    assert!(err.message.contains("user namespaces"), "{err:?}");
+
+    let p = env.pod(
+        "armor.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: armor}}\nspec:\n  containers:\n  - name: app\n    image: {IMAGE}\n    securityContext:\n      appArmorProfile: {{type: Localhost, localhostProfile: strict}}\n"
+        ),
+    );
+    let mut t = Transient::default();
+    sync(&m, &p, &mut t).await;
+    assert_eq!(env.fake.call_count("RunPodSandbox"), 0);
+    let err = t.pod_error.clone().expect("a pod-level reason");
+    assert!(
+        err.message.starts_with("Cannot enforce AppArmor"),
+        "{err:?}"
+    );
+}

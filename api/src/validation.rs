@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerPort, EnvVar, ExecAction, GRPCAction, HTTPGetAction, Pod,
-    PodSpec, Probe, ResourceRequirements, Secret, SecurityContext, SleepAction, TCPSocketAction,
-    Toleration, Volume, VolumeMount,
+    AppArmorProfile, ConfigMap, Container, ContainerPort, EnvVar, ExecAction, GRPCAction,
+    HTTPGetAction, Pod, PodSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+    SecurityContext, SleepAction, TCPSocketAction, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -228,7 +228,9 @@ pub fn validate_pod(pod: &Pod) -> Vec<FieldError> {
     object_meta(&pod.metadata, true, NameRule::Subdomain, &mut errs);
     let default_spec = PodSpec::default();
     let spec = pod.spec.as_ref().unwrap_or(&default_spec);
+    apparmor_annotations(&pod.metadata, spec, &mut errs);
     validate_spec(spec, &mut errs);
+    apparmor_annotations_match_fields(&pod.metadata, spec, &mut errs);
     errs.0
 }
 
@@ -463,6 +465,13 @@ pub fn validate_pod_spec_update(new: &PodSpec, old: &PodSpec) -> Vec<FieldError>
 fn validate_spec(spec: &PodSpec, errs: &mut Errors) {
     let volumes = validate_volumes(spec.volumes.as_deref().unwrap_or_default(), errs);
     let host_network = spec.host_network.unwrap_or(false);
+    // `hostUsers` defaults to true: the pod shares the node's user namespace.
+    let host_users = spec.host_users.unwrap_or(true);
+    let pod = PodContext {
+        volumes: &volumes,
+        host_network,
+        host_users,
+    };
 
     if spec.containers.is_empty() {
         errs.required("spec.containers", "");
@@ -471,12 +480,12 @@ fn validate_spec(spec: &PodSpec, errs: &mut Errors) {
     let mut names: HashSet<&str> = HashSet::new();
     for (i, c) in spec.init_containers.iter().flatten().enumerate() {
         let path = format!("spec.initContainers[{i}]");
-        validate_container(c, &path, true, &volumes, &mut names, host_network, errs);
+        validate_container(c, &path, true, &pod, &mut names, errs);
         validate_probes_and_lifecycle(c, &path, true, spec.termination_grace_period_seconds, errs);
     }
     for (i, c) in spec.containers.iter().enumerate() {
         let path = format!("spec.containers[{i}]");
-        validate_container(c, &path, false, &volumes, &mut names, host_network, errs);
+        validate_container(c, &path, false, &pod, &mut names, errs);
         validate_probes_and_lifecycle(c, &path, false, spec.termination_grace_period_seconds, errs);
     }
     validate_host_ports(&spec.containers, "spec.containers", errs);
@@ -537,7 +546,48 @@ fn validate_spec(spec: &PodSpec, errs: &mut Errors) {
                 Some(*g),
             );
         }
+        if let Some(policy) = sc.fs_group_change_policy.as_deref()
+            && !FS_GROUP_CHANGE_POLICIES.contains(&policy)
+        {
+            errs.not_supported(
+                "spec.securityContext.fsGroupChangePolicy",
+                policy,
+                FS_GROUP_CHANGE_POLICIES,
+            );
+        }
+        seccomp_profile(
+            sc.seccomp_profile.as_ref(),
+            "spec.securityContext.seccompProfile",
+            errs,
+        );
+        apparmor_profile(
+            sc.app_armor_profile.as_ref(),
+            "spec.securityContext.appArmorProfile",
+            errs,
+        );
     }
+    if !host_users {
+        // `validateHostUsers`: a user namespace does not mix with the node's
+        // other namespaces (the field names are upstream's, capitals included).
+        for (shared, field) in [
+            (spec.host_network, "spec.hostNetwork"),
+            (spec.host_pid, "spec.HostPID"),
+            (spec.host_ipc, "spec.HostIPC"),
+        ] {
+            if shared == Some(true) {
+                errs.forbidden(field, "when `pod.Spec.HostUsers` is false");
+            }
+        }
+    }
+}
+
+/// What every container's validation needs to know about its pod.
+struct PodContext<'a> {
+    /// The declared volume names.
+    volumes: &'a BTreeSet<&'a str>,
+    host_network: bool,
+    /// `spec.hostUsers` (default true).
+    host_users: bool,
 }
 
 fn check_id(errs: &mut Errors, field: &str, id: Option<i64>) {
@@ -622,9 +672,8 @@ fn validate_container<'a>(
     c: &'a Container,
     path: &str,
     init: bool,
-    volumes: &BTreeSet<&str>,
+    pod: &PodContext<'_>,
     names: &mut HashSet<&'a str>,
-    host_network: bool,
     errs: &mut Errors,
 ) {
     let name_field = format!("{path}.name");
@@ -675,7 +724,7 @@ fn validate_container<'a>(
     validate_ports(
         c.ports.as_deref().unwrap_or_default(),
         path,
-        host_network,
+        pod.host_network,
         errs,
     );
     validate_env(c.env.as_deref().unwrap_or_default(), path, errs);
@@ -687,7 +736,7 @@ fn validate_container<'a>(
     validate_volume_mounts(
         c.volume_mounts.as_deref().unwrap_or_default(),
         path,
-        volumes,
+        pod.volumes,
         privileged,
         errs,
     );
@@ -695,7 +744,7 @@ fn validate_container<'a>(
         validate_resources(r, &format!("{path}.resources"), errs);
     }
     if let Some(sc) = &c.security_context {
-        validate_security_context(sc, &format!("{path}.securityContext"), errs);
+        validate_security_context(sc, &format!("{path}.securityContext"), pod.host_users, errs);
     }
 }
 
@@ -1137,15 +1186,233 @@ fn validate_resources(r: &ResourceRequirements, path: &str, errs: &mut Errors) {
     }
 }
 
-fn validate_security_context(sc: &SecurityContext, path: &str, errs: &mut Errors) {
+/// `ValidateSecurityContext` of a container; `host_users` is the pod's
+/// `spec.hostUsers` (default true).
+fn validate_security_context(
+    sc: &SecurityContext,
+    path: &str,
+    host_users: bool,
+    errs: &mut Errors,
+) {
     check_id(errs, &format!("{path}.runAsUser"), sc.run_as_user);
     check_id(errs, &format!("{path}.runAsGroup"), sc.run_as_group);
+    if let Some(proc_mount) = sc.proc_mount.as_deref() {
+        let field = format!("{path}.procMount");
+        if !PROC_MOUNT_TYPES.contains(&proc_mount) {
+            errs.not_supported(field.clone(), proc_mount, PROC_MOUNT_TYPES);
+        }
+        // An unmasked /proc is only safe inside a user namespace.
+        if host_users && proc_mount == PROC_MOUNT_UNMASKED {
+            errs.invalid(
+                field,
+                proc_mount,
+                "`hostUsers` must be false to use `Unmasked`",
+            );
+        }
+    }
+    seccomp_profile(
+        sc.seccomp_profile.as_ref(),
+        &format!("{path}.seccompProfile"),
+        errs,
+    );
     if sc.privileged == Some(true) && sc.allow_privilege_escalation == Some(false) {
         errs.invalid(
             format!("{path}.allowPrivilegeEscalation"),
             false,
             "cannot set `allowPrivilegeEscalation` to false and `privileged` to true",
         );
+    }
+    apparmor_profile(
+        sc.app_armor_profile.as_ref(),
+        &format!("{path}.appArmorProfile"),
+        errs,
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Security profiles (`validateSeccompProfileField`, `ValidateAppArmorProfileField`,
+// `ValidateAppArmorPodAnnotations`, `validateAppArmorAnnotationsAndFieldsMatchOnCreate`)
+// ---------------------------------------------------------------------------
+
+/// `procMount` values (`ProcMountType`).
+const PROC_MOUNT_TYPES: &[&str] = &["Default", "Unmasked"];
+/// The `procMount` that leaves /proc unmasked.
+pub const PROC_MOUNT_UNMASKED: &str = "Unmasked";
+/// `fsGroupChangePolicy` values, sorted as upstream lists them.
+const FS_GROUP_CHANGE_POLICIES: &[&str] = &["Always", "OnRootMismatch"];
+/// `seccompProfile.type` values.
+const SECCOMP_PROFILE_TYPES: &[&str] = &["Localhost", "RuntimeDefault", "Unconfined"];
+/// `appArmorProfile.type` values.
+const APPARMOR_PROFILE_TYPES: &[&str] = &["Localhost", "RuntimeDefault", "Unconfined"];
+/// The longest AppArmor `localhostProfile` (PATH_MAX - 1).
+const APPARMOR_PROFILE_MAX: usize = 4095;
+
+/// The deprecated per-container AppArmor annotation: `<prefix><container name>`.
+pub const APPARMOR_ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kubernetes.io/";
+/// The annotation value for the runtime's default AppArmor profile.
+pub const APPARMOR_ANNOTATION_RUNTIME_DEFAULT: &str = "runtime/default";
+/// The annotation value for no AppArmor profile.
+pub const APPARMOR_ANNOTATION_UNCONFINED: &str = "unconfined";
+/// The annotation value prefix for a profile loaded on the node: `localhost/<name>`.
+pub const APPARMOR_ANNOTATION_LOCALHOST_PREFIX: &str = "localhost/";
+
+/// `validateSeccompProfileField`.
+fn seccomp_profile(sp: Option<&SeccompProfile>, path: &str, errs: &mut Errors) {
+    let Some(sp) = sp else { return };
+    match sp.type_.as_str() {
+        "" => errs.required(
+            format!("{path}.type"),
+            "type is required when seccompProfile is set",
+        ),
+        t if !SECCOMP_PROFILE_TYPES.contains(&t) => {
+            errs.not_supported(format!("{path}.type"), t, SECCOMP_PROFILE_TYPES)
+        }
+        _ => {}
+    }
+    let field = format!("{path}.localhostProfile");
+    match (sp.type_.as_str(), sp.localhost_profile.as_deref()) {
+        ("Localhost", None) => errs.required(field, "must be set when seccomp type is Localhost"),
+        ("Localhost", Some(profile)) => local_descending_path(profile, &field, errs),
+        (_, Some(profile)) => errs.invalid(
+            field,
+            profile,
+            "can only be set when seccomp type is Localhost",
+        ),
+        (_, None) => {}
+    }
+}
+
+/// `validateLocalDescendingPath`: relative, without a `..` element.
+fn local_descending_path(path: &str, field: &str, errs: &mut Errors) {
+    if path.starts_with('/') {
+        errs.invalid(field, path, "must be a relative path");
+    }
+    if has_backsteps(path) {
+        errs.invalid(field, path, "must not contain '..'");
+    }
+}
+
+/// `ValidateAppArmorProfileField`.
+fn apparmor_profile(profile: Option<&AppArmorProfile>, path: &str, errs: &mut Errors) {
+    let Some(profile) = profile else { return };
+    let field = format!("{path}.localhostProfile");
+    match profile.type_.as_str() {
+        "Localhost" => match profile.localhost_profile.as_deref() {
+            None => errs.required(field, "must be set when AppArmor type is Localhost"),
+            Some(name) => {
+                if name.trim() != name {
+                    errs.invalid(field.clone(), name, "must not be padded with whitespace");
+                } else if name.is_empty() {
+                    errs.required(field.clone(), "must be set when AppArmor type is Localhost");
+                }
+                if name.len() > APPARMOR_PROFILE_MAX {
+                    errs.push(
+                        field,
+                        ErrorType::TooLong,
+                        format!("Too long: may not be more than {APPARMOR_PROFILE_MAX} bytes"),
+                    );
+                }
+            }
+        },
+        "RuntimeDefault" | "Unconfined" => {
+            if let Some(name) = profile.localhost_profile.as_deref() {
+                errs.invalid(
+                    field,
+                    name,
+                    "can only be set when AppArmor type is Localhost",
+                );
+            }
+        }
+        "" => errs.required(
+            format!("{path}.type"),
+            "type is required when appArmorProfile is set",
+        ),
+        other => errs.not_supported(format!("{path}.type"), other, APPARMOR_PROFILE_TYPES),
+    }
+}
+
+/// Every container of a spec (init containers first) with its field path.
+fn containers_with_paths(spec: &PodSpec) -> impl Iterator<Item = (&Container, String)> {
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, c)| (c, format!("spec.initContainers[{i}]")));
+    let app = spec
+        .containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c, format!("spec.containers[{i}]")));
+    init.chain(app)
+}
+
+/// `ValidateAppArmorPodAnnotations`: each deprecated AppArmor annotation
+/// names a container of the pod and holds a profile name.
+fn apparmor_annotations(meta: &ObjectMeta, spec: &PodSpec, errs: &mut Errors) {
+    for (key, value) in meta.annotations.iter().flatten() {
+        let Some(container) = key.strip_prefix(APPARMOR_ANNOTATION_PREFIX) else {
+            continue;
+        };
+        let field = format!("metadata.annotations[{key}]");
+        if !containers_with_paths(spec).any(|(c, _)| c.name == container) {
+            errs.invalid(field.clone(), container, "container not found");
+        }
+        let known = value.is_empty()
+            || value == APPARMOR_ANNOTATION_RUNTIME_DEFAULT
+            || value == APPARMOR_ANNOTATION_UNCONFINED
+            || value.starts_with(APPARMOR_ANNOTATION_LOCALHOST_PREFIX);
+        if !known {
+            errs.invalid(
+                field,
+                value.as_str(),
+                &format!("invalid AppArmor profile name: {value:?}"),
+            );
+        }
+    }
+}
+
+/// `validateAppArmorAnnotationsAndFieldsMatchOnCreate`: where a container has
+/// both an AppArmor profile (its own or the pod's) and the deprecated
+/// annotation, they agree.
+fn apparmor_annotations_match_fields(meta: &ObjectMeta, spec: &PodSpec, errs: &mut Errors) {
+    let pod_profile = spec
+        .security_context
+        .as_ref()
+        .and_then(|sc| sc.app_armor_profile.as_ref());
+    for (c, path) in containers_with_paths(spec) {
+        let profile = c
+            .security_context
+            .as_ref()
+            .and_then(|sc| sc.app_armor_profile.as_ref())
+            .or(pod_profile);
+        let key = format!("{APPARMOR_ANNOTATION_PREFIX}{}", c.name);
+        let (Some(profile), Some(annotation)) =
+            (profile, meta.annotations.as_ref().and_then(|a| a.get(&key)))
+        else {
+            continue;
+        };
+        let field = format!("{path}.securityContext.appArmorProfile");
+        let type_mismatch = match profile.type_.as_str() {
+            "Unconfined" => annotation != APPARMOR_ANNOTATION_UNCONFINED,
+            "RuntimeDefault" => annotation != APPARMOR_ANNOTATION_RUNTIME_DEFAULT,
+            "Localhost" => !annotation.starts_with(APPARMOR_ANNOTATION_LOCALHOST_PREFIX),
+            _ => false,
+        };
+        if type_mismatch {
+            errs.forbidden(
+                format!("{field}.type"),
+                "apparmor type in annotation and field must match",
+            );
+        } else if profile.type_ == "Localhost"
+            && annotation.strip_prefix(APPARMOR_ANNOTATION_LOCALHOST_PREFIX)
+                != profile.localhost_profile.as_deref()
+        {
+            errs.forbidden(
+                format!("{field}.localhostProfile"),
+                "apparmor profile in annotation and field must match",
+            );
+        }
     }
 }
 
@@ -1687,6 +1954,236 @@ mod tests {
         assert_eq!(
             errs[0].to_string(),
             "handler: Invalid value: \"crun\": field is immutable"
+        );
+    }
+
+    /// A defaulted pod from `pod` (JSON merged over a one-container pod); its errors as text.
+    fn pod_errors(pod: serde_json::Value) -> Vec<String> {
+        let mut base = serde_json::json!({"metadata": {"name": "p", "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+        merge(&mut base, pod);
+        let mut pod: Pod = serde_json::from_value(base).expect("pod");
+        crate::defaults::apply(&mut pod);
+        validate_pod(&pod).iter().map(ToString::to_string).collect()
+    }
+
+    fn merge(base: &mut serde_json::Value, patch: serde_json::Value) {
+        match (base, patch) {
+            (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
+                for (k, v) in p {
+                    merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (b, p) => *b = p,
+        }
+    }
+
+    #[test]
+    fn proc_mount_unmasked_needs_a_user_namespace() {
+        let unmasked = serde_json::json!({"securityContext": {"procMount": "Unmasked"}});
+        assert_eq!(
+            probe_errors(unmasked.clone(), None),
+            vec![
+                "spec.containers[0].securityContext.procMount: Invalid value: \"Unmasked\": `hostUsers` must be false to use `Unmasked`"
+            ]
+        );
+        let errs = probe_errors(
+            serde_json::json!({"securityContext": {"procMount": "Weird"}}),
+            None,
+        );
+        assert_eq!(
+            errs,
+            vec![
+                "spec.containers[0].securityContext.procMount: Unsupported value: \"Weird\": supported values: \"Default\", \"Unmasked\""
+            ]
+        );
+        assert!(
+            probe_errors(
+                serde_json::json!({"securityContext": {"procMount": "Default"}}),
+                None
+            )
+            .is_empty()
+        );
+        // With hostUsers: false the API accepts it (the node may still refuse the pod).
+        let errs = pod_errors(serde_json::json!({"spec": {"hostUsers": false,
+            "initContainers": [{"name": "i", "image": "busybox", "securityContext": {"procMount": "Unmasked"}}]}}));
+        assert!(errs.is_empty(), "{errs:?}");
+        // The init container is held to the same rule.
+        let errs = pod_errors(serde_json::json!({"spec": {
+            "initContainers": [{"name": "i", "image": "busybox", "securityContext": {"procMount": "Unmasked"}}]}}));
+        assert_eq!(
+            errs,
+            vec![
+                "spec.initContainers[0].securityContext.procMount: Invalid value: \"Unmasked\": `hostUsers` must be false to use `Unmasked`"
+            ]
+        );
+    }
+
+    #[test]
+    fn host_users_false_excludes_host_namespaces() {
+        let errs = pod_errors(serde_json::json!({"spec": {"hostUsers": false,
+            "hostNetwork": true, "hostPID": true, "hostIPC": true}}));
+        assert_eq!(
+            errs,
+            vec![
+                "spec.hostNetwork: Forbidden: when `pod.Spec.HostUsers` is false",
+                "spec.HostPID: Forbidden: when `pod.Spec.HostUsers` is false",
+                "spec.HostIPC: Forbidden: when `pod.Spec.HostUsers` is false",
+            ]
+        );
+        assert!(
+            pod_errors(serde_json::json!({"spec": {"hostUsers": true, "hostPID": true}}))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn seccomp_profiles_as_upstream() {
+        let c = |sp: serde_json::Value| {
+            probe_errors(
+                serde_json::json!({"securityContext": {"seccompProfile": sp}}),
+                None,
+            )
+        };
+        assert!(c(serde_json::json!({"type": "RuntimeDefault"})).is_empty());
+        assert!(c(serde_json::json!({"type": "Unconfined"})).is_empty());
+        assert!(
+            c(serde_json::json!({"type": "Localhost", "localhostProfile": "profiles/audit.json"}))
+                .is_empty()
+        );
+        let base = "spec.containers[0].securityContext.seccompProfile";
+        assert_eq!(
+            c(serde_json::json!({"type": "Localhost"})),
+            vec![format!(
+                "{base}.localhostProfile: Required value: must be set when seccomp type is Localhost"
+            )]
+        );
+        assert_eq!(
+            c(serde_json::json!({"type": "Localhost", "localhostProfile": "/etc/x.json"})),
+            vec![format!(
+                "{base}.localhostProfile: Invalid value: \"/etc/x.json\": must be a relative path"
+            )]
+        );
+        assert_eq!(
+            c(serde_json::json!({"type": "Localhost", "localhostProfile": "../x.json"})),
+            vec![format!(
+                "{base}.localhostProfile: Invalid value: \"../x.json\": must not contain '..'"
+            )]
+        );
+        assert_eq!(
+            c(serde_json::json!({"type": "RuntimeDefault", "localhostProfile": "x.json"})),
+            vec![format!(
+                "{base}.localhostProfile: Invalid value: \"x.json\": can only be set when seccomp type is Localhost"
+            )]
+        );
+        assert_eq!(
+            c(serde_json::json!({"type": "Strict"})),
+            vec![format!(
+                "{base}.type: Unsupported value: \"Strict\": supported values: \"Localhost\", \"RuntimeDefault\", \"Unconfined\""
+            )]
+        );
+        assert_eq!(
+            c(serde_json::json!({"type": ""})),
+            vec![format!(
+                "{base}.type: Required value: type is required when seccompProfile is set"
+            )]
+        );
+        // Pod level, with fsGroupChangePolicy.
+        let errs = pod_errors(serde_json::json!({"spec": {"securityContext": {
+            "seccompProfile": {"type": "Localhost"},
+            "fsGroup": 2000,
+            "fsGroupChangePolicy": "Sometimes"}}}));
+        assert_eq!(
+            errs,
+            vec![
+                "spec.securityContext.fsGroupChangePolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnRootMismatch\"",
+                "spec.securityContext.seccompProfile.localhostProfile: Required value: must be set when seccomp type is Localhost",
+            ]
+        );
+        assert!(
+            pod_errors(serde_json::json!({"spec": {"securityContext": {
+            "fsGroup": 2000, "fsGroupChangePolicy": "OnRootMismatch"}}}))
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn apparmor_profiles_and_annotations_as_upstream() {
+        let c = |p: serde_json::Value| {
+            probe_errors(
+                serde_json::json!({"securityContext": {"appArmorProfile": p}}),
+                None,
+            )
+        };
+        let base = "spec.containers[0].securityContext.appArmorProfile";
+        assert!(c(serde_json::json!({"type": "RuntimeDefault"})).is_empty());
+        assert!(
+            c(serde_json::json!({"type": "Localhost", "localhostProfile": "k8s-deny-write"}))
+                .is_empty()
+        );
+        assert_eq!(
+            c(serde_json::json!({"type": "Localhost"})),
+            vec![format!(
+                "{base}.localhostProfile: Required value: must be set when AppArmor type is Localhost"
+            )]
+        );
+        assert_eq!(
+            c(serde_json::json!({"type": "Localhost", "localhostProfile": " x"})),
+            vec![format!(
+                "{base}.localhostProfile: Invalid value: \" x\": must not be padded with whitespace"
+            )]
+        );
+        assert_eq!(
+            c(serde_json::json!({"type": "Unconfined", "localhostProfile": "x"})),
+            vec![format!(
+                "{base}.localhostProfile: Invalid value: \"x\": can only be set when AppArmor type is Localhost"
+            )]
+        );
+        assert_eq!(
+            c(serde_json::json!({"type": "Other"})),
+            vec![format!(
+                "{base}.type: Unsupported value: \"Other\": supported values: \"Localhost\", \"RuntimeDefault\", \"Unconfined\""
+            )]
+        );
+        let key = "container.apparmor.security.beta.kubernetes.io";
+        let errs = pod_errors(serde_json::json!({"metadata": {"annotations": {
+            format!("{key}/c"): "enforce-me", format!("{key}/ghost"): "runtime/default"}}}));
+        assert_eq!(
+            errs,
+            vec![
+                format!(
+                    "metadata.annotations[{key}/c]: Invalid value: \"enforce-me\": invalid AppArmor profile name: \"enforce-me\""
+                ),
+                format!(
+                    "metadata.annotations[{key}/ghost]: Invalid value: \"ghost\": container not found"
+                ),
+            ]
+        );
+        // Annotation and field (the container's, or the pod's) must agree.
+        let errs = pod_errors(serde_json::json!({
+            "metadata": {"annotations": {format!("{key}/c"): "localhost/a"}},
+            "spec": {"securityContext": {"appArmorProfile": {"type": "Localhost", "localhostProfile": "b"}}}}));
+        assert_eq!(
+            errs,
+            vec![
+                "spec.containers[0].securityContext.appArmorProfile.localhostProfile: Forbidden: apparmor profile in annotation and field must match"
+            ]
+        );
+        let errs = pod_errors(serde_json::json!({
+            "metadata": {"annotations": {format!("{key}/c"): "unconfined"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox",
+                "securityContext": {"appArmorProfile": {"type": "RuntimeDefault"}}}]}}));
+        assert_eq!(
+            errs,
+            vec![
+                "spec.containers[0].securityContext.appArmorProfile.type: Forbidden: apparmor type in annotation and field must match"
+            ]
+        );
+        assert!(
+            pod_errors(serde_json::json!({
+            "metadata": {"annotations": {format!("{key}/c"): "runtime/default"}},
+            "spec": {"securityContext": {"appArmorProfile": {"type": "RuntimeDefault"}}}}))
+            .is_empty()
         );
     }
 }

@@ -180,7 +180,7 @@ impl RuntimeManager {
             stdin: container.stdin.unwrap_or(false),
             stdin_once: container.stdin_once.unwrap_or(false),
             tty: container.tty.unwrap_or(false),
-            linux: Some(self.linux_container_config(pod, container)),
+            linux: Some(self.linux_container_config(pod, container, ctx.init)),
             ..Default::default()
         }
     }
@@ -191,6 +191,7 @@ impl RuntimeManager {
         &self,
         pod: &Pod,
         container: &Container,
+        init: bool,
     ) -> api::LinuxContainerConfig {
         let spec = pod.spec.clone().unwrap_or_default();
         let resources = container.resources.clone().unwrap_or_default();
@@ -237,7 +238,10 @@ impl RuntimeManager {
             drop_capabilities: c.drop.clone().unwrap_or_default(),
             ..Default::default()
         });
-        let (masked, readonly) = if privileged {
+        // `procMount: Unmasked` (only ever admitted with a user namespace) and
+        // privileged containers see /proc and /sys as they are.
+        let unmasked = sc.proc_mount.as_deref() == Some(berth_api::validation::PROC_MOUNT_UNMASKED);
+        let (masked, readonly) = if privileged || unmasked {
             (Vec::new(), Vec::new())
         } else {
             (
@@ -248,6 +252,10 @@ impl RuntimeManager {
                     .collect(),
             )
         };
+        let (apparmor, apparmor_profile) = self.apparmor(pod, container, init);
+        // `apparmor_profile` is deprecated in CRI but, as the kubelet does, still
+        // set beside `apparmor` for runtimes that read only the string.
+        #[allow(deprecated)]
         api::LinuxContainerConfig {
             resources: Some(api::LinuxContainerResources {
                 cpu_period,
@@ -270,10 +278,13 @@ impl RuntimeManager {
                     .or(psc.run_as_group)
                     .map(|value| api::Int64Value { value }),
                 readonly_rootfs: sc.read_only_root_filesystem.unwrap_or(false),
-                supplemental_groups: psc.supplemental_groups.clone().unwrap_or_default(),
+                supplemental_groups: supplemental_groups(&psc),
                 no_new_privs: sc.allow_privilege_escalation == Some(false),
                 masked_paths: masked,
                 readonly_paths: readonly,
+                seccomp: Some(self.seccomp_profile(pod, Some(container))),
+                apparmor,
+                apparmor_profile,
                 ..Default::default()
             }),
         }
@@ -453,6 +464,16 @@ impl RuntimeManager {
             _ => None,
         }
     }
+}
+
+/// The supplemental groups of a pod's containers and sandbox, as the kubelet
+/// lists them: `fsGroup` first (so the pod's volumes are the processes' group),
+/// then `supplementalGroups`.
+pub fn supplemental_groups(psc: &k8s_openapi::api::core::v1::PodSecurityContext) -> Vec<i64> {
+    psc.fs_group
+        .into_iter()
+        .chain(psc.supplemental_groups.iter().flatten().copied())
+        .collect()
 }
 
 /// The kubelet's `MilliCPUToShares`, clamped to `[MinShares, MaxShares]`.

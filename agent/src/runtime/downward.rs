@@ -38,7 +38,13 @@ pub fn resource_field_value(
 ) -> Result<String, String> {
     let resources = c.resources.as_ref();
     let get = |limits: bool, name: &str| -> Result<Option<i64>, String> {
-        let list = resources.and_then(|r| if limits { r.limits.as_ref() } else { r.requests.as_ref() });
+        let list = resources.and_then(|r| {
+            if limits {
+                r.limits.as_ref()
+            } else {
+                r.requests.as_ref()
+            }
+        });
         let Some(q) = list.and_then(|l| l.get(name)) else {
             return Ok(None);
         };
@@ -123,7 +129,10 @@ mod tests {
 
     #[test]
     fn values_as_upstream() {
-        let c = container(&[("cpu", "250m"), ("memory", "64Mi")], &[("memory", "128Mi")]);
+        let c = container(
+            &[("cpu", "250m"), ("memory", "64Mi")],
+            &[("memory", "128Mi")],
+        );
         let v = |r: &str, d: Option<&str>| resource_field_value(&c, &sel(r, d), &NODE);
         // CPU rounds up to whole cores by default, exact with a 1m divisor.
         assert_eq!(v("requests.cpu", None).as_deref(), Ok("1"));
@@ -132,7 +141,10 @@ mod tests {
         assert_eq!(v("requests.memory", None).as_deref(), Ok("67108864"));
         // No limit: the node's allocatable.
         assert_eq!(v("limits.cpu", None).as_deref(), Ok("2"));
-        assert_eq!(v("limits.ephemeral-storage", Some("1Gi")).as_deref(), Ok("100"));
+        assert_eq!(
+            v("limits.ephemeral-storage", Some("1Gi")).as_deref(),
+            Ok("100")
+        );
         // No request: zero.
         assert_eq!(v("requests.ephemeral-storage", None).as_deref(), Ok("0"));
         assert!(v("limits.gpu", None).is_err());

@@ -4,6 +4,7 @@
 //! - [`inspect`]: read one pod's sandboxes and containers from the runtime.
 //! - [`sandbox`] / [`container`]: the CRI configs, shaped as the kubelet's.
 //! - [`images`]: `imagePullPolicy` and pulls with back-off.
+//! - [`security`]: seccomp and AppArmor profiles; pods the node refuses.
 //! - [`sync`]: the per-pod reconcile (start, restart, replace, kill, clean up).
 
 pub mod container;
@@ -13,6 +14,7 @@ pub mod images;
 pub mod inspect;
 pub mod runtimeclass;
 pub mod sandbox;
+pub mod security;
 pub mod sync;
 
 use std::path::PathBuf;
@@ -51,6 +53,8 @@ pub struct RuntimeManager {
     pub(crate) live: Arc<crate::status::TransientStore>,
     /// RuntimeClass names → CRI runtime handlers.
     pub(crate) runtime_classes: runtimeclass::RuntimeClasses,
+    /// Whether the host enforces AppArmor (read once, at start).
+    pub(crate) apparmor_enabled: bool,
 }
 
 impl RuntimeManager {
@@ -73,7 +77,14 @@ impl RuntimeManager {
             objects,
             live: Arc::default(),
             runtime_classes: runtimeclass::RuntimeClasses::default(),
+            apparmor_enabled: security::host_apparmor_enabled(),
         }
+    }
+
+    /// As if the host did (or did not) enforce AppArmor (tests).
+    pub fn with_apparmor_enabled(mut self, enabled: bool) -> Self {
+        self.apparmor_enabled = enabled;
+        self
     }
 
     /// Show running postStart hooks in `store` (the one the status reads).

@@ -106,8 +106,9 @@ impl RuntimeManager {
                     namespace_options: Some(namespace_options),
                     run_as_user: psc.run_as_user.map(|value| api::Int64Value { value }),
                     run_as_group: psc.run_as_group.map(|value| api::Int64Value { value }),
-                    supplemental_groups: psc.supplemental_groups.clone().unwrap_or_default(),
+                    supplemental_groups: super::container::supplemental_groups(&psc),
                     privileged,
+                    seccomp: Some(self.seccomp_profile(pod, None)),
                     ..Default::default()
                 }),
                 sysctls,

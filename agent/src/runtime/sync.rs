@@ -50,11 +50,16 @@ pub fn pod_is_done(spec: &PodSpec, observed: &ObservedPod) -> bool {
     }
     // An init container that failed under restartPolicy Never fails the pod.
     // Sidecars restart whatever the pod's policy: they never fail it.
-    let init_failed = spec.init_containers.iter().flatten().filter(|c| !restart::is_restartable_init_container(c)).any(|c| {
-        observed.latest_container(&c.name, true).is_some_and(|l| {
-            l.state == ContainerState::Exited && l.exit_code != 0 && policy == restart::NEVER
-        })
-    });
+    let init_failed = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| !restart::is_restartable_init_container(c))
+        .any(|c| {
+            observed.latest_container(&c.name, true).is_some_and(|l| {
+                l.state == ContainerState::Exited && l.exit_code != 0 && policy == restart::NEVER
+            })
+        });
     if init_failed {
         return true;
     }
@@ -287,6 +292,21 @@ impl RuntimeManager {
                 sb.ips.clone(),
             ),
             None => {
+                // What this node cannot run at all (user namespaces, a named
+                // AppArmor profile without AppArmor): no sandbox, the reason shown.
+                if let Some(r) = self.pod_refusal(pod) {
+                    self.events.record(
+                        &ObjectRef::pod(pod),
+                        EventType::Warning,
+                        r.reason,
+                        r.event_message,
+                    );
+                    transient.pod_error = Some(Waiting {
+                        reason: r.reason.into(),
+                        message: r.message,
+                    });
+                    return Ok(SyncOutcome::Synced { requeue: None });
+                }
                 let created_before = observed.containers.iter().any(|c| !c.init);
                 if policy == restart::NEVER && created_before {
                     // The kubelet does not give a Never pod a new sandbox once its
@@ -469,10 +489,9 @@ impl RuntimeManager {
                     }
                     transient.waiting.remove(&c.name);
                     let started = c.startup_probe.is_none()
-                        || transient
-                            .probes
-                            .get(&o.id)
-                            .is_some_and(|p| p.startup == Some(crate::probe_results::ProbeResult::Success));
+                        || transient.probes.get(&o.id).is_some_and(|p| {
+                            p.startup == Some(crate::probe_results::ProbeResult::Success)
+                        });
                     if !started && !initialized {
                         return Ok(false);
                     }
@@ -705,7 +724,8 @@ impl RuntimeManager {
         let prepared = match self.verify_run_as_non_root(ps.pod, c, &image_ref).await? {
             Err(message) => Err(message),
             Ok(()) => self
-                .container_mounts(ps.pod, c, index, init, &ps.pod_ips)
+                .container_security_error(ps.pod, c)
+                .and_then(|()| self.container_mounts(ps.pod, c, index, init, &ps.pod_ips))
                 .and_then(|mounts| Ok((mounts, self.container_env(ps.pod, c, &ps.pod_ips)?))),
         };
         let (mounts, env) = match prepared {
@@ -1021,7 +1041,7 @@ impl RuntimeManager {
             .partition(|c| c.init);
         let started = Instant::now();
         self.stop_running(&main, grace).await?;
-        sidecars.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+        sidecars.sort_by_key(|c| std::cmp::Reverse(c.started_at));
         for sidecar in sidecars {
             let spent = i64::try_from(started.elapsed().as_secs()).unwrap_or(i64::MAX);
             let left = if grace <= 0 {

@@ -99,7 +99,7 @@ const POD_UNSUPPORTED: &[Unsupported] = &[
     Unsupported {
         path: "spec.hostUsers",
         check: Check::Unless(is_true),
-        reason: "user namespaces are not supported",
+        reason: "user namespaces are not supported by this runtime; the pod will not start",
     },
     Unsupported {
         path: "spec.activeDeadlineSeconds",
@@ -114,6 +114,10 @@ const POD_UNSUPPORTED: &[Unsupported] = &[
             "runAsNonRoot",
             "supplementalGroups",
             "sysctls",
+            "fsGroup",
+            "fsGroupChangePolicy",
+            "seccompProfile",
+            "appArmorProfile",
         ]),
         reason: "not supported yet, ignored",
     },
@@ -186,6 +190,9 @@ const CONTAINER_UNSUPPORTED: &[Unsupported] = &[
             "readOnlyRootFilesystem",
             "capabilities",
             "allowPrivilegeEscalation",
+            "seccompProfile",
+            "appArmorProfile",
+            "procMount",
         ]),
         reason: "not supported yet, ignored",
     },
@@ -1243,7 +1250,7 @@ spec:
   - {maxSkew: 1, topologyKey: zone, whenUnsatisfiable: DoNotSchedule}
   hostAliases: [{ip: 10.0.0.1, hostnames: [a]}]
   imagePullSecrets: [{name: creds}]
-  securityContext: {runAsUser: 1000, sysctls: [{name: net.core.somaxconn, value: '1024'}], seLinuxOptions: {level: 's0'}}
+  securityContext: {runAsUser: 1000, sysctls: [{name: net.core.somaxconn, value: '1024'}], seLinuxOptions: {level: 's0'}, fsGroup: 2000, fsGroupChangePolicy: OnRootMismatch, seccompProfile: {type: RuntimeDefault}, appArmorProfile: {type: Unconfined}}
   volumes:
   - {name: cm, configMap: {name: cfg}}
   - {name: tmp, emptyDir: {}}
@@ -1271,6 +1278,9 @@ spec:
       privileged: true
       capabilities: {add: [NET_ADMIN]}
       seccompProfile: {type: RuntimeDefault}
+      appArmorProfile: {type: RuntimeDefault}
+      procMount: Default
+      seLinuxOptions: {level: 's0'}
     volumeMounts:
     - {name: tmp, mountPath: /tmp}
 ");
@@ -1280,7 +1290,7 @@ spec:
             "spec.securityContext.seLinuxOptions: not supported yet, ignored",
             "spec.containers[0].envFrom: static pods may not reference ConfigMaps or Secrets (as upstream); the pod's containers will not start",
             "spec.containers[0].env[2].valueFrom.secretKeyRef: static pods may not reference ConfigMaps or Secrets (as upstream); the pod's containers will not start",
-            "spec.containers[0].securityContext.seccompProfile: not supported yet, ignored",
+            "spec.containers[0].securityContext.seLinuxOptions: not supported yet, ignored",
         ];
         for w in expected {
             assert!(

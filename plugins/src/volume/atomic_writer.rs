@@ -15,9 +15,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path};
 
+use super::ownership::{Ownership, set_volume_ownership};
 use crate::error::{Error, Result};
 
 /// The symlink to the current payload directory.
@@ -61,7 +62,17 @@ pub fn validate_path(field: &str, path: &str) -> Result<()> {
 
 /// Write `payload` (relative path → file) into `dir` atomically. Returns
 /// true when something changed.
-pub fn write(dir: &Path, payload: &BTreeMap<String, FileProjection>) -> Result<bool> {
+///
+/// With `ownership` (the pod's `fsGroup`), the volume is given it after the
+/// new files are written and before they become visible (upstream's
+/// `setPerms` step), so a reader never sees a file without its group; the
+/// current payload counts as unchanged only when it has that group and those
+/// modes.
+pub fn write(
+    dir: &Path,
+    payload: &BTreeMap<String, FileProjection>,
+    ownership: Option<&Ownership>,
+) -> Result<bool> {
     for path in payload.keys() {
         validate_path("path", path)?;
     }
@@ -78,7 +89,7 @@ pub fn write(dir: &Path, payload: &BTreeMap<String, FileProjection>) -> Result<b
         Err(e) => return Err(Error::io("read link", &data_link)(e)),
     };
     if let Some(cur) = &current
-        && matches_payload(&dir.join(cur), payload)?
+        && matches_payload(&dir.join(cur), payload, ownership)?
     {
         // Still make sure the user-visible links exist (a crash may have cut them).
         create_user_links(dir, payload)?;
@@ -119,6 +130,10 @@ pub fn write(dir: &Path, payload: &BTreeMap<String, FileProjection>) -> Result<b
         // The mode asked for, not the umask's version of it.
         fs::set_permissions(&full, fs::Permissions::from_mode(file.mode))
             .map_err(Error::io("chmod", &full))?;
+    }
+
+    if let Some(ownership) = ownership {
+        set_volume_ownership(dir, ownership)?;
     }
 
     // Swap `..data` to the new directory in one rename.
@@ -186,8 +201,13 @@ fn remove_stale_user_links(dir: &Path, payload: &BTreeMap<String, FileProjection
     Ok(())
 }
 
-/// True when `ts_dir` holds exactly `payload` (contents and modes).
-fn matches_payload(ts_dir: &Path, payload: &BTreeMap<String, FileProjection>) -> Result<bool> {
+/// True when `ts_dir` holds exactly `payload` (contents and modes, and the
+/// group and modes of `ownership` when given).
+fn matches_payload(
+    ts_dir: &Path,
+    payload: &BTreeMap<String, FileProjection>,
+    ownership: Option<&Ownership>,
+) -> Result<bool> {
     let mut found = 0usize;
     for (path, file) in payload {
         let full = ts_dir.join(path);
@@ -196,7 +216,11 @@ fn matches_payload(ts_dir: &Path, payload: &BTreeMap<String, FileProjection>) ->
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(Error::io("stat", &full)(e)),
         };
-        if !meta.is_file() || meta.permissions().mode() & 0o7777 != file.mode {
+        let (mode, group_ok) = match ownership {
+            Some(o) => (o.file_mode(file.mode), meta.gid() == o.fs_group),
+            None => (file.mode, true),
+        };
+        if !meta.is_file() || meta.permissions().mode() & 0o7777 != mode || !group_ok {
             return Ok(false);
         }
         let data = fs::read(&full).map_err(Error::io("read", &full))?;
@@ -251,7 +275,14 @@ mod tests {
     fn writes_swaps_and_cleans_up() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("vol");
-        assert!(write(&dir, &payload(&[("a", "1", 0o644), ("sub/b", "2", 0o600)])).unwrap());
+        assert!(
+            write(
+                &dir,
+                &payload(&[("a", "1", 0o644), ("sub/b", "2", 0o600)]),
+                None
+            )
+            .unwrap()
+        );
         let first = fs::read_link(dir.join(DATA_DIR)).unwrap();
         assert!(first.to_string_lossy().starts_with(".."));
         assert_eq!(fs::read_to_string(dir.join("a")).unwrap(), "1");
@@ -265,11 +296,18 @@ mod tests {
         assert_eq!(mode, 0o600);
 
         // Same payload: nothing happens.
-        assert!(!write(&dir, &payload(&[("a", "1", 0o644), ("sub/b", "2", 0o600)])).unwrap());
+        assert!(
+            !write(
+                &dir,
+                &payload(&[("a", "1", 0o644), ("sub/b", "2", 0o600)]),
+                None
+            )
+            .unwrap()
+        );
         assert_eq!(fs::read_link(dir.join(DATA_DIR)).unwrap(), first);
 
         // Changed: new directory, stale link and old directory gone.
-        assert!(write(&dir, &payload(&[("a", "changed", 0o644)])).unwrap());
+        assert!(write(&dir, &payload(&[("a", "changed", 0o644)]), None).unwrap());
         let second = fs::read_link(dir.join(DATA_DIR)).unwrap();
         assert_ne!(first, second);
         assert_eq!(fs::read_to_string(dir.join("a")).unwrap(), "changed");
@@ -286,9 +324,39 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         for bad in ["../x", "/etc/passwd", "a/../../x", "..hidden", ""] {
             assert!(
-                write(tmp.path(), &payload(&[(bad, "x", 0o644)])).is_err(),
+                write(tmp.path(), &payload(&[(bad, "x", 0o644)]), None).is_err(),
                 "{bad:?} accepted"
             );
         }
+    }
+
+    #[test]
+    fn fs_group_is_given_before_the_swap_and_kept() {
+        if !crate::volume::tests::require_root("fs_group_is_given_before_the_swap_and_kept") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("vol");
+        let o = Ownership {
+            fs_group: 3456,
+            policy: super::super::FsGroupChangePolicy::Always,
+            read_only: true,
+        };
+        let files = payload(&[("token", "t", 0o400), ("conf/a", "1", 0o644)]);
+        assert!(write(&dir, &files, Some(&o)).unwrap());
+        let meta = |p: &str| {
+            let m = fs::metadata(dir.join(p)).unwrap();
+            (m.gid(), m.permissions().mode() & 0o7777)
+        };
+        assert_eq!(meta("token"), (3456, 0o440));
+        assert_eq!(meta("conf/a"), (3456, 0o644));
+        assert_eq!(meta("conf"), (3456, 0o2755));
+        assert_eq!(meta("."), (3456, 0o2755));
+        // The owned payload is the current one: nothing is rewritten.
+        assert!(!write(&dir, &files, Some(&o)).unwrap());
+        // A file that lost its group is written again.
+        std::os::unix::fs::chown(dir.join("token"), None, Some(0)).unwrap();
+        assert!(write(&dir, &files, Some(&o)).unwrap());
+        assert_eq!(meta("token"), (3456, 0o440));
     }
 }

@@ -7,8 +7,8 @@
 //! over its API client), so this crate does not depend on a Kubernetes client.
 //!
 //! Secret volumes are a tmpfs (as upstream: secrets never touch the disk);
-//! configMap volumes are plain directories. Not done: `fsGroup` ownership of
-//! the files.
+//! configMap volumes are plain directories. With `fsGroup`, every write gives
+//! the volume that group, read-only ([`super::ownership`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -244,7 +244,9 @@ impl Projection {
                     })?;
             }
         }
-        if atomic_writer::write(&dir, &files)? {
+        // Read-only to the pod: group read, never group write.
+        let ownership = pod.ephemeral_ownership(true);
+        if atomic_writer::write(&dir, &files, ownership.as_ref())? {
             // Keys only: values never reach the log.
             tracing::info!(
                 pod = pod.uid,
@@ -390,6 +392,7 @@ mod tests {
             pod_dir: dir.join("pods/u1"),
             memory_limit: None,
             fs_group: None,
+            fs_group_change_policy: Default::default(),
         }
     }
 

@@ -30,7 +30,12 @@ enum Medium {
 /// - `sizeLimit` of a disk-backed emptyDir is not enforced (the kubelet does
 ///   it by eviction).
 /// - `HugePages` media are unsupported.
-/// - With `fsGroup`, the volume's root gets that group and the setgid bit.
+/// - With `fsGroup`, the volume gets the kubelet's `SetVolumeOwnership`
+///   ([`super::ownership`]) when it is set up: once, as upstream's emptyDir,
+///   whose `ready` marker (`<pod-dir>/plugins/kubernetes.io~empty-dir/<name>/ready`)
+///   this plugin keeps too. Later syncs leave the volume's contents and modes
+///   to the pod; a memory-backed volume whose tmpfs had to be mounted again
+///   (the host rebooted) is set up again.
 pub struct EmptyDirPlugin {
     mounter: Arc<dyn Mounter>,
 }
@@ -48,6 +53,15 @@ impl EmptyDirPlugin {
     pub fn volume_dir(pod_dir: &Path, name: &str) -> PathBuf {
         pod_dir
             .join("volumes")
+            .join(plugin_dir_name(Self::NAME))
+            .join(name)
+    }
+
+    /// `<pod_dir>/plugins/kubernetes.io~empty-dir/<name>`: the volume's
+    /// metadata (upstream's `getMetaDir`), holding its `ready` marker.
+    pub fn meta_dir(pod_dir: &Path, name: &str) -> PathBuf {
+        pod_dir
+            .join("plugins")
             .join(plugin_dir_name(Self::NAME))
             .join(name)
     }
@@ -93,6 +107,8 @@ impl VolumePlugin for EmptyDirPlugin {
         };
 
         let dir = Self::volume_dir(&pod.pod_dir, &vol.name);
+        let ready = Self::meta_dir(&pod.pod_dir, &vol.name).join("ready");
+        let mut set_up = !ready.exists();
         ensure_dir(&dir, 0o777)?;
         let meta = std::fs::symlink_metadata(&dir).map_err(Error::io("stat", &dir))?;
         if !meta.is_dir() {
@@ -101,8 +117,9 @@ impl VolumePlugin for EmptyDirPlugin {
                 format!("{} exists and is not a directory", dir.display()),
             ));
         }
-        // MkdirAll is subject to the umask; the kubelet then forces 0777.
-        if meta.permissions().mode() & 0o7777 != 0o777 {
+        // MkdirAll is subject to the umask; the kubelet then forces 0777 (once:
+        // afterwards the mode is the pod's business).
+        if set_up && meta.permissions().mode() & 0o7777 != 0o777 {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
                 .map_err(Error::io("chmod", &dir))?;
         }
@@ -126,30 +143,35 @@ impl VolumePlugin for EmptyDirPlugin {
                         what: "tmpfs".into(),
                         source,
                     })?;
+                // A fresh tmpfs: whatever was set up before is gone.
+                set_up = true;
             }
         }
 
-        if let Some(gid) = pod.fs_group {
-            // The kubelet's SetVolumeOwnership on the (new) volume root: group
-            // fsGroup, group rwx, setgid so new files inherit the group.
-            std::os::unix::fs::lchown(&dir, None, Some(gid)).map_err(Error::io("chown", &dir))?;
-            let mode = std::fs::symlink_metadata(&dir)
-                .map_err(Error::io("stat", &dir))?
-                .permissions()
-                .mode();
-            let wanted = (mode & 0o7777) | 0o2070;
-            if mode & 0o7777 != wanted {
-                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(wanted))
-                    .map_err(Error::io("chmod", &dir))?;
-            }
+        if !set_up {
+            return Ok(dir);
         }
+        if let Some(ownership) = pod.ephemeral_ownership(false) {
+            super::ownership::set_volume_ownership(&dir, &ownership)?;
+            tracing::debug!(
+                pod = pod.uid,
+                volume = vol.name,
+                fs_group = ownership.fs_group,
+                "emptyDir owned by fsGroup"
+            );
+        }
+        if let Some(meta_dir) = ready.parent() {
+            ensure_dir(meta_dir, 0o750)?;
+        }
+        std::fs::write(&ready, b"").map_err(Error::io("write", &ready))?;
         Ok(dir)
     }
 
     fn tear_down(&self, pod_dir: &Path, vol_name: &str) -> Result<()> {
         validate_component("name", vol_name)?;
         let dir = Self::volume_dir(pod_dir, vol_name);
-        fsutil::unmount_and_remove(self.mounter.as_ref(), &dir)
+        fsutil::unmount_and_remove(self.mounter.as_ref(), &dir)?;
+        fsutil::unmount_and_remove(self.mounter.as_ref(), &Self::meta_dir(pod_dir, vol_name))
     }
 
     fn selinux_relabel(&self) -> bool {

@@ -17,6 +17,7 @@ pub mod atomic_writer;
 pub mod configmap;
 mod empty_dir;
 mod host_path;
+pub mod ownership;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -31,6 +32,7 @@ pub use configmap::{
 };
 pub use empty_dir::EmptyDirPlugin;
 pub use host_path::HostPathPlugin;
+pub use ownership::{FsGroupChangePolicy, Ownership, set_volume_ownership};
 
 use crate::error::{Error, Result};
 use crate::fsutil::{self, ensure_dir, validate_component};
@@ -50,8 +52,27 @@ pub struct PodInfo {
     /// The pod's memory limit in bytes when every container declares one (the
     /// kubelet's pod cgroup limit); caps memory-backed emptyDirs.
     pub memory_limit: Option<u64>,
-    /// `spec.securityContext.fsGroup`: group ownership given to emptyDirs.
+    /// `spec.securityContext.fsGroup`: the group given to the volumes that
+    /// manage ownership (emptyDir, configMap, secret; see [`ownership`]).
     pub fs_group: Option<u32>,
+    /// `spec.securityContext.fsGroupChangePolicy`. As upstream documents it,
+    /// it has no effect on the ephemeral volumes (emptyDir, configMap, secret):
+    /// those are changed whenever they are (re)written. It is for plugins of
+    /// volumes whose data outlives the pod.
+    pub fs_group_change_policy: FsGroupChangePolicy,
+}
+
+impl PodInfo {
+    /// The ownership an ephemeral volume gets (upstream passes no change
+    /// policy for them: every set-up that writes the volume changes it all),
+    /// `None` without `fsGroup`.
+    pub fn ephemeral_ownership(&self, read_only: bool) -> Option<Ownership> {
+        self.fs_group.map(|fs_group| Ownership {
+            fs_group,
+            policy: FsGroupChangePolicy::Always,
+            read_only,
+        })
+    }
 }
 
 /// A volume plugin (the kubelet's `VolumePlugin` + `Mounter` + `Unmounter`, reduced).
@@ -194,11 +215,8 @@ impl VolumeManager {
     pub fn pod_info(&self, pod: &Pod) -> Result<PodInfo> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         validate_component("metadata.uid", &uid)?;
-        let spec = pod.spec.as_ref();
-        let fs_group = match spec
-            .and_then(|s| s.security_context.as_ref())
-            .and_then(|sc| sc.fs_group)
-        {
+        let security = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+        let fs_group = match security.and_then(|sc| sc.fs_group) {
             Some(gid) => Some(u32::try_from(gid).map_err(|_| {
                 Error::invalid(
                     "spec.securityContext.fsGroup",
@@ -207,6 +225,9 @@ impl VolumeManager {
             })?),
             None => None,
         };
+        let fs_group_change_policy = FsGroupChangePolicy::from_spec(
+            security.and_then(|sc| sc.fs_group_change_policy.as_deref()),
+        )?;
         Ok(PodInfo {
             pod_dir: self.pod_dir(&uid),
             uid,
@@ -219,6 +240,7 @@ impl VolumeManager {
             name: pod.metadata.name.clone().unwrap_or_default(),
             memory_limit: pod_memory_limit(pod),
             fs_group,
+            fs_group_change_policy,
         })
     }
 

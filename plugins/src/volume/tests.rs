@@ -18,6 +18,22 @@ pub(crate) fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// True when `test` can run: it needs root (mounts, chown to another group).
+/// Otherwise it says why it skips, and fails under `CI=true`, where no tier
+/// may skip.
+pub(crate) fn require_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    assert!(
+        !ci,
+        "{test} needs root and CI=true: run the unit tests as root"
+    );
+    eprintln!("SKIPPED {test}: needs root");
+    false
+}
+
 pub(crate) fn pod(uid: &str, volumes: Vec<Volume>, containers: Vec<Container>) -> Pod {
     Pod {
         metadata: ObjectMeta {
@@ -580,8 +596,7 @@ fn pod_dirs_lists_directories_only() {
 
 #[test]
 fn fs_group_owns_empty_dir() {
-    if !is_root() {
-        eprintln!("skipping fs_group_owns_empty_dir: chown to another group needs root");
+    if !require_root("fs_group_owns_empty_dir") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -598,6 +613,35 @@ fn fs_group_owns_empty_dir() {
     let meta = std::fs::metadata(dir).unwrap();
     assert_eq!(meta.gid(), 2345);
     assert_eq!(meta.permissions().mode() & 0o7777, 0o2777);
+    let ready = tmp
+        .path()
+        .join("pods/u11/plugins/kubernetes.io~empty-dir/data/ready");
+    assert!(ready.exists(), "set-up marked ready");
+
+    // Set up once, as upstream: later syncs leave what the pod did alone.
+    let file = dir.join("private");
+    std::fs::write(&file, b"x").unwrap();
+    // (The setgid directory gave it group 2345; the pod changes that.)
+    std::os::unix::fs::chown(&file, None, Some(0)).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2770)).unwrap();
+    vm.set_up_pod(&p).unwrap();
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(std::fs::metadata(&file).unwrap().gid(), 0);
+    assert_eq!(mode(dir), 0o2770);
+
+    // Without the marker (an agent that died mid-set-up) it is done again, all of it.
+    std::fs::remove_file(&ready).unwrap();
+    vm.set_up_pod(&p).unwrap();
+    assert_eq!(mode(&file), 0o660);
+    assert_eq!(std::fs::metadata(&file).unwrap().gid(), 2345);
+    assert_eq!(mode(dir), 0o2777);
+
+    EmptyDirPlugin::new(Arc::new(FakeMounter::new()))
+        .tear_down(&tmp.path().join("pods/u11"), "data")
+        .unwrap();
+    assert!(!dir.exists());
+    assert!(!ready.exists(), "the marker goes with the volume");
 }
 
 #[test]
