@@ -13,9 +13,13 @@
 # - berth-apiserver-bench: the berth-apiserver binary over HTTPS on SQLite and
 #   on a private etcd: pod creates/s (concurrency 1 and 16, p50/p99), watch
 #   events/s (live and replay), list latency, RSS idle and with N pods.
+# - berth-probe-bench: what probes cost the agent (and containerd): 110 pods
+#   (--quick: 20) without probes, with httpGet + tcpSocket + gRPC probes every
+#   second, and with one exec probe every second; agent CPU (% of one core)
+#   and RSS, containerd and shim CPU, the pods' cgroup CPU.
 #
 #   sudo integration/bench.sh [--iterations N] [--quick]
-# --quick: short scheduler, storage and API server runs (what CI uses).
+# --quick: short scheduler, storage, API server and probe runs (what CI uses).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -46,3 +50,5 @@ echo "bench: storage" >&2
 ./target/debug/berth-storage-bench "${quick[@]}" | tee target/bench-storage.json
 echo "bench: API server over HTTPS (SQLite and etcd)" >&2
 ./target/debug/berth-apiserver-bench "${quick[@]}" | tee target/bench-apiserver.json
+echo "bench: probe cost (agent and runtime CPU with httpGet/tcpSocket/gRPC and exec probes)" >&2
+BERTH_REQUIRE_RUNTIME=1 ./target/debug/berth-probe-bench "${quick[@]}" | tee target/bench-probes.json

@@ -18,7 +18,9 @@
 #    $BERTH_IMAGES_DIR (default: <repo>/target/berth-images):
 #      busybox-1.36.tar -> localhost/berth/busybox:1.36
 #      pause-3.9.tar    -> localhost/berth/pause:3.9   (the pod sandbox image)
-#    Rebuilt only when missing (see integration/images/build.sh).
+#    Rebuilt only when missing (see integration/images/build.sh). The third,
+#    localhost/berth/grpc-health:1, holds a binary of the cargo build, so the
+#    tests build it on demand (build.sh --grpc-health), not this script.
 # 4. Installs the official Python `kubernetes` client (PyPI) into a venv at
 #    $BERTH_PYVENV (default /opt/berth/pyvenv), for the cluster end-to-end
 #    tests (integration/tests/python/). Skipped when it is already there.

@@ -1,26 +1,45 @@
 #!/usr/bin/env bash
-# Build berth's two test images locally, with no registry: an OCI image
+# Build berth's test images locally, with no registry: an OCI image
 # layout made by umoci around the static busybox, packed as an OCI archive
 # (a tar of the layout) that `ctr -n k8s.io images import` accepts.
 #
 #   build.sh <out-dir>
+#   build.sh --grpc-health <binary> <out-dir>
 #
 # Produces in <out-dir>:
 #   busybox-1.36.tar  -> imports as localhost/berth/busybox:1.36  (cmd: sh)
 #   pause-3.9.tar     -> imports as localhost/berth/pause:3.9     (sleeps until TERM/INT, exits 0)
+# or, with --grpc-health, only:
+#   grpc-health-1.tar -> imports as localhost/berth/grpc-health:1
+#                        (busybox plus <binary>, the cargo-built berth-grpc-health, as
+#                        /bin/berth-grpc-health with the shared libraries `ldd` lists;
+#                        cmd: berth-grpc-health, grpc.health.v1 on port 9000)
+#
+# The gRPC image is not built by setup.sh: its binary comes from the cargo build,
+# which runs after setup. The test harness builds it on demand
+# (berth_integration::grpc_health_image), and rebuilds it when the binary, its
+# libraries or RECIPE change.
 #
 # Naming: `ctr images import` (containerd 1.6) names an image after the
 # `io.containerd.image.name` annotation of its index.json entry when present;
 # `org.opencontainers.image.ref.name` alone ("1.36") would need --base-name.
 # We set both, so a plain `ctr images import <tar>` gives the exact names.
 #
-# Each tar is rebuilt only when missing or when RECIPE below changes.
+# Each tar is rebuilt only when missing or when RECIPE below changes (the gRPC
+# image also when its binary or libraries change).
 set -euo pipefail
 
 # Bump when the recipe changes, so existing tars get rebuilt.
 RECIPE=3
 
-out=${1:?usage: build.sh <out-dir>}
+usage="usage: build.sh <out-dir> | build.sh --grpc-health <binary> <out-dir>"
+grpc_bin=
+if [[ ${1:-} == --grpc-health ]]; then
+  grpc_bin=${2:?$usage}
+  shift 2
+  [[ -x $grpc_bin ]] || { echo "build.sh: $grpc_bin is not an executable (build it: cargo build -p berth-integration --bin berth-grpc-health)" >&2; exit 1; }
+fi
+out=${1:?$usage}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
@@ -53,11 +72,36 @@ populate_rootfs() {
   printf 'root:x:0:\nnogroup:x:65534:\n' >"$rootfs/etc/group"
 }
 
+# add_binary <binary> <name> <rootfs>: <binary> as /bin/<name>, with the shared
+# libraries and the dynamic loader `ldd` lists, each at its own path (the
+# loader finds them in its default directories; there is no ld.so.cache).
+add_binary() {
+  local bin=$1 name=$2 rootfs=$3 lib
+  install -m 0755 "$bin" "$rootfs/bin/$name"
+  while read -r lib; do
+    mkdir -p "$rootfs$(dirname "$lib")"
+    cp -L "$lib" "$rootfs$lib"
+  done < <(binary_libs "$bin")
+}
+
+# binary_libs <binary>: the absolute paths of the shared objects it loads
+# (`libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)`, `/lib64/ld-linux-x86-64.so.2 (0x...)`;
+# the vDSO has no file).
+binary_libs() {
+  ldd "$1" | awk '$2 == "=>" && $3 ~ /^\// {print $3; next} $1 ~ /^\// {print $1}'
+}
+
+# STAMP: what a tar was built from; it is rebuilt when this changes.
+STAMP=$RECIPE
+# EXTRA_POPULATE: a command run with the rootfs as its last argument, after
+# populate_rootfs (the gRPC image adds its binary).
+EXTRA_POPULATE=()
+
 # build_image <name> <tag> <tar> <populate-fn-args...> -- <umoci config args...>
 build_image() {
   local ref=$1 tag=$2 tar=$3; shift 3
   local stamp="$tar.recipe"
-  if [[ -f $tar && -f $stamp && $(cat "$stamp") == "$RECIPE" ]]; then
+  if [[ -f $tar && -f $stamp && $(cat "$stamp") == "$STAMP" ]]; then
     echo "==> image $ref:$tag: up to date ($tar)"
     return 0
   fi
@@ -76,6 +120,9 @@ build_image() {
   umoci new --image "$work/oci:$tag"
   umoci unpack --image "$work/oci:$tag" "$work/bundle" >/dev/null
   populate_rootfs "$work/bundle/rootfs" "${applets[@]}"
+  if (( ${#EXTRA_POPULATE[@]} )); then
+    "${EXTRA_POPULATE[@]}" "$work/bundle/rootfs"
+  fi
   umoci repack --image "$work/oci:$tag" "$work/bundle"
   umoci config --image "$work/oci:$tag" \
     --author "berth integration/images/build.sh" \
@@ -96,11 +143,29 @@ build_image() {
 
   tar -C "$work/oci" --numeric-owner --owner=0 --group=0 -cf "$tar.tmp" .
   mv "$tar.tmp" "$tar"
-  echo "$RECIPE" >"$stamp"
+  echo "$STAMP" >"$stamp"
   echo "==> image $ref:$tag: built $tar ($(du -h "$tar" | cut -f1))"
 }
 
 mapfile -t all_applets < <("$busybox_bin" --list)
+
+if [[ -n $grpc_bin ]]; then
+  # Test processes build this on demand, possibly several at once: one at a
+  # time, and the others then find it up to date.
+  exec 9>"$out/grpc-health.lock"
+  flock 9
+  grpc_libs=$(binary_libs "$grpc_bin")
+  [[ -n $grpc_libs ]] || { echo "build.sh: ldd lists no libraries for $grpc_bin" >&2; exit 1; }
+  # The binary and every library it loads, by content.
+  # shellcheck disable=SC2086
+  STAMP="$RECIPE grpc-health $(sha256sum "$grpc_bin" $grpc_libs | awk '{print $1}' | sha256sum | cut -d' ' -f1)"
+  EXTRA_POPULATE=(add_binary "$grpc_bin" berth-grpc-health)
+  build_image localhost/berth/grpc-health 1 "$out/grpc-health-1.tar" \
+    "${all_applets[@]}" -- \
+    --clear=config.entrypoint --config.cmd berth-grpc-health \
+    --config.exposedports 9000/tcp
+  exit 0
+fi
 
 build_image localhost/berth/busybox 1.36 "$out/busybox-1.36.tar" \
   "${all_applets[@]}" -- \

@@ -244,43 +244,46 @@ impl Containerd {
     }
 
     fn import_images(&self) -> anyhow::Result<()> {
-        for (tar, name) in [
-            (&self.env.pause_tar, PAUSE_IMAGE),
-            (&self.env.busybox_tar, BUSYBOX_IMAGE),
-        ] {
-            self.ctr(&[
-                "images",
-                "import",
-                "--snapshotter",
-                &self.snapshotter,
-                &tar.to_string_lossy(),
-            ])
-            .with_context(|| format!("importing {} (expected to become {name})", tar.display()))?;
-        }
+        self.import_image(&self.env.pause_tar, PAUSE_IMAGE)?;
+        self.import_image(&self.env.busybox_tar, BUSYBOX_IMAGE)
+    }
+
+    /// Import an image archive (`ctr images import`) and check that CRI then
+    /// knows it as `name`. [`start`](Self::start) imports the busybox and
+    /// pause images; tests import others, such as [`crate::GRPC_HEALTH_IMAGE`]
+    /// (archive from [`crate::grpc_health_image`]), when they need them.
+    pub fn import_image(&self, tar: &Path, name: &str) -> anyhow::Result<()> {
+        self.ctr(&[
+            "images",
+            "import",
+            "--snapshotter",
+            &self.snapshotter,
+            &tar.to_string_lossy(),
+        ])
+        .with_context(|| format!("importing {} (expected to become {name})", tar.display()))?;
         let endpoint = self.endpoint();
+        let name = name.to_string();
         block_on(async move {
             let client = RuntimeClient::connect(&endpoint, cri_options()).await?;
-            for name in [PAUSE_IMAGE, BUSYBOX_IMAGE] {
-                let status = client
-                    .image_status(api::ImageStatusRequest {
-                        image: Some(api::ImageSpec {
-                            image: name.to_string(),
-                            ..Default::default()
-                        }),
-                        verbose: false,
-                    })
+            let status = client
+                .image_status(api::ImageStatusRequest {
+                    image: Some(api::ImageSpec {
+                        image: name.clone(),
+                        ..Default::default()
+                    }),
+                    verbose: false,
+                })
+                .await?;
+            if status.image.is_none() {
+                let all = client
+                    .list_images(api::ListImagesRequest { filter: None })
                     .await?;
-                if status.image.is_none() {
-                    let all = client
-                        .list_images(api::ListImagesRequest { filter: None })
-                        .await?;
-                    let tags: Vec<_> = all
-                        .images
-                        .iter()
-                        .flat_map(|i| i.repo_tags.clone())
-                        .collect();
-                    anyhow::bail!("after import, CRI does not know image {name}; it has {tags:?}");
-                }
+                let tags: Vec<_> = all
+                    .images
+                    .iter()
+                    .flat_map(|i| i.repo_tags.clone())
+                    .collect();
+                anyhow::bail!("after import, CRI does not know image {name}; it has {tags:?}");
             }
             Ok(())
         })

@@ -405,6 +405,19 @@ pub(crate) fn cleanup_dir(
     }
 }
 
+/// The resident set size of process `pid` (`VmRSS` of /proc/<pid>/status), in KiB.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    use anyhow::Context as _;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

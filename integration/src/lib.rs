@@ -33,6 +33,7 @@ pub mod cluster;
 mod containerd;
 mod host;
 mod http;
+mod images;
 mod instance;
 
 use std::future::Future;
@@ -45,8 +46,9 @@ pub use agent::{Agent, AgentOptions, agent_binary};
 pub use berth_cri::api;
 pub use cluster::{Backend, Cluster, ClusterHost};
 pub use containerd::Containerd;
-pub use host::{Mount, Process, link_exists, mounts, mounts_under, processes_under};
+pub use host::{Mount, Process, link_exists, mounts, mounts_under, processes_under, rss_kib};
 pub use http::{HttpResponse, http_get, http_request};
+pub use images::{GRPC_HEALTH_IMAGE, GRPC_HEALTH_TAR, grpc_health_binary, grpc_health_image};
 pub use instance::NO_SWEEP;
 
 /// The image every test container runs: static busybox with its applets on PATH; cmd `sh`.
@@ -168,6 +170,22 @@ pub fn require_agent(test: &str) -> Option<Env> {
     require(
         test,
         Env::detect().and_then(|env| agent_binary().map(|_| env).map_err(|e| format!("{e:#}"))),
+    )
+}
+
+/// [`require_agent`] plus the gRPC health image, built when missing or stale
+/// ([`grpc_health_image`]): the gate of tests that run [`GRPC_HEALTH_IMAGE`].
+/// Gives the environment and the image archive, for [`Containerd::import_image`].
+pub fn require_grpc_health(test: &str) -> Option<(Env, PathBuf)> {
+    require(
+        test,
+        Env::detect()
+            .and_then(|env| agent_binary().map(|_| env).map_err(|e| format!("{e:#}")))
+            .and_then(|env| {
+                grpc_health_image()
+                    .map(|tar| (env, tar))
+                    .map_err(|e| format!("{e:#}"))
+            }),
     )
 }
 

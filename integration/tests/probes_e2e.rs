@@ -1,12 +1,16 @@
 //! Probes end to end, against a real containerd (one per test), real runc and
 //! CNI: an httpGet liveness probe restarts a container whose page went away,
 //! an exec readiness probe flips Ready both ways, a tcpSocket readiness probe
-//! passes, and a startup probe holds `started` (and liveness) off.
+//! passes, and a startup probe holds `started` (and liveness) off; gRPC
+//! liveness and readiness probes against the `berth-grpc-health` server of the
+//! gRPC health test image.
 
 use std::time::Duration;
 
 use anyhow::Result;
-use berth_integration::{Agent, Containerd, require_runtime};
+use berth_integration::{
+    Agent, Containerd, GRPC_HEALTH_IMAGE, require_grpc_health, require_runtime,
+};
 use serde_json::Value;
 
 const IMAGE: &str = "localhost/berth/busybox:1.36";
@@ -159,6 +163,93 @@ spec:
         "prober_probe_total{probe_type=\"Readiness\",result=\"successful\",container=\"tcp\"",
         "prober_probe_total{probe_type=\"Startup\",result=\"successful\",container=\"slow\"",
         "prober_probe_duration_seconds_count{probe_type=\"Readiness\",container=\"flip\"",
+    ] {
+        assert!(text.contains(want), "{want} in {text}");
+    }
+    Ok(())
+}
+
+#[test]
+fn grpc_liveness_and_readiness_in_a_real_runtime() -> Result<()> {
+    let Some((_env, image_tar)) =
+        require_grpc_health("grpc_liveness_and_readiness_in_a_real_runtime")
+    else {
+        return Ok(());
+    };
+    let cd = Containerd::start()?;
+    cd.import_image(&image_tar, GRPC_HEALTH_IMAGE)?;
+    let agent = Agent::start(&cd, &[])?;
+    agent.wait_healthy(T)?;
+    // The server answers SERVING for "" and for berth.test.Ready. On its first
+    // run only (the emptyDir remembers), the container makes itself unhealthy
+    // after 8 s: readiness (threshold 1) fails at once, liveness (threshold 4)
+    // a few seconds later, which leaves the test time to see the pod not ready
+    // before the restart. The restarted server stays healthy.
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: grpc
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes: [{{name: state, emptyDir: {{}}}}]
+  containers:
+    - name: health
+      image: {GRPC_HEALTH_IMAGE}
+      volumeMounts: [{{name: state, mountPath: /state}}]
+      command: ["sh", "-c", "if [ ! -f /state/broke ]; then touch /state/broke; (sleep 8; touch /tmp/unhealthy) & fi; exec berth-grpc-health --port 9000 --service berth.test.Ready"]
+      livenessProbe:
+        grpc: {{port: 9000}}
+        periodSeconds: 1
+        failureThreshold: 4
+      readinessProbe:
+        grpc: {{port: 9000, service: berth.test.Ready}}
+        periodSeconds: 1
+        failureThreshold: 1
+"#
+    );
+    agent.write_manifest("grpc.yaml", &manifest)?;
+
+    let pod = wait_pod(&agent, "grpc", "ready", |p| {
+        status(p, "health")["ready"] == true
+    })?;
+    assert_eq!(condition(&pod, "Ready"), "True", "{pod:#}");
+    assert_eq!(status(&pod, "health")["restartCount"], 0, "{pod:#}");
+
+    // NOT_SERVING: not ready while the first container still runs ...
+    let pod = wait_pod(&agent, "grpc", "not ready before the restart", |p| {
+        status(p, "health")["ready"] == false && status(p, "health")["restartCount"] == 0
+    })?;
+    assert_eq!(condition(&pod, "Ready"), "False", "{pod:#}");
+    assert!(
+        status(&pod, "health")["state"]["running"].is_object(),
+        "{pod:#}"
+    );
+    // ... then killed for its liveness probe, and back (healthy) and ready.
+    let pod = wait_pod(&agent, "grpc", "restarted", |p| {
+        status(p, "health")["restartCount"] == 1
+    })?;
+    // The server handles SIGTERM and exits 0 (no SIGKILL needed).
+    let health = status(&pod, "health");
+    assert_eq!(health["lastState"]["terminated"]["exitCode"], 0, "{health}");
+    let pod = wait_pod(&agent, "grpc", "ready again", |p| {
+        status(p, "health")["ready"] == true && status(p, "health")["restartCount"] == 1
+    })?;
+    assert_eq!(condition(&pod, "Ready"), "True", "{pod:#}");
+
+    let log = agent.log();
+    for want in [
+        r#"Liveness probe failed: service unhealthy (responded with "NOT_SERVING")"#,
+        r#"Readiness probe failed: service unhealthy (responded with "NOT_SERVING")"#,
+        "probe failed; killing the container",
+    ] {
+        assert!(log.contains(want), "{want:?} in:\n{}", agent.log_tail(80));
+    }
+    let (code, text) = agent.get_text("/metrics/probes")?;
+    assert_eq!(code, 200);
+    for want in [
+        "prober_probe_total{probe_type=\"Liveness\",result=\"failed\",container=\"health\"",
+        "prober_probe_total{probe_type=\"Readiness\",result=\"successful\",container=\"health\"",
     ] {
         assert!(text.contains(want), "{want} in {text}");
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use berth_cri::api;
-use berth_integration::{Agent, Containerd, require_runtime};
+use berth_integration::{Agent, Containerd, require_runtime, rss_kib};
 use serde_json::json;
 
 const IMAGE: &str = "localhost/berth/busybox:1.36";
@@ -36,17 +36,6 @@ fn stats(samples: &[f64]) -> serde_json::Value {
         "mean_ms": s.iter().sum::<f64>() / n,
         "max_ms": s.last().copied().unwrap_or(0.0),
     })
-}
-
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS line")
 }
 
 /// One pod by bare CRI calls; returns the time until StartContainer returned.
