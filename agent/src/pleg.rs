@@ -28,6 +28,17 @@ struct Health {
     runtime: Option<api::VersionResponse>,
 }
 
+/// One container as a probe worker sees it (see [`RuntimeCache::probe_view`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeView {
+    pub id: String,
+    pub state: crate::observed::ContainerState,
+    /// Nanoseconds since the epoch (0 when unknown).
+    pub started_at: i64,
+    /// The pod's IP (its ready sandbox's first), empty when none.
+    pub pod_ip: String,
+}
+
 /// The observed state of every pod, as of the last relist.
 #[derive(Debug, Default)]
 pub struct RuntimeCache {
@@ -47,6 +58,24 @@ impl RuntimeCache {
         pods.get(uid).cloned().unwrap_or_else(|| ObservedPod {
             uid: uid.to_string(),
             ..Default::default()
+        })
+    }
+
+    /// What a probe worker needs of the newest container `name` of pod `uid`
+    /// (and the pod's IP), without copying the whole pod: probes ask every
+    /// second, for every container.
+    pub fn probe_view(&self, uid: &str, name: &str, init: bool) -> Option<ProbeView> {
+        let pods = self.pods.read().unwrap_or_else(|e| e.into_inner());
+        let pod = pods.get(uid)?;
+        let c = pod.latest_container(name, init)?;
+        Some(ProbeView {
+            id: c.id.clone(),
+            state: c.state,
+            started_at: c.started_at,
+            pod_ip: pod
+                .ready_sandbox()
+                .and_then(|s| s.ips.first().cloned())
+                .unwrap_or_default(),
         })
     }
 

@@ -79,6 +79,15 @@ impl TransientStore {
         m.get(uid).cloned().unwrap_or_default()
     }
 
+    /// The probe results of container `id` of pod `uid`.
+    pub fn probe(&self, uid: &str, id: &str) -> ContainerProbes {
+        let m = self.probes.read().unwrap_or_else(|e| e.into_inner());
+        m.get(uid)
+            .and_then(|p| p.get(id))
+            .copied()
+            .unwrap_or_default()
+    }
+
     /// Set (or with `None` forget) one probe result of container `id` of pod
     /// `uid`. Returns true when it changed.
     pub fn set_probe(
@@ -88,6 +97,10 @@ impl TransientStore {
         probe: ProbeType,
         result: Option<ProbeResult>,
     ) -> bool {
+        // Most probes confirm what is already known: a read lock, no allocation.
+        if self.probe(uid, id).get(probe) == result {
+            return false;
+        }
         let mut m = self.probes.write().unwrap_or_else(|e| e.into_inner());
         let pod = m.entry(uid.to_string()).or_default();
         let entry = pod.entry(id.to_string()).or_default();

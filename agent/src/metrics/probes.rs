@@ -65,6 +65,30 @@ fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 12))
 }
 
+/// One worker's handles on its series (they share the registry's values).
+#[derive(Clone, Debug)]
+pub struct ProbeSeries {
+    successful: Counter,
+    failed: Counter,
+    unknown: Counter,
+    duration: Histogram,
+}
+
+impl ProbeSeries {
+    /// One probe ran with `result` in `took`.
+    pub fn observe(&self, result: ProbeResult, took: Duration) {
+        match result {
+            ProbeResult::Success => self.successful.inc(),
+            ProbeResult::Failure => self.failed.inc(),
+            ProbeResult::Unknown => self.unknown.inc(),
+        };
+        // Upstream observes the duration of probes that ran (not errored).
+        if result != ProbeResult::Unknown {
+            self.duration.observe(took.as_secs_f64());
+        }
+    }
+}
+
 /// The prober's metrics and their registry.
 pub struct ProbeMetrics {
     registry: Registry,
@@ -122,16 +146,18 @@ impl ProbeMetrics {
         }
     }
 
-    /// One probe ran with `result` in `took`.
-    pub fn observe(&self, l: &ProbeLabels, result: ProbeResult, took: Duration) {
-        self.total
-            .get_or_create(&Self::total_labels(l, result))
-            .inc();
-        // Upstream observes the duration of probes that ran (not errored).
-        if result != ProbeResult::Unknown {
-            self.duration
+    /// The series of one probe worker, looked up once: a probe then only
+    /// touches atomics (no label hashing or allocation per probe).
+    pub fn series(&self, l: &ProbeLabels) -> ProbeSeries {
+        let total = |r| self.total.get_or_create(&Self::total_labels(l, r)).clone();
+        ProbeSeries {
+            successful: total(ProbeResult::Success),
+            failed: total(ProbeResult::Failure),
+            unknown: total(ProbeResult::Unknown),
+            duration: self
+                .duration
                 .get_or_create(&Self::duration_labels(l))
-                .observe(took.as_secs_f64());
+                .clone(),
         }
     }
 

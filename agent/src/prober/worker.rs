@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use super::{Outcome, ProbeResult, ProbeType, Shared, Timing};
 use crate::Uid;
 use crate::events::{EventType, ObjectRef};
-use crate::metrics::probes::ProbeLabels;
-use crate::observed::{ContainerState, ObservedContainer};
+use crate::metrics::probes::{ProbeLabels, ProbeSeries};
+use crate::observed::ContainerState;
+use crate::pleg::ProbeView;
 
 /// Upstream retries a probe that errored (not one that failed) this often.
 const MAX_PROBE_RETRIES: usize = 3;
@@ -29,6 +30,7 @@ pub(crate) struct Worker {
     uid: Uid,
     obj: ObjectRef,
     labels: ProbeLabels,
+    series: ProbeSeries,
     container: Container,
     init: bool,
     probe_type: ProbeType,
@@ -46,6 +48,8 @@ pub(crate) struct Worker {
     run: u32,
     /// After a liveness/startup failure: nothing more until the container is new.
     on_hold: bool,
+    /// A grpc probe's connection, kept between probes (see [`super::grpc`]).
+    grpc: super::grpc::Connection,
 }
 
 impl Worker {
@@ -62,10 +66,12 @@ impl Worker {
         let spec = pod.spec.as_ref();
         let never_restarts =
             !init && berth_api::restart::pod_restart_policy(spec) == berth_api::restart::NEVER;
+        let labels = ProbeLabels::new(pod, &container.name, probe_type);
         Worker {
             uid: crate::source::uid_of(pod),
             obj: ObjectRef::pod(pod).container(&container.name, init),
-            labels: ProbeLabels::new(pod, &container.name, probe_type),
+            series: shared.metrics.series(&labels),
+            labels,
             timing: Timing::of(&probe),
             probe,
             init,
@@ -80,6 +86,7 @@ impl Worker {
             last: probe_type.initial(),
             run: 0,
             on_hold: false,
+            grpc: super::grpc::Connection::default(),
         }
     }
 
@@ -124,12 +131,10 @@ impl Worker {
         newest.is_some() && (newest != self.container_id || self.run == 0)
     }
 
-    fn newest(&self) -> Option<ObservedContainer> {
+    fn newest(&self) -> Option<ProbeView> {
         self.shared
             .cache
-            .get(&self.uid)
-            .latest_container(&self.container.name, self.init)
-            .cloned()
+            .probe_view(&self.uid, &self.container.name, self.init)
     }
 
     /// The worker ends: its result and metric series go with it.
@@ -234,7 +239,7 @@ impl Worker {
 
     /// Run the probe (retrying errors), record its metrics and events, and
     /// return its result; None when it could not be run at all.
-    async fn probe_once(&self, c: &ObservedContainer) -> Option<ProbeResult> {
+    async fn probe_once(&mut self, c: &ProbeView) -> Option<ProbeResult> {
         let started = Instant::now();
         let mut outcome = Outcome::Error(String::new());
         for _ in 0..MAX_PROBE_RETRIES {
@@ -273,27 +278,27 @@ impl Worker {
                     "Unhealthy",
                     format!("{kind} probe errored and resulted in unknown state: {err}"),
                 );
-                self.shared
-                    .metrics
-                    .observe(&self.labels, ProbeResult::Unknown, started.elapsed());
+                self.series.observe(ProbeResult::Unknown, started.elapsed());
                 return None;
             }
         };
-        self.shared
-            .metrics
-            .observe(&self.labels, result, started.elapsed());
+        self.series.observe(result, started.elapsed());
         Some(result)
     }
 
     /// The probe's action against container `c`, once.
-    async fn act(&self, c: &ObservedContainer) -> Outcome {
+    async fn act(&mut self, c: &ProbeView) -> Outcome {
         let timeout = self.timing.timeout;
         if let Some(e) = &self.probe.exec {
             let cmd =
                 super::exec::command(&self.container, e.command.as_deref().unwrap_or_default());
             return super::exec::probe(&self.shared.client, &c.id, cmd, timeout).await;
         }
-        let pod_ip = self.pod_ip();
+        let pod_ip = if self.host_network {
+            self.shared.node_ip.clone()
+        } else {
+            c.pod_ip.clone()
+        };
         if let Some(h) = &self.probe.http_get {
             return match super::resolve_port(&h.port, &self.container) {
                 Ok(port) => super::http::probe(h, &pod_ip, port, timeout).await,
@@ -307,31 +312,23 @@ impl Worker {
                 Err(e) => Outcome::Error(e),
             };
         }
-        if let Some(g) = &self.probe.grpc {
-            return match u16::try_from(g.port).ok().filter(|p| *p > 0) {
-                Some(port) => {
-                    super::grpc::probe(&pod_ip, port, g.service.as_deref(), timeout).await
-                }
-                None => Outcome::Error(format!("invalid port number: {}", g.port)),
+        if let Some(g) = self.probe.grpc.clone() {
+            let Some(port) = u16::try_from(g.port).ok().filter(|p| *p > 0) else {
+                return Outcome::Error(format!("invalid port number: {}", g.port));
             };
+            return super::grpc::probe(
+                &mut self.grpc,
+                &pod_ip,
+                port,
+                g.service.as_deref(),
+                timeout,
+            )
+            .await;
         }
         Outcome::Error("missing probe handler".into())
     }
 
     fn pod_key(&self) -> String {
         format!("{}/{}", self.obj.namespace, self.obj.name)
-    }
-
-    /// The pod's IP: the newest ready sandbox's, or the node's for hostNetwork.
-    fn pod_ip(&self) -> String {
-        if self.host_network {
-            return self.shared.node_ip.clone();
-        }
-        self.shared
-            .cache
-            .get(&self.uid)
-            .ready_sandbox()
-            .and_then(|s| s.ips.first().cloned())
-            .unwrap_or_default()
     }
 }
