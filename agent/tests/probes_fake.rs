@@ -731,3 +731,31 @@ async fn job_like_pod_with_sidecars_succeeds_and_stops_sidecars_after_main_in_re
     );
     assert!(finished("side-b") < finished("side-a"), "reverse order");
 }
+
+#[tokio::test]
+async fn a_restarted_worker_keeps_its_metric_series() {
+    let node = Node::start().await;
+    let mut p = node.run(&pod(
+        "Always",
+        "    readinessProbe:\n      exec: {command: [check]}\n      periodSeconds: 1\n",
+    ));
+    node.until(&p, Duration::from_secs(5), "ready", ready).await;
+    // The same pod with another image (an API pod's image update): the
+    // container's spec changed, so its probe worker is replaced.
+    if let Some(spec) = p.pod.spec.as_mut() {
+        spec.containers[0].image = Some("localhost/berth/busybox:other".into());
+    }
+    node.fake.add_image("localhost/berth/busybox:other");
+    node.config.apply(Snapshot {
+        pods: vec![p.clone()],
+        errors: vec![],
+    });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let text = node.metrics.probes.encode();
+    assert!(
+        text.contains(
+            "prober_probe_duration_seconds_count{probe_type=\"Readiness\",container=\"web\""
+        ),
+        "the successor's series stay registered: {text}"
+    );
+}

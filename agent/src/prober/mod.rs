@@ -80,6 +80,9 @@ struct WorkerHandle {
     /// Wakes the worker before its next tick (a readiness probe with no result
     /// yet runs as soon as the pod is synced, as upstream's manual trigger).
     kick: Arc<Notify>,
+    /// Its metric series, removed when the probe goes for good (not when a
+    /// changed spec restarts the worker: its successor keeps the series).
+    labels: crate::metrics::probes::ProbeLabels,
 }
 
 /// What every worker shares.
@@ -173,6 +176,7 @@ impl ProbeManager {
             }
         }
         let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        let metrics = &self.shared.metrics;
         workers.retain(|key, handle| {
             let keep = key.0 != uid
                 || wanted
@@ -180,6 +184,9 @@ impl ProbeManager {
                     .any(|(k, c, _)| k == key && **c == handle.container);
             if !keep {
                 handle.cancel.cancel();
+                if !wanted.iter().any(|(k, _, _)| k == key) {
+                    metrics.forget(&handle.labels);
+                }
             }
             keep
         });
@@ -199,6 +206,7 @@ impl ProbeManager {
                 cancel.clone(),
                 kick.clone(),
             );
+            let labels = w.labels().clone();
             self.runtime.spawn(w.run());
             workers.insert(
                 key,
@@ -206,6 +214,7 @@ impl ProbeManager {
                     container: c.clone(),
                     cancel,
                     kick,
+                    labels,
                 },
             );
         }
@@ -218,6 +227,7 @@ impl ProbeManager {
             let keep = key.0 != uid;
             if !keep {
                 handle.cancel.cancel();
+                self.shared.metrics.forget(&handle.labels);
             }
             keep
         });

@@ -137,14 +137,19 @@ impl Worker {
             .probe_view(&self.uid, &self.container.name, self.init)
     }
 
-    /// The worker ends: its result and metric series go with it.
+    /// Its metric series' labels.
+    pub(crate) fn labels(&self) -> &ProbeLabels {
+        &self.labels
+    }
+
+    /// The worker ends: its result goes with it (its metric series are the
+    /// manager's to remove, see [`super::ProbeManager::update_pod`]).
     fn finish(&self) {
         if let Some(id) = &self.container_id {
             self.shared
                 .transient
                 .set_probe(&self.uid, id, self.probe_type, None);
         }
-        self.shared.metrics.forget(&self.labels);
     }
 
     fn set_result(&self, id: &str, result: ProbeResult) {

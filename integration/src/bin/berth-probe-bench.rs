@@ -24,7 +24,8 @@
 //! `/proc/<pid>/stat`; children reaped count too, via cutime+cstime, for the
 //! runtime's processes, so the short-lived runc processes of exec probes are
 //! in):
-//! - `agent`: the berth-agent process;
+//! - `agent`: the berth-agent process (and, apart, how much of it was in the
+//!   kernel: connecting, the loopback/veth path a probe's packets take);
 //! - `runtime`: containerd and the pods' shims (with their runc children);
 //! - `pods`: the pods' cgroups (cpuacct / cpu.stat of the instance's cgroup
 //!   parent): the servers answering probes, the processes exec probes start;
@@ -179,6 +180,8 @@ spec:
 #[derive(Debug, Clone, Copy)]
 struct ProcTimes {
     own: u64,
+    /// Of `own`: in the kernel (stime).
+    sys: u64,
     children: u64,
     start: u64,
 }
@@ -200,6 +203,7 @@ fn proc_times(pid: i32) -> anyhow::Result<ProcTimes> {
     };
     Ok(ProcTimes {
         own: field(14)? + field(15)?,
+        sys: field(15)?,
         children: field(16)? + field(17)?,
         start: field(22)?,
     })
@@ -499,6 +503,7 @@ impl Bench<'_> {
             "pods_ready_after_window": ready_at_end,
             "window_seconds": round2(secs),
             "agent_cpu_percent_of_one_core": percent(agent_ticks, secs),
+            "agent_cpu_system_percent_of_one_core": percent(b.agent.sys.saturating_sub(a.agent.sys), secs),
             "agent_rss_kib": rss_kib(agent_pid.unsigned_abs())?,
             "runtime_cpu_percent_of_one_core": percent(runtime_ticks, secs),
             "runtime_processes": runtime.len(),
