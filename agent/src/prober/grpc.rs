@@ -7,20 +7,54 @@
 //! every container, the HTTP/2 handshake was most of the prober's cost. Any
 //! failure drops it, so the next probe dials again and a server that stopped
 //! accepting connections is still noticed.
+//!
+//! The call is made on the `h2` crate directly, with the gRPC framing (a
+//! 5-byte prefix around one protobuf message, the status in the trailers)
+//! written here: tonic's client put a buffer task, a codec stream and a body
+//! pipe task between the probe and the connection, and sent the request's
+//! headers and message as two writes (two packets, two wake-ups of the
+//! server); here they leave in one.
 
 use std::time::Duration;
 
-use tonic_health::pb::HealthCheckRequest;
+use prost::Message;
+use tokio_util::bytes::{BufMut, Bytes, BytesMut};
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use super::{Outcome, join_host_port};
+
+/// The method probed.
+const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
+/// gRPC status codes upstream's messages tell apart.
+const UNIMPLEMENTED: u32 = 12;
+const DEADLINE_EXCEEDED: u32 = 4;
+/// A health response is a few bytes; more is not a health server.
+const MAX_MESSAGE: usize = 64 * 1024;
 
 /// A probe's connection, kept between probes to the same address.
 #[derive(Debug, Default)]
 pub struct Connection {
+    host: String,
+    port: u16,
     addr: String,
-    channel: Option<tonic::transport::Channel>,
+    sender: Option<h2::client::SendRequest<Bytes>>,
+}
+
+/// Open a plain-text HTTP/2 connection to `addr`; its connection task runs
+/// until the connection ends or every handle to it is dropped.
+async fn dial(addr: &str) -> Result<h2::client::SendRequest<Bytes>, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("dial tcp {addr}: {}", super::tcp::dial_error(&e)))?;
+    let _ = tcp.set_nodelay(true);
+    let (sender, conn) = h2::client::handshake(tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }
 
 /// Check `service` (empty: the server as a whole) at `host:port`, over
@@ -32,88 +66,190 @@ pub async fn probe(
     service: Option<&str>,
     timeout: Duration,
 ) -> Outcome {
-    let addr = join_host_port(host, port);
-    if conn.addr != addr {
-        conn.addr.clone_from(&addr);
-        conn.channel = None;
+    if conn.addr.is_empty() || conn.port != port || conn.host != host {
+        conn.host = host.to_string();
+        conn.port = port;
+        conn.addr = join_host_port(host, port);
+        conn.sender = None;
     }
-    let outcome = check(conn, &addr, service, timeout).await;
+    let outcome = check(conn, service.unwrap_or_default(), timeout).await;
     if !matches!(outcome, Outcome::Success(_)) {
-        conn.channel = None;
+        conn.sender = None;
     }
     outcome
 }
 
-async fn check(
-    conn: &mut Connection,
-    addr: &str,
-    service: Option<&str>,
-    timeout: Duration,
-) -> Outcome {
-    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
-        Ok(e) => e.connect_timeout(timeout).timeout(timeout),
-        Err(e) => return Outcome::Error(format!("invalid address {addr:?}: {e}")),
+/// Why a call did not return a message.
+enum CallError {
+    /// The server answered with a gRPC status other than OK.
+    Status(u32, String),
+    /// The connection or the HTTP/2 exchange failed.
+    Transport(String),
+}
+
+async fn check(conn: &mut Connection, service: &str, timeout: Duration) -> Outcome {
+    let addr = conn.addr.clone();
+    let sender = match conn.sender.take() {
+        Some(s) => s,
+        None => match tokio::time::timeout(timeout, dial(&addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Outcome::Failure(format!(
+                    "timeout: failed to connect service {addr:?} within {}: {e}",
+                    go_duration(timeout),
+                ));
+            }
+            Err(_) => {
+                return Outcome::Failure(format!(
+                    "timeout: failed to connect service {addr:?} within {}: context deadline exceeded",
+                    go_duration(timeout)
+                ));
+            }
+        },
     };
-    let connect = async {
-        match conn.channel.clone() {
-            Some(c) => Ok(c),
-            None => endpoint.connect().await,
-        }
-    };
-    let channel = match tokio::time::timeout(timeout, connect).await {
-        Ok(Ok(c)) => {
-            conn.channel = Some(c.clone());
-            c
-        }
-        Ok(Err(e)) => {
+    conn.sender = Some(sender.clone());
+    let resp = match tokio::time::timeout(timeout, call(sender, &addr, service, timeout)).await {
+        Err(_) | Ok(Err(CallError::Status(DEADLINE_EXCEEDED, _))) => {
             return Outcome::Failure(format!(
-                "timeout: failed to connect service {addr:?} within {}: {}",
-                go_duration(timeout),
-                crate::util::error_chain(&e)
-            ));
-        }
-        Err(_) => {
-            return Outcome::Failure(format!(
-                "timeout: failed to connect service {addr:?} within {}: context deadline exceeded",
-                go_duration(timeout)
-            ));
-        }
-    };
-    let request = HealthCheckRequest {
-        service: service.unwrap_or_default().to_string(),
-    };
-    let resp = tokio::time::timeout(timeout, HealthClient::new(channel).check(request)).await;
-    match resp {
-        Err(_) => Outcome::Failure(format!(
-            "timeout: health rpc did not complete within {}",
-            go_duration(timeout)
-        )),
-        Ok(Err(status)) => match status.code() {
-            tonic::Code::Unimplemented => Outcome::Failure(format!(
-                "this server does not implement the grpc health protocol (grpc.health.v1.Health): {}",
-                status.message()
-            )),
-            tonic::Code::DeadlineExceeded => Outcome::Failure(format!(
                 "timeout: health rpc did not complete within {}",
                 go_duration(timeout)
-            )),
-            _ => Outcome::Failure(format!(
-                "error: health rpc probe failed: {}",
-                status.message()
-            )),
-        },
-        Ok(Ok(resp)) => {
-            let status = resp.into_inner().status;
-            if status == ServingStatus::Serving as i32 {
-                Outcome::Success("service healthy".into())
-            } else {
-                let name = ServingStatus::try_from(status)
-                    .map(|s| s.as_str_name().to_string())
-                    .unwrap_or_else(|_| status.to_string());
-                Outcome::Failure(format!("service unhealthy (responded with {name:?})"))
+            ));
+        }
+        Ok(Err(CallError::Status(UNIMPLEMENTED, message))) => {
+            return Outcome::Failure(format!(
+                "this server does not implement the grpc health protocol (grpc.health.v1.Health): {message}"
+            ));
+        }
+        Ok(Err(CallError::Status(_, message) | CallError::Transport(message))) => {
+            return Outcome::Failure(format!("error: health rpc probe failed: {message}"));
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    if resp.status == ServingStatus::Serving as i32 {
+        Outcome::Success("service healthy".into())
+    } else {
+        let name = ServingStatus::try_from(resp.status)
+            .map(|s| s.as_str_name().to_string())
+            .unwrap_or_else(|_| resp.status.to_string());
+        Outcome::Failure(format!("service unhealthy (responded with {name:?})"))
+    }
+}
+
+/// One unary `Health/Check` call: the request's headers and message go out
+/// in one write; the response's message and trailers are read back.
+async fn call(
+    sender: h2::client::SendRequest<Bytes>,
+    addr: &str,
+    service: &str,
+    timeout: Duration,
+) -> Result<HealthCheckResponse, CallError> {
+    let transport = |e: h2::Error| CallError::Transport(e.to_string());
+    let mut sender = sender.ready().await.map_err(transport)?;
+    let request = hyper::Request::post(format!("http://{addr}{CHECK_PATH}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("user-agent", super::http::USER_AGENT)
+        .header("grpc-timeout", format!("{}m", timeout.as_millis()))
+        .body(())
+        .map_err(|e| CallError::Transport(e.to_string()))?;
+    let message = HealthCheckRequest {
+        service: service.to_string(),
+    };
+    let len = message.encoded_len();
+    let mut frame = BytesMut::with_capacity(5 + len);
+    frame.put_u8(0);
+    frame.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    message
+        .encode(&mut frame)
+        .map_err(|e| CallError::Transport(e.to_string()))?;
+    let (response, mut stream) = sender.send_request(request, false).map_err(transport)?;
+    stream.send_data(frame.freeze(), true).map_err(transport)?;
+
+    let response = response.await.map_err(transport)?;
+    let (parts, mut body) = response.into_parts();
+    if parts.status != hyper::StatusCode::OK {
+        return Err(CallError::Transport(format!(
+            "unexpected HTTP status code received from server: {}",
+            parts.status.as_u16()
+        )));
+    }
+    // A "trailers-only" answer: the status is in the headers, no body.
+    if let Some(status) = grpc_status(&parts.headers) {
+        return Err(status);
+    }
+    let mut data = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(transport)?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+        if data.len() > MAX_MESSAGE {
+            return Err(CallError::Transport(format!(
+                "received message larger than max ({} vs. {MAX_MESSAGE})",
+                data.len()
+            )));
+        }
+    }
+    let trailers = body.trailers().await.map_err(transport)?;
+    match trailers.as_ref().and_then(grpc_status) {
+        Some(status) => return Err(status),
+        None if trailers.is_none() => {
+            return Err(CallError::Transport(
+                "server closed the stream without sending trailers".into(),
+            ));
+        }
+        None => {}
+    }
+    if data.len() < 5 || data[0] != 0 {
+        return Err(CallError::Transport(
+            "the response is not one uncompressed gRPC message".into(),
+        ));
+    }
+    HealthCheckResponse::decode(&data[5..])
+        .map_err(|e| CallError::Transport(format!("failed to decode the response: {e}")))
+}
+
+/// The gRPC status in `headers`: `None` when OK (or absent), else its code
+/// and (percent-decoded) message.
+fn grpc_status(headers: &hyper::HeaderMap) -> Option<CallError> {
+    let code: u32 = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if code == 0 {
+        return None;
+    }
+    let message = headers
+        .get("grpc-message")
+        .map(|m| percent_decode(m.as_bytes()))
+        .unwrap_or_default();
+    Some(CallError::Status(code, message))
+}
+
+/// `grpc-message` is percent-encoded (the gRPC HTTP/2 protocol).
+fn percent_decode(raw: &[u8]) -> String {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            raw[i],
+            raw.get(i + 1).copied().and_then(hex),
+            raw.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
             }
         }
     }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A whole-second duration as Go prints it (`1s`, `10s`).
@@ -199,13 +335,13 @@ mod tests {
                 probe(&mut conn, "127.0.0.1", port, None, t).await,
                 Outcome::Success("service healthy".into())
             );
-            assert!(conn.channel.is_some());
+            assert!(conn.sender.is_some());
         }
         let unhealthy = serve(Some(ServingStatus::NotServing)).await;
         assert!(matches!(
             probe(&mut conn, "127.0.0.1", unhealthy, None, t).await,
             Outcome::Failure(_)
         ));
-        assert!(conn.channel.is_none(), "a failure drops the connection");
+        assert!(conn.sender.is_none(), "a failure drops the connection");
     }
 }

@@ -4,17 +4,17 @@
 //! (a redirect to another host is not followed), anything else fails.
 //! Redirects to the same host are followed, at most 10, as Go's client does.
 //!
-//! Written on hyper's connection API rather than a full client: a probe opens
-//! one connection, sends one request and closes it (`Connection: close`, as
-//! upstream disables keep-alives), so pooling and DNS would only cost memory.
+//! A probe opens one connection, sends one request and closes it
+//! (`Connection: close`, as upstream disables keep-alives). The exchange is
+//! written here on `httparse` rather than with hyper's client: a request head
+//! built once per worker ([`Prepared`]), one write, reads into one buffer, no
+//! connection task and no shutdown; at hundreds of probes a second hyper's
+//! connection machinery was most of the prober's own CPU time.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper::{Request, Uri};
-use hyper_util::rt::TokioIo;
+use hyper::Uri;
 use k8s_openapi::api::core::v1::HTTPGetAction;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -49,32 +49,92 @@ pub fn headers(h: &HTTPGetAction) -> Vec<(String, String)> {
         .collect()
 }
 
+/// An httpGet action made ready to run again and again: its URL and the
+/// request's bytes are built once, and a worker keeps them while the pod IP
+/// and port stay the same (at a probe a second, building the request every
+/// time was a good part of the prober's cost).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pod_ip: String,
+    port: u16,
+    url: String,
+    headers: Vec<(String, String)>,
+    /// The parsed URL and the request head for it, or why there is none.
+    first: Result<(Uri, Vec<u8>), String>,
+}
+
+impl Prepared {
+    pub fn new(h: &HTTPGetAction, pod_ip: &str, port: u16) -> Self {
+        let url = url(h, pod_ip, port);
+        let headers = headers(h);
+        let first = url
+            .parse::<Uri>()
+            .map_err(|e| format!("invalid URL: {e}"))
+            .and_then(|uri| request_head(&uri, &headers).map(|head| (uri, head)));
+        Prepared {
+            pod_ip: pod_ip.to_string(),
+            port,
+            url,
+            headers,
+            first,
+        }
+    }
+
+    /// True when it was prepared for this pod IP and port.
+    pub fn is_for(&self, pod_ip: &str, port: u16) -> bool {
+        self.port == port && self.pod_ip == pod_ip
+    }
+
+    /// Run the probe once within `timeout`.
+    pub async fn run(&self, timeout: Duration) -> Outcome {
+        let url = &self.url;
+        let result = match &self.first {
+            Ok((uri, head)) => {
+                tokio::time::timeout(timeout, follow(uri.clone(), head, &self.headers)).await
+            }
+            Err(e) => Ok(Err(e.clone())),
+        };
+        match result {
+            Err(_) => Outcome::Failure(format!(
+                "Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
+            )),
+            Ok(Err(e)) => Outcome::Failure(format!("Get \"{url}\": {e}")),
+            Ok(Ok((status, body))) => match status {
+                200..=299 => Outcome::Success(body),
+                300..=399 => {
+                    Outcome::Warning(format!("Probe terminated redirects, Response body: {body}"))
+                }
+                code => Outcome::Failure(format!("HTTP probe failed with statuscode: {code}")),
+            },
+        }
+    }
+}
+
 /// Run the probe once within `timeout`.
 pub async fn probe(h: &HTTPGetAction, pod_ip: &str, port: u16, timeout: Duration) -> Outcome {
-    let url = url(h, pod_ip, port);
-    match tokio::time::timeout(timeout, get(&url, &headers(h))).await {
-        Err(_) => Outcome::Failure(format!(
-            "Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
-        )),
-        Ok(Err(e)) => Outcome::Failure(format!("Get \"{url}\": {e}")),
-        Ok(Ok((status, body))) => match status {
-            200..=299 => Outcome::Success(body),
-            300..=399 => {
-                Outcome::Warning(format!("Probe terminated redirects, Response body: {body}"))
-            }
-            code => Outcome::Failure(format!("HTTP probe failed with statuscode: {code}")),
-        },
-    }
+    Prepared::new(h, pod_ip, port).run(timeout).await
 }
 
 /// GET `url`, following same-host redirects. The final status and (at most
 /// 10 KiB of) body.
 pub async fn get(url: &str, headers: &[(String, String)]) -> Result<(u16, String), String> {
-    let mut uri: Uri = url.parse().map_err(|e| format!("invalid URL: {e}"))?;
+    let uri: Uri = url.parse().map_err(|e| format!("invalid URL: {e}"))?;
+    let head = request_head(&uri, headers)?;
+    follow(uri, &head, headers).await
+}
+
+/// GET `uri` with the request `head` already built for it, then follow
+/// same-host redirects.
+async fn follow(
+    mut uri: Uri,
+    head: &[u8],
+    headers: &[(String, String)],
+) -> Result<(u16, String), String> {
     let first_host = uri.host().unwrap_or_default().to_string();
     let mut redirects = 0;
+    let mut next_head: Option<Vec<u8>> = None;
     loop {
-        let (status, location, body) = get_once(&uri, headers).await?;
+        let (status, location, body) = get_once(&uri, next_head.as_deref().unwrap_or(head)).await?;
         let next = match location {
             Some(loc) if (300..400).contains(&status) => resolve(&uri, &loc)?,
             _ => return Ok((status, body)),
@@ -88,6 +148,7 @@ pub async fn get(url: &str, headers: &[(String, String)]) -> Result<(u16, String
         if redirects >= MAX_REDIRECTS {
             return Err(format!("stopped after {MAX_REDIRECTS} redirects"));
         }
+        next_head = Some(request_head(&next, headers)?);
         uri = next;
     }
 }
@@ -115,103 +176,213 @@ fn resolve(base: &Uri, location: &str) -> Result<Uri, String> {
         .map_err(|e| format!("failed to parse Location header {location:?}: {e}"))
 }
 
-/// One request on a new connection: status, `Location`, body.
-async fn get_once(
-    uri: &Uri,
-    headers: &[(String, String)],
-) -> Result<(u16, Option<String>, String), String> {
+/// The host and port `uri` is reached at (brackets off an IPv6 literal).
+fn host_port(uri: &Uri) -> (&str, u16) {
     let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
     let https = uri.scheme_str() == Some("https");
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    (host, uri.port_u16().unwrap_or(if https { 443 } else { 80 }))
+}
+
+/// The bytes of an HTTP/1.1 GET of `uri` with the probe's headers: Host,
+/// `User-Agent: kube-probe/…` and `Accept: */*` unless the probe sets them
+/// (an empty Accept removes it, upstream's rule), and `Connection: close`, as
+/// upstream disables keep-alives. A header name or value HTTP does not allow
+/// (a line break in a value would smuggle a header) is refused.
+fn request_head(uri: &Uri, headers: &[(String, String)]) -> Result<Vec<u8>, String> {
+    let (host, port) = host_port(uri);
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path = if path.is_empty() { "/" } else { path };
+    let mut head = Vec::with_capacity(160);
+    head.extend_from_slice(format!("GET {path} HTTP/1.1\r\n").as_bytes());
+    let mut line = |name: &str, value: &str| {
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    };
+    let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    if !has("host") {
+        line("Host", &join_host_port(host, port));
+    }
+    if !has("user-agent") {
+        line("User-Agent", USER_AGENT);
+    }
+    if !has("accept") {
+        line("Accept", "*/*");
+    }
+    line("Connection", "close");
+    for (name, value) in headers {
+        if value.is_empty() && name.eq_ignore_ascii_case("accept") {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("connection") {
+            continue;
+        }
+        hyper::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("invalid request: invalid header name {name:?}"))?;
+        hyper::header::HeaderValue::from_str(value)
+            .map_err(|_| format!("invalid request: invalid value for header {name:?}"))?;
+        line(name, value);
+    }
+    head.extend_from_slice(b"\r\n");
+    Ok(head)
+}
+
+/// One request on a new connection: status, `Location`, body.
+async fn get_once(uri: &Uri, head: &[u8]) -> Result<(u16, Option<String>, String), String> {
+    let (host, port) = host_port(uri);
     let addr = join_host_port(host, port);
     let tcp = tokio::net::TcpStream::connect(&addr)
         .await
         .map_err(|e| format!("dial tcp {addr}: {}", super::tcp::dial_error(&e)))?;
-    let _ = tcp.set_nodelay(true);
-
-    let mut req = Request::get(
-        uri.path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string(),
-    );
-    let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
-    // Host may be overridden by a header, as upstream allows.
-    if !has("host") {
-        req = req.header(hyper::header::HOST, join_host_port(host, port));
-    }
-    if !has("user-agent") {
-        req = req.header(hyper::header::USER_AGENT, USER_AGENT);
-    }
-    if !has("accept") {
-        req = req.header(hyper::header::ACCEPT, "*/*");
-    }
-    req = req.header(hyper::header::CONNECTION, "close");
-    for (name, value) in headers {
-        // An empty Accept removes the default (upstream's rule).
-        if value.is_empty() && name.eq_ignore_ascii_case("accept") {
-            continue;
-        }
-        req = req.header(name.as_str(), value.as_str());
-    }
-    let req = req
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("invalid request: {e}"))?;
-
-    if https {
+    if uri.scheme_str() == Some("https") {
         let name = rustls::pki_types::ServerName::try_from(host.to_string())
             .map_err(|e| format!("invalid server name {host:?}: {e}"))?;
         let tls = tokio_rustls::TlsConnector::from(tls_config())
             .connect(name, tcp)
             .await
             .map_err(|e| format!("tls: {e}"))?;
-        send(tls, req).await
+        exchange(tls, head).await
     } else {
-        send(tcp, req).await
+        exchange(tcp, head).await
     }
 }
 
-async fn send<S>(io: S, req: Request<Empty<Bytes>>) -> Result<(u16, Option<String>, String), String>
+/// The most a response head may take (Go's default `MaxResponseHeaderBytes`
+/// is 1 MiB; a probe has no use for more than this).
+const MAX_HEAD: usize = 64 * 1024;
+/// Headers a response may have.
+const MAX_HEADERS: usize = 100;
+
+/// Send `head`, read the response: status, `Location`, up to [`MAX_BODY`] of
+/// the body (decoded when chunked). The connection is dropped right after
+/// (closed, no shutdown: the server closes its side after a `Connection:
+/// close` response anyway).
+async fn exchange<S>(mut io: S, head: &[u8]) -> Result<(u16, Option<String>, String), String>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| e.to_string())?;
-    let conn = tokio::spawn(conn);
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string());
-    let result = match resp {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            let location = resp
-                .headers()
-                .get(hyper::header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let mut body = resp.into_body();
-            let mut data = Vec::new();
-            while data.len() < MAX_BODY {
-                match body.frame().await {
-                    Some(Ok(frame)) => {
-                        if let Some(chunk) = frame.data_ref() {
-                            data.extend_from_slice(chunk);
-                        }
-                    }
-                    Some(Err(e)) => return Err(e.to_string()),
-                    None => break,
-                }
-            }
-            data.truncate(MAX_BODY);
-            Ok((
-                status,
-                location,
-                String::from_utf8_lossy(&data).into_owned(),
-            ))
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    io.write_all(head).await.map_err(|e| e.to_string())?;
+    io.flush().await.map_err(|e| e.to_string())?;
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    let mut eof = false;
+    loop {
+        if eof {
+            return Err(if buf.is_empty() {
+                "EOF".into()
+            } else {
+                "unexpected EOF".into()
+            });
         }
-        Err(e) => Err(e),
-    };
-    conn.abort();
-    result
+        if buf.len() >= MAX_HEAD {
+            return Err(format!(
+                "net/http: server response headers exceeded {MAX_HEAD} bytes; aborted"
+            ));
+        }
+        eof = read_some(&mut io, &mut buf).await? == 0;
+        let mut parsed = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut parsed);
+        let len = match resp.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => continue,
+            Err(e) => return Err(format!("malformed HTTP response: {e}")),
+        };
+        let status = resp.code.unwrap_or_default();
+        if (100..200).contains(&status) && status != 101 {
+            // An interim response (100 Continue, 103 Early Hints): the real
+            // one follows.
+            buf.drain(..len);
+            eof = false;
+            continue;
+        }
+        let header = |name: &str| {
+            resp.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        };
+        let location = header("location");
+        let chunked = header("transfer-encoding")
+            .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
+        let length = header("content-length").and_then(|v| v.trim().parse::<usize>().ok());
+        let no_body = status == 204 || status == 304;
+        buf.drain(..len);
+        let body = if no_body {
+            Vec::new()
+        } else if chunked {
+            read_chunked(&mut io, buf, eof).await?
+        } else {
+            let want = length.unwrap_or(usize::MAX).min(MAX_BODY);
+            while buf.len() < want && !eof {
+                eof = read_some(&mut io, &mut buf).await? == 0;
+            }
+            buf.truncate(want);
+            buf
+        };
+        return Ok((
+            status,
+            location,
+            String::from_utf8_lossy(&body).into_owned(),
+        ));
+    }
+
+    async fn read_some<S: AsyncRead + Unpin>(
+        io: &mut S,
+        buf: &mut Vec<u8>,
+    ) -> Result<usize, String> {
+        buf.reserve(1024);
+        io.read_buf(buf).await.map_err(|e| e.to_string())
+    }
+
+    /// Decode a chunked body from what was read (`buf`) and the rest of `io`,
+    /// up to [`MAX_BODY`].
+    async fn read_chunked<S: AsyncRead + Unpin>(
+        io: &mut S,
+        mut buf: Vec<u8>,
+        mut eof: bool,
+    ) -> Result<Vec<u8>, String> {
+        let mut body = Vec::new();
+        loop {
+            // The chunk's size line.
+            let (skip, size) = loop {
+                match httparse::parse_chunk_size(&buf) {
+                    Ok(httparse::Status::Complete((skip, size))) => break (skip, size),
+                    Ok(httparse::Status::Partial) if !eof && buf.len() < MAX_HEAD => {
+                        eof = read_some(io, &mut buf).await? == 0;
+                    }
+                    Ok(httparse::Status::Partial) => return Err("unexpected EOF".into()),
+                    Err(_) => return Err("invalid byte in chunk length".into()),
+                }
+            };
+            buf.drain(..skip);
+            if size == 0 || body.len() >= MAX_BODY {
+                return Ok(body);
+            }
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
+            let take = size.min(MAX_BODY - body.len());
+            while buf.len() < take && !eof {
+                eof = read_some(io, &mut buf).await? == 0;
+            }
+            if buf.len() < take {
+                return Err("unexpected EOF".into());
+            }
+            body.extend_from_slice(&buf[..take]);
+            if take < size {
+                // Enough body: the rest is not needed.
+                return Ok(body);
+            }
+            buf.drain(..take);
+            // The chunk's closing CRLF.
+            while buf.len() < 2 && !eof {
+                eof = read_some(io, &mut buf).await? == 0;
+            }
+            if !buf.starts_with(b"\r\n") {
+                return Err("malformed chunked encoding".into());
+            }
+            buf.drain(..2);
+        }
+    }
 }
 
 /// TLS that accepts any certificate, as the kubelet's probes do
@@ -459,6 +630,129 @@ mod tests {
         assert_eq!(
             probe(&a, "127.0.0.1", port, T).await,
             Outcome::Success("secure".into())
+        );
+    }
+
+    /// A server that answers every connection with `response`, byte for byte.
+    async fn canned(response: &'static [u8]) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = tcp.read(&mut buf).await;
+                    // In pieces, as a slow server sends them.
+                    for piece in response.chunks(7) {
+                        let _ = tcp.write_all(piece).await;
+                        let _ = tcp.flush().await;
+                        tokio::task::yield_now().await;
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn chunked_interim_and_truncated_responses() {
+        let chunked = canned(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(
+            probe(&action("/"), "127.0.0.1", chunked, T).await,
+            Outcome::Success("hello, world".into())
+        );
+        // Content-Length bounds the body (what follows is not read).
+        let sized = canned(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA").await;
+        assert_eq!(
+            probe(&action("/"), "127.0.0.1", sized, T).await,
+            Outcome::Success("ok".into())
+        );
+        let empty = canned(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        assert_eq!(
+            probe(&action("/"), "127.0.0.1", empty, T).await,
+            Outcome::Success(String::new())
+        );
+        let until_eof = canned(b"HTTP/1.0 503 Service Unavailable\r\n\r\ndown").await;
+        assert_eq!(
+            probe(&action("/"), "127.0.0.1", until_eof, T).await,
+            Outcome::Failure("HTTP probe failed with statuscode: 503".into())
+        );
+        let closed = canned(b"").await;
+        assert_eq!(
+            probe(&action("/x"), "127.0.0.1", closed, T).await,
+            Outcome::Failure(format!("Get \"http://127.0.0.1:{closed}/x\": EOF"))
+        );
+        let cut = canned(b"HTTP/1.1 200 OK\r\nContent-Le").await;
+        assert_eq!(
+            probe(&action("/"), "127.0.0.1", cut, T).await,
+            Outcome::Failure(format!("Get \"http://127.0.0.1:{cut}/\": unexpected EOF"))
+        );
+        let garbage = canned(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
+        let Outcome::Failure(msg) = probe(&action("/"), "127.0.0.1", garbage, T).await else {
+            panic!("not HTTP fails");
+        };
+        assert!(msg.contains("malformed HTTP response"), "{msg}");
+        // A chunked body is cut at 10 KiB, as upstream reads no more.
+        static BIG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let big = BIG.get_or_init(|| {
+            let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            for _ in 0..20 {
+                r.extend_from_slice(b"400\r\n");
+                r.extend_from_slice(&[b'a'; 1024]);
+                r.extend_from_slice(b"\r\n");
+            }
+            r.extend_from_slice(b"0\r\n\r\n");
+            r
+        });
+        let big = canned(big).await;
+        let Outcome::Success(body) = probe(&action("/"), "127.0.0.1", big, T).await else {
+            panic!("a big body passes");
+        };
+        assert_eq!(body.len(), MAX_BODY);
+    }
+
+    #[tokio::test]
+    async fn a_header_value_with_a_line_break_is_refused_not_sent() {
+        let port = server().await;
+        let mut a = action("/echo");
+        a.http_headers = Some(vec![HTTPHeader {
+            name: "X-Probe".into(),
+            value: "yes\r\nX-Injected: 1".into(),
+        }]);
+        let Outcome::Failure(msg) = probe(&a, "127.0.0.1", port, T).await else {
+            panic!("an invalid header fails the probe");
+        };
+        assert!(
+            msg.contains("invalid value for header \"X-Probe\""),
+            "{msg}"
+        );
+        a.http_headers = Some(vec![HTTPHeader {
+            name: "Bad Name".into(),
+            value: "v".into(),
+        }]);
+        let Outcome::Failure(msg) = probe(&a, "127.0.0.1", port, T).await else {
+            panic!("an invalid header name fails the probe");
+        };
+        assert!(msg.contains("invalid header name"), "{msg}");
+    }
+
+    #[test]
+    fn the_request_head_is_built_once_per_address() {
+        let h = action("healthz?full=1");
+        let p = Prepared::new(&h, "10.88.0.5", 8080);
+        assert!(p.is_for("10.88.0.5", 8080));
+        assert!(!p.is_for("10.88.0.6", 8080));
+        assert!(!p.is_for("10.88.0.5", 8081));
+        let Ok((_, head)) = &p.first else {
+            panic!("a valid action prepares");
+        };
+        assert_eq!(
+            String::from_utf8_lossy(head),
+            "GET /healthz?full=1 HTTP/1.1\r\nHost: 10.88.0.5:8080\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n\r\n"
         );
     }
 }

@@ -25,6 +25,20 @@ use crate::pleg::ProbeView;
 /// Upstream retries a probe that errored (not one that failed) this often.
 const MAX_PROBE_RETRIES: usize = 3;
 
+/// The grid probe ticks fall on (see [`Worker::run`]); a period (whole
+/// seconds) is a multiple of it, so a worker stays on the grid.
+const TICK_SLOT: Duration = Duration::from_millis(50);
+
+/// The first instant on the [`TICK_SLOT`] grid from `origin` that is not
+/// before `at`.
+fn slot_at_or_after(origin: Instant, at: Instant) -> Instant {
+    let since = at.saturating_duration_since(origin).as_nanos();
+    let slot = TICK_SLOT.as_nanos();
+    let slots = since.div_ceil(slot);
+    let offset = u64::try_from(slots.saturating_mul(slot)).unwrap_or(u64::MAX);
+    origin + Duration::from_nanos(offset)
+}
+
 pub(crate) struct Worker {
     shared: Arc<Shared>,
     uid: Uid,
@@ -50,6 +64,8 @@ pub(crate) struct Worker {
     on_hold: bool,
     /// A grpc probe's connection, kept between probes (see [`super::grpc`]).
     grpc: super::grpc::Connection,
+    /// An httpGet probe's request, built once for the pod IP and port.
+    http: Option<super::http::Prepared>,
 }
 
 impl Worker {
@@ -87,29 +103,43 @@ impl Worker {
             run: 0,
             on_hold: false,
             grpc: super::grpc::Connection::default(),
+            http: None,
         }
     }
 
     pub(crate) async fn run(mut self) {
         // Right after an agent start every worker is new: spread their first
         // probes over a period (by a hash of the key, so no RNG is needed).
+        let mut first = Instant::now();
         if self.shared.started.elapsed() < self.timing.period {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             (&self.uid, &self.container.name, self.probe_type).hash(&mut h);
             let period_ms = self.timing.period.as_millis().max(1) as u64;
-            let jitter = Duration::from_millis(h.finish() % period_ms);
-            tokio::select! {
-                _ = self.cancel.cancelled() => return self.finish(),
-                _ = tokio::time::sleep(jitter) => {}
-            }
+            first += Duration::from_millis(h.finish() % period_ms);
         }
-        let mut ticker = tokio::time::interval(self.timing.period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Ticks fall on a grid of TICK_SLOT from the manager's start, so the
+        // probes of many workers due at about the same time run in one wake-up
+        // of the prober thread (and their connections complete in one poll)
+        // instead of one wake-up each: at hundreds of probes a second the
+        // wake-ups cost more than the probes' own work.
+        let mut ticker = tokio::time::interval_at(
+            slot_at_or_after(self.shared.started, first),
+            self.timing.period,
+        );
+        // As Go's ticker: a tick missed (a probe slower than its period) is
+        // dropped, and the grid is kept.
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Waiting on the cancellation and the kick is set up once, not at
+        // every tick (each wait registers with a lock held).
+        let cancelled = self.cancel.clone().cancelled_owned();
+        tokio::pin!(cancelled);
+        let mut kicked = Box::pin(self.kick.clone().notified_owned());
         loop {
             tokio::select! {
-                _ = self.cancel.cancelled() => break,
+                _ = &mut cancelled => break,
                 _ = ticker.tick() => {}
-                _ = self.kick.notified() => {
+                _ = &mut kicked => {
+                    kicked.set(self.kick.clone().notified_owned());
                     // Only a probe that has no result for the current container
                     // runs early (upstream kicks readiness probes not yet run).
                     if !self.awaits_first_result() {
@@ -197,13 +227,7 @@ impl Worker {
             }
             return true;
         }
-        let probes = self
-            .shared
-            .transient
-            .probes(&self.uid)
-            .get(&c.id)
-            .copied()
-            .unwrap_or_default();
+        let probes = self.shared.transient.probe(&self.uid, &c.id);
         let started =
             self.container.startup_probe.is_none() || probes.startup == Some(ProbeResult::Success);
         match self.probe_type {
@@ -299,36 +323,41 @@ impl Worker {
                 super::exec::command(&self.container, e.command.as_deref().unwrap_or_default());
             return super::exec::probe(&self.shared.client, &c.id, cmd, timeout).await;
         }
-        let pod_ip = if self.host_network {
-            self.shared.node_ip.clone()
+        let pod_ip: &str = if self.host_network {
+            &self.shared.node_ip
         } else {
-            c.pod_ip.clone()
+            &c.pod_ip
         };
         if let Some(h) = &self.probe.http_get {
-            return match super::resolve_port(&h.port, &self.container) {
-                Ok(port) => super::http::probe(h, &pod_ip, port, timeout).await,
-                Err(e) => Outcome::Error(e),
+            let port = match super::resolve_port(&h.port, &self.container) {
+                Ok(port) => port,
+                Err(e) => return Outcome::Error(e),
             };
+            let prepared = match &self.http {
+                Some(p) if p.is_for(pod_ip, port) => p,
+                _ => self
+                    .http
+                    .insert(super::http::Prepared::new(h, pod_ip, port)),
+            };
+            return prepared.run(timeout).await;
         }
         if let Some(t) = &self.probe.tcp_socket {
-            let host = t.host.clone().filter(|h| !h.is_empty()).unwrap_or(pod_ip);
+            let host = t
+                .host
+                .as_deref()
+                .filter(|h| !h.is_empty())
+                .unwrap_or(pod_ip);
             return match super::resolve_port(&t.port, &self.container) {
-                Ok(port) => super::tcp::probe(&host, port, timeout).await,
+                Ok(port) => super::tcp::probe(host, port, timeout).await,
                 Err(e) => Outcome::Error(e),
             };
         }
-        if let Some(g) = self.probe.grpc.clone() {
+        if let Some(g) = &self.probe.grpc {
             let Some(port) = u16::try_from(g.port).ok().filter(|p| *p > 0) else {
                 return Outcome::Error(format!("invalid port number: {}", g.port));
             };
-            return super::grpc::probe(
-                &mut self.grpc,
-                &pod_ip,
-                port,
-                g.service.as_deref(),
-                timeout,
-            )
-            .await;
+            return super::grpc::probe(&mut self.grpc, pod_ip, port, g.service.as_deref(), timeout)
+                .await;
         }
         Outcome::Error("missing probe handler".into())
     }

@@ -26,6 +26,9 @@
 //! in):
 //! - `agent`: the berth-agent process (and, apart, how much of it was in the
 //!   kernel: connecting, the loopback/veth path a probe's packets take);
+//! - `prober_thread`: of that, the agent's `berth-prober` thread, which runs
+//!   every probe and nothing else: the probes' cost without subtracting a
+//!   baseline (user and kernel, as above);
 //! - `runtime`: containerd and the pods' shims (with their runc children);
 //! - `pods`: the pods' cgroups (cpuacct / cpu.stat of the instance's cgroup
 //!   parent): the servers answering probes, the processes exec probes start;
@@ -55,6 +58,8 @@ use serde_json::{Value, json};
 /// USER_HZ: the unit of the times in `/proc/<pid>/stat` and `/proc/stat`; 100
 /// on every Linux architecture this runs on (the kernel's own HZ may differ).
 const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+/// The agent's thread that runs every probe (agent/src/prober).
+const PROBER_THREAD: &str = "berth-prober";
 /// How often readiness is checked while pods come up (GET /pods is large at 110 pods).
 const POLL_EVERY: Duration = Duration::from_secs(2);
 /// How long running pods get to become Ready before the window starts anyway.
@@ -187,19 +192,42 @@ struct ProcTimes {
 }
 
 fn proc_times(pid: i32) -> anyhow::Result<ProcTimes> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    stat_times(&format!("/proc/{pid}/stat"))
+}
+
+/// The same for one thread of a process.
+fn thread_times(pid: i32, tid: i32) -> anyhow::Result<ProcTimes> {
+    stat_times(&format!("/proc/{pid}/task/{tid}/stat"))
+}
+
+/// The thread of process `pid` named `name` (its `comm`), if there is one.
+fn thread_named(pid: i32, name: &str) -> anyhow::Result<Option<i32>> {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("listing /proc/{pid}/task"))?
+    {
+        let entry = entry?;
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            return Ok(entry.file_name().to_str().and_then(|t| t.parse().ok()));
+        }
+    }
+    Ok(None)
+}
+
+fn stat_times(path: &str) -> anyhow::Result<ProcTimes> {
+    let pid = path;
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     // The command name is in parentheses and may hold spaces: count fields after ')'.
     let rest = stat
         .rsplit_once(')')
         .map(|(_, r)| r)
-        .ok_or_else(|| anyhow!("/proc/{pid}/stat has no ')': {stat}"))?;
+        .ok_or_else(|| anyhow!("{pid} has no ')': {stat}"))?;
     // After ')': field 3 (state) is index 0, so field N is index N-3.
     let f: Vec<&str> = rest.split_whitespace().collect();
     let field = |n: usize| -> anyhow::Result<u64> {
         f.get(n - 3)
             .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow!("/proc/{pid}/stat: no field {n}: {stat}"))
+            .ok_or_else(|| anyhow!("{pid}: no field {n}: {stat}"))
     };
     Ok(ProcTimes {
         own: field(14)? + field(15)?,
@@ -275,15 +303,23 @@ fn runtime_pids(cd: &Containerd) -> anyhow::Result<Vec<i32>> {
 struct Snapshot {
     at: Instant,
     agent: ProcTimes,
+    /// The agent's prober thread, where every probe runs.
+    prober: Option<ProcTimes>,
     runtime: HashMap<i32, ProcTimes>,
     pods_ns: Option<u64>,
     host_ticks: u64,
 }
 
-fn snapshot(agent_pid: i32, runtime: &[i32], cgroup_parent: &str) -> anyhow::Result<Snapshot> {
+fn snapshot(
+    agent_pid: i32,
+    prober_tid: Option<i32>,
+    runtime: &[i32],
+    cgroup_parent: &str,
+) -> anyhow::Result<Snapshot> {
     Ok(Snapshot {
         at: Instant::now(),
         agent: proc_times(agent_pid)?,
+        prober: prober_tid.and_then(|tid| thread_times(agent_pid, tid).ok()),
         runtime: runtime
             .iter()
             .filter_map(|&pid| proc_times(pid).ok().map(|t| (pid, t)))
@@ -462,9 +498,11 @@ impl Bench<'_> {
             seconds = self.sample.as_secs(),
             "sampling"
         );
-        let a = snapshot(agent_pid, &runtime, &parent)?;
+        // Absent until the first probe worker starts (no_probes).
+        let prober_tid = thread_named(agent_pid, PROBER_THREAD)?;
+        let a = snapshot(agent_pid, prober_tid, &runtime, &parent)?;
         std::thread::sleep(self.sample);
-        let b = snapshot(agent_pid, &runtime, &parent)?;
+        let b = snapshot(agent_pid, prober_tid, &runtime, &parent)?;
         let probes_after = probe_totals(self.agent)?;
         let ready_at_end = count_ready(&self.agent.pods()?, &names);
         let secs = b.at.duration_since(a.at).as_secs_f64();
@@ -504,6 +542,14 @@ impl Bench<'_> {
             "window_seconds": round2(secs),
             "agent_cpu_percent_of_one_core": percent(agent_ticks, secs),
             "agent_cpu_system_percent_of_one_core": percent(b.agent.sys.saturating_sub(a.agent.sys), secs),
+            "prober_thread_cpu_percent_of_one_core": match (a.prober, b.prober) {
+                (Some(x), Some(y)) if x.start == y.start => json!(percent(y.own.saturating_sub(x.own), secs)),
+                _ => Value::Null,
+            },
+            "prober_thread_cpu_system_percent_of_one_core": match (a.prober, b.prober) {
+                (Some(x), Some(y)) if x.start == y.start => json!(percent(y.sys.saturating_sub(x.sys), secs)),
+                _ => Value::Null,
+            },
             "agent_rss_kib": rss_kib(agent_pid.unsigned_abs())?,
             "runtime_cpu_percent_of_one_core": percent(runtime_ticks, secs),
             "runtime_processes": runtime.len(),
