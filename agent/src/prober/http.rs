@@ -232,8 +232,9 @@ fn request_head(uri: &Uri, headers: &[(String, String)]) -> Result<Vec<u8>, Stri
 async fn get_once(uri: &Uri, head: &[u8]) -> Result<(u16, Option<String>, String), String> {
     let (host, port) = host_port(uri);
     let addr = join_host_port(host, port);
-    let tcp = tokio::net::TcpStream::connect(&addr)
+    let tcp = super::tcp::connect(&addr)
         .await
+        .and_then(tokio::net::TcpStream::from_std)
         .map_err(|e| format!("dial tcp {addr}: {}", super::tcp::dial_error(&e)))?;
     if uri.scheme_str() == Some("https") {
         let name = rustls::pki_types::ServerName::try_from(host.to_string())

@@ -1,7 +1,10 @@
 //! TCP probes: a connection that opens within the timeout passes (it is closed
-//! at once, as upstream's).
+//! at once, as upstream's). Also the probes' way to connect ([`connect`]).
 
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{Outcome, join_host_port};
 
@@ -9,11 +12,58 @@ use super::{Outcome, join_host_port};
 /// words them (`dial tcp 10.88.0.5:80: connect: connection refused`).
 pub async fn probe(host: &str, port: u16, timeout: Duration) -> Outcome {
     let addr = join_host_port(host, port);
-    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
+    match tokio::time::timeout(timeout, connect(&addr)).await {
         Ok(Ok(_stream)) => Outcome::Success(String::new()),
         Ok(Err(e)) => Outcome::Failure(format!("dial tcp {addr}: {}", dial_error(&e))),
         Err(_) => Outcome::Failure(format!("dial tcp {addr}: i/o timeout")),
     }
+}
+
+/// Connect to `addr` (`host:port`): a connected, non-blocking socket.
+///
+/// To a pod on this node the kernel runs the whole handshake inside
+/// `connect()` (the veth hands the SYN to the pod's stack in this thread, and
+/// the answer comes back the same way), so the socket is usually connected
+/// when `connect()` returns "in progress": it is checked before waiting on
+/// the event loop, which saves registering it, a wake-up and deregistering it
+/// (a tcpSocket probe then never touches the event loop).
+pub(crate) async fn connect(addr: &str) -> std::io::Result<std::net::TcpStream> {
+    let target: SocketAddr = match addr.parse() {
+        Ok(a) => a,
+        Err(_) => tokio::net::lookup_host(addr)
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such host"))?,
+    };
+    let socket = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    match socket.connect(&target.into()) {
+        Ok(()) => return Ok(socket.into()),
+        Err(e) if e.raw_os_error() == Some(libc_einprogress()) => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(e) = socket.take_error()? {
+        return Err(e);
+    }
+    if socket.peer_addr().is_ok() {
+        return Ok(socket.into());
+    }
+    // Still connecting (a remote host, a slow peer): wait on the event loop.
+    let stream = tokio::net::TcpStream::from_std(socket.into())?;
+    stream.writable().await?;
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    stream.peer_addr()?;
+    stream.into_std()
+}
+
+/// EINPROGRESS, the answer of a non-blocking `connect()` still under way.
+fn libc_einprogress() -> i32 {
+    nix::errno::Errno::EINPROGRESS as i32
 }
 
 /// An I/O error as Go's `net` package prints it.
@@ -44,6 +94,27 @@ mod tests {
             Outcome::Failure(format!(
                 "dial tcp 127.0.0.1:{port}: connect: connection refused"
             ))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_host_name_resolves_and_a_silent_peer_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(
+            probe("localhost", port, Duration::from_secs(1)).await,
+            Outcome::Success(String::new())
+        );
+        // TEST-NET-1: nothing answers, so connect() stays in progress and the
+        // probe waits on the event loop until its timeout (or, on a host with
+        // no route there, fails at once).
+        let Outcome::Failure(msg) = probe("192.0.2.1", 9, Duration::from_millis(300)).await else {
+            panic!("nothing answers at 192.0.2.1");
+        };
+        assert!(
+            msg == "dial tcp 192.0.2.1:9: i/o timeout"
+                || msg.starts_with("dial tcp 192.0.2.1:9: connect: "),
+            "{msg}"
         );
     }
 }
