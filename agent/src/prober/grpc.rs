@@ -89,26 +89,30 @@ enum CallError {
 
 async fn check(conn: &mut Connection, service: &str, timeout: Duration) -> Outcome {
     let addr = conn.addr.clone();
-    let sender = match conn.sender.take() {
+    let kept = conn.sender.take();
+    let reused = kept.is_some();
+    let sender = match kept {
         Some(s) => s,
-        None => match tokio::time::timeout(timeout, dial(&addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return Outcome::Failure(format!(
-                    "timeout: failed to connect service {addr:?} within {}: {e}",
-                    go_duration(timeout),
-                ));
-            }
-            Err(_) => {
-                return Outcome::Failure(format!(
-                    "timeout: failed to connect service {addr:?} within {}: context deadline exceeded",
-                    go_duration(timeout)
-                ));
-            }
+        None => match dial_within(&addr, timeout).await {
+            Ok(s) => s,
+            Err(failure) => return failure,
         },
     };
     conn.sender = Some(sender.clone());
-    let resp = match tokio::time::timeout(timeout, call(sender, &addr, service, timeout)).await {
+    let mut result = tokio::time::timeout(timeout, call(sender, &addr, service, timeout)).await;
+    if reused && matches!(result, Ok(Err(CallError::Transport(_)))) {
+        // The kept connection died (the server restarted, an idle timeout):
+        // upstream dials for every probe, so this is not the server's
+        // failure; try once on a new connection.
+        conn.sender = None;
+        let sender = match dial_within(&addr, timeout).await {
+            Ok(s) => s,
+            Err(failure) => return failure,
+        };
+        conn.sender = Some(sender.clone());
+        result = tokio::time::timeout(timeout, call(sender, &addr, service, timeout)).await;
+    }
+    let resp = match result {
         Err(_) | Ok(Err(CallError::Status(DEADLINE_EXCEEDED, _))) => {
             return Outcome::Failure(format!(
                 "timeout: health rpc did not complete within {}",
@@ -132,6 +136,24 @@ async fn check(conn: &mut Connection, service: &str, timeout: Duration) -> Outco
             .map(|s| s.as_str_name().to_string())
             .unwrap_or_else(|_| resp.status.to_string());
         Outcome::Failure(format!("service unhealthy (responded with {name:?})"))
+    }
+}
+
+/// Dial `addr` within `timeout`, or the probe's failure as upstream words it.
+async fn dial_within(
+    addr: &str,
+    timeout: Duration,
+) -> Result<h2::client::SendRequest<Bytes>, Outcome> {
+    match tokio::time::timeout(timeout, dial(addr)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(Outcome::Failure(format!(
+            "timeout: failed to connect service {addr:?} within {}: {e}",
+            go_duration(timeout),
+        ))),
+        Err(_) => Err(Outcome::Failure(format!(
+            "timeout: failed to connect service {addr:?} within {}: context deadline exceeded",
+            go_duration(timeout)
+        ))),
     }
 }
 
@@ -343,5 +365,47 @@ mod tests {
             Outcome::Failure(_)
         ));
         assert!(conn.sender.is_none(), "a failure drops the connection");
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_that_died_is_redialed_within_the_probe() {
+        let t = Duration::from_secs(1);
+        let start = |port: u16| async move {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let (reporter, service) = tonic_health::server::health_reporter();
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::Serving)
+                .await;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let router = tonic::transport::Server::builder().add_service(service);
+            let task = tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, async {
+                        let _ = stopped.await;
+                    })
+                    .await
+            });
+            (port, stop, task)
+        };
+        let (port, stop, first) = start(0).await;
+        let mut conn = Connection::default();
+        assert_eq!(
+            probe(&mut conn, "127.0.0.1", port, None, t).await,
+            Outcome::Success("service healthy".into())
+        );
+        // The server goes away (its connections closed) and comes back on
+        // the same port: the kept connection is dead.
+        let _ = stop.send(());
+        let _ = first.await;
+        let (_, _stop, _second) = start(port).await;
+        assert_eq!(
+            probe(&mut conn, "127.0.0.1", port, None, t).await,
+            Outcome::Success("service healthy".into()),
+            "a restarted server is not a failed probe"
+        );
     }
 }
