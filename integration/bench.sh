@@ -16,7 +16,9 @@
 # - berth-probe-bench: what probes cost the agent (and containerd): 110 pods
 #   (--quick: 20) without probes, with httpGet + tcpSocket + gRPC probes every
 #   second, and with one exec probe every second; agent CPU (% of one core)
-#   and RSS, containerd and shim CPU, the pods' cgroup CPU.
+#   and RSS, containerd and shim CPU, the pods' cgroup CPU; and the floor: the
+#   same tcpSocket/httpGet connections made by a minimal blocking client, its
+#   thread's CPU beside the agent's prober thread.
 #
 #   sudo integration/bench.sh [--iterations N] [--quick]
 # --quick: short scheduler, storage, API server and probe runs (what CI uses).

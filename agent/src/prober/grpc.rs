@@ -88,6 +88,10 @@ enum CallError {
 }
 
 async fn check(conn: &mut Connection, service: &str, timeout: Duration) -> Outcome {
+    // Upstream's probe dials within the timeout, then calls within the
+    // timeout: a probe may take twice the timeout, and a redial below does
+    // not stretch that.
+    let budget = tokio::time::Instant::now() + timeout.saturating_mul(2);
     let addr = conn.addr.clone();
     let kept = conn.sender.take();
     let reused = kept.is_some();
@@ -105,12 +109,18 @@ async fn check(conn: &mut Connection, service: &str, timeout: Duration) -> Outco
         // upstream dials for every probe, so this is not the server's
         // failure; try once on a new connection.
         conn.sender = None;
-        let sender = match dial_within(&addr, timeout).await {
+        let left = budget.saturating_duration_since(tokio::time::Instant::now());
+        let sender = match dial_within(&addr, timeout.min(left)).await {
             Ok(s) => s,
             Err(failure) => return failure,
         };
         conn.sender = Some(sender.clone());
-        result = tokio::time::timeout(timeout, call(sender, &addr, service, timeout)).await;
+        let left = budget.saturating_duration_since(tokio::time::Instant::now());
+        result = tokio::time::timeout(
+            timeout.min(left),
+            call(sender, &addr, service, timeout.min(left)),
+        )
+        .await;
     }
     let resp = match result {
         Err(_) | Ok(Err(CallError::Status(DEADLINE_EXCEEDED, _))) => {

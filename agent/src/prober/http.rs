@@ -90,7 +90,12 @@ impl Prepared {
         let url = &self.url;
         let result = match &self.first {
             Ok((uri, head)) => {
-                tokio::time::timeout(timeout, follow(uri.clone(), head, &self.headers)).await
+                let deadline = tokio::time::Instant::now() + timeout;
+                tokio::time::timeout(
+                    timeout,
+                    follow(uri.clone(), head, &self.headers, Some(deadline)),
+                )
+                .await
             }
             Err(e) => Ok(Err(e.clone())),
         };
@@ -120,21 +125,24 @@ pub async fn probe(h: &HTTPGetAction, pod_ip: &str, port: u16, timeout: Duration
 pub async fn get(url: &str, headers: &[(String, String)]) -> Result<(u16, String), String> {
     let uri: Uri = url.parse().map_err(|e| format!("invalid URL: {e}"))?;
     let head = request_head(&uri, headers)?;
-    follow(uri, &head, headers).await
+    follow(uri, &head, headers, None).await
 }
 
 /// GET `uri` with the request `head` already built for it, then follow
-/// same-host redirects.
+/// same-host redirects. `deadline`: when the caller's timeout runs out (a
+/// name with several addresses shares it among them).
 async fn follow(
     mut uri: Uri,
     head: &[u8],
     headers: &[(String, String)],
+    deadline: Option<tokio::time::Instant>,
 ) -> Result<(u16, String), String> {
     let first_host = uri.host().unwrap_or_default().to_string();
     let mut redirects = 0;
     let mut next_head: Option<Vec<u8>> = None;
     loop {
-        let (status, location, body) = get_once(&uri, next_head.as_deref().unwrap_or(head)).await?;
+        let (status, location, body) =
+            get_once(&uri, next_head.as_deref().unwrap_or(head), deadline).await?;
         let next = match location {
             Some(loc) if (300..400).contains(&status) => resolve(&uri, &loc)?,
             _ => return Ok((status, body)),
@@ -229,10 +237,14 @@ fn request_head(uri: &Uri, headers: &[(String, String)]) -> Result<Vec<u8>, Stri
 }
 
 /// One request on a new connection: status, `Location`, body.
-async fn get_once(uri: &Uri, head: &[u8]) -> Result<(u16, Option<String>, String), String> {
+async fn get_once(
+    uri: &Uri,
+    head: &[u8],
+    deadline: Option<tokio::time::Instant>,
+) -> Result<(u16, Option<String>, String), String> {
     let (host, port) = host_port(uri);
     let addr = join_host_port(host, port);
-    let tcp = super::tcp::connect(&addr)
+    let tcp = super::tcp::connect(&addr, deadline)
         .await
         .and_then(tokio::net::TcpStream::from_std)
         .map_err(|e| format!("dial tcp {addr}: {}", super::tcp::dial_error(&e)))?;
@@ -269,24 +281,28 @@ where
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut eof = false;
     loop {
-        if eof {
-            return Err(if buf.is_empty() {
-                "EOF".into()
-            } else {
-                "unexpected EOF".into()
-            });
-        }
-        if buf.len() >= MAX_HEAD {
-            return Err(format!(
-                "net/http: server response headers exceeded {MAX_HEAD} bytes; aborted"
-            ));
-        }
-        eof = read_some(&mut io, &mut buf).await? == 0;
+        // What is buffered is parsed before reading more: after an interim
+        // response the final one may already be here.
         let mut parsed = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut parsed);
         let len = match resp.parse(&buf) {
             Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => continue,
+            Ok(httparse::Status::Partial) => {
+                if eof {
+                    return Err(if buf.is_empty() {
+                        "EOF".into()
+                    } else {
+                        "unexpected EOF".into()
+                    });
+                }
+                if buf.len() >= MAX_HEAD {
+                    return Err(format!(
+                        "net/http: server response headers exceeded {MAX_HEAD} bytes; aborted"
+                    ));
+                }
+                eof = read_some(&mut io, &mut buf).await? == 0;
+                continue;
+            }
             Err(e) => return Err(format!("malformed HTTP response: {e}")),
         };
         let status = resp.code.unwrap_or_default();
@@ -294,7 +310,6 @@ where
             // An interim response (100 Continue, 103 Early Hints): the real
             // one follows.
             buf.drain(..len);
-            eof = false;
             continue;
         }
         let header = |name: &str| {
@@ -654,6 +669,33 @@ mod tests {
             }
         });
         port
+    }
+
+    /// An interim response and the final one in one write, on a connection
+    /// the server keeps open (it ignores `Connection: close`): the final
+    /// response is read from what is buffered, with no wait for more.
+    #[tokio::test]
+    async fn a_buffered_final_response_after_an_interim_one_needs_no_more_reads() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                held.push(tcp);
+            }
+        });
+        let started = std::time::Instant::now();
+        assert_eq!(
+            probe(&action("/"), "127.0.0.1", port, T).await,
+            Outcome::Success("ok".into())
+        );
+        assert!(started.elapsed() < T / 2, "{:?}", started.elapsed());
     }
 
     #[tokio::test]

@@ -36,7 +36,9 @@ fn slot_at_or_after(origin: Instant, at: Instant) -> Instant {
     let slot = TICK_SLOT.as_nanos();
     let slots = since.div_ceil(slot);
     let offset = u64::try_from(slots.saturating_mul(slot)).unwrap_or(u64::MAX);
-    origin + Duration::from_nanos(offset)
+    origin
+        .checked_add(Duration::from_nanos(offset))
+        .unwrap_or(at)
 }
 
 pub(crate) struct Worker {
@@ -364,5 +366,34 @@ impl Worker {
 
     fn pod_key(&self) -> String {
         format!("{}/{}", self.obj.namespace, self.obj.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_fall_on_the_grid_at_or_after_the_asked_instant() {
+        let origin = Instant::now();
+        let ms = |n: u64| Duration::from_millis(n);
+        // On the grid: that very instant.
+        assert_eq!(slot_at_or_after(origin, origin), origin);
+        assert_eq!(slot_at_or_after(origin, origin + ms(100)), origin + ms(100));
+        // Between two slots: the next one, never an earlier one.
+        assert_eq!(slot_at_or_after(origin, origin + ms(1)), origin + ms(50));
+        assert_eq!(slot_at_or_after(origin, origin + ms(149)), origin + ms(150));
+        assert_eq!(
+            slot_at_or_after(origin, origin + Duration::from_nanos(50_000_001)),
+            origin + ms(100)
+        );
+        // Before the origin (a clock read earlier): the origin itself.
+        let later = origin + ms(500);
+        assert_eq!(slot_at_or_after(later, origin), later);
+        // Far ahead: still on the grid, no overflow.
+        let far = origin + Duration::from_secs(10 * 365 * 24 * 3600) + ms(7);
+        let slot = slot_at_or_after(origin, far);
+        assert!(slot >= far && slot - far < TICK_SLOT);
+        assert_eq!((slot - origin).as_nanos() % TICK_SLOT.as_nanos(), 0);
     }
 }

@@ -37,11 +37,26 @@
 //! all as percent of one core, plus the agent's RSS and the probes the agent
 //! ran in the window (`/metrics/probes`), by result.
 //!
+//! The floor (`no_probes` only, after its window): what the same connections
+//! cost a minimal client, so the agent's figure can be read against what any
+//! prober pays on this machine. A thread of this bench, blocking sockets and
+//! nothing else, opens per pod and second one TCP connection to :9000 (closed
+//! at once, as a tcpSocket probe) and one HTTP/1.1 GET of :8080 with the
+//! probe's request head (read to the end, then closed, as an httpGet probe),
+//! woken on the same 50 ms grid as the agent's prober; its thread's CPU
+//! (user and kernel) is sampled over a window as long as the others. To a pod
+//! on this node most of that is the kernel's: the handshake, the FIN exchange
+//! and the pod's side of each packet run on the connecting thread (veth and
+//! bridge hand packets over without a queue). gRPC is not in the floor (its
+//! probes keep their connection; their kernel cost is two short writes).
+//!
 //! Usage: `berth-probe-bench [--pods N] [--sample-secs S] [--settle-secs S] [--quick]
-//! [--phases no_probes,http_tcp_grpc,exec]` (as root, after integration/setup.sh
+//! [--phases no_probes,http_tcp_grpc,exec] [--no-floor]` (as root, after integration/setup.sh
 //! and a workspace build; `--quick`: 20 pods, 10 s windows, what
 //! integration/test.sh's short bench run uses). `--phases` may also name
 //! `http`, `tcp` and `grpc`: one kind of probe per pod each, to tell their costs apart.
+//! The agent is `$BERTH_AGENT_BIN` if set (a release build, as
+//! systemd/install.sh installs), else the workspace's dev build.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -92,6 +107,9 @@ struct Args {
         default_value = "no_probes,http_tcp_grpc,exec"
     )]
     phases: Vec<Phase>,
+    /// Skip the raw client floor (sampled after `no_probes`'s window).
+    #[arg(long)]
+    no_floor: bool,
 }
 
 /// One run of the pods, with one set of probes.
@@ -409,6 +427,104 @@ struct Bench<'a> {
     sample: Duration,
     settle: Duration,
     timeout: Duration,
+    /// Whether `no_probes` also samples the raw client floor.
+    floor: bool,
+}
+
+/// The port of the pods' HTTP server (busybox httpd) and of their gRPC server
+/// (the tcpSocket probe's target).
+const HTTP_PORT: u16 = 8080;
+const TCP_PORT: u16 = 9000;
+/// The agent's prober wakes on a grid of this step (agent/src/prober/worker.rs).
+const FLOOR_TICK: Duration = Duration::from_millis(50);
+
+/// The floor: `ips` probed by a minimal blocking client (see the module
+/// docs), one TCP connect+close and one HTTP GET per pod per second for
+/// `window`, on a thread of its own whose CPU time is the figure.
+fn raw_floor(ips: &[std::net::Ipv4Addr], window: Duration) -> anyhow::Result<Value> {
+    let ips = ips.to_vec();
+    let handle = std::thread::Builder::new()
+        .name("raw-floor".into())
+        .spawn(move || -> anyhow::Result<Value> {
+            let tid = nix::unistd::gettid().as_raw();
+            let pid = std::process::id();
+            let stat = format!("/proc/{pid}/task/{tid}/stat");
+            let ticks_per_second = (1.0 / FLOOR_TICK.as_secs_f64()).round() as usize;
+            let (mut ok, mut failed) = (0u64, 0u64);
+            let mut first_error = None;
+            let a = stat_times(&stat)?;
+            let start = Instant::now();
+            let mut tick = 0usize;
+            while start.elapsed() < window {
+                // This tick's share of the pods (every pod once a second).
+                let slot = tick % ticks_per_second;
+                for ip in ips.iter().skip(slot).step_by(ticks_per_second) {
+                    for result in [raw_tcp(*ip), raw_http(*ip)] {
+                        match result {
+                            Ok(()) => ok += 1,
+                            Err(e) => {
+                                failed += 1;
+                                first_error.get_or_insert_with(|| format!("{ip}: {e}"));
+                            }
+                        }
+                    }
+                }
+                tick += 1;
+                let next = start + FLOOR_TICK * u32::try_from(tick).unwrap_or(u32::MAX);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            let b = stat_times(&stat)?;
+            let secs = start.elapsed().as_secs_f64();
+            Ok(json!({
+                "client": "one thread, blocking std::net sockets, no event loop",
+                "connections_per_second_configured": ips.len() * 2,
+                "connections_per_second_run": round2((ok + failed) as f64 / secs),
+                "succeeded": ok,
+                "failed": failed,
+                "first_error": first_error,
+                "window_seconds": round2(secs),
+                "thread_cpu_percent_of_one_core": percent(b.own.saturating_sub(a.own), secs),
+                "thread_cpu_system_percent_of_one_core": percent(b.sys.saturating_sub(a.sys), secs),
+            }))
+        })
+        .context("starting the raw client thread")?;
+    handle
+        .join()
+        .map_err(|_| anyhow!("the raw client thread panicked"))?
+}
+
+/// A tcpSocket probe's work: connect, close.
+fn raw_tcp(ip: std::net::Ipv4Addr) -> std::io::Result<()> {
+    let addr = std::net::SocketAddr::from((ip, TCP_PORT));
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map(drop)
+}
+
+/// An httpGet probe's work: connect, send the probe's request head, read the
+/// response to the end (`Connection: close`), close.
+fn raw_http(ip: std::net::Ipv4Addr) -> std::io::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let addr = std::net::SocketAddr::from((ip, HTTP_PORT));
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let head = format!(
+        "GET /index.html HTTP/1.1\r\nHost: {ip}:{HTTP_PORT}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes())?;
+    let mut buf = [0u8; 2048];
+    let mut http = None;
+    loop {
+        match stream.read(&mut buf)? {
+            0 => break,
+            n => {
+                http.get_or_insert_with(|| buf[..n].starts_with(b"HTTP/1."));
+            }
+        }
+    }
+    if http == Some(true) {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("not an HTTP response"))
+    }
 }
 
 impl Bench<'_> {
@@ -557,6 +673,30 @@ impl Bench<'_> {
             "pods_cgroup_cpu_percent_of_one_core": pods_percent,
             "host_cpu_percent_of_one_core": percent(b.host_ticks.saturating_sub(a.host_ticks), secs),
         });
+        let mut report = report;
+        if phase == Phase::NoProbes && self.floor {
+            let pods = self.agent.pods()?;
+            let ips: Vec<std::net::Ipv4Addr> = names
+                .iter()
+                .filter_map(|n| {
+                    let pod = pods.iter().find(|p| p["metadata"]["name"] == n.as_str())?;
+                    pod["status"]["podIP"].as_str()?.parse().ok()
+                })
+                .collect();
+            anyhow::ensure!(
+                ips.len() == names.len(),
+                "phase {}: only {} of {} pods have an IPv4 podIP",
+                phase.name(),
+                ips.len(),
+                names.len()
+            );
+            tracing::info!(
+                pods = ips.len(),
+                seconds = self.sample.as_secs(),
+                "sampling the raw client floor"
+            );
+            report["raw_client_floor"] = raw_floor(&ips, self.sample)?;
+        }
         tracing::info!(phase = phase.name(), report = %report, "sampled");
 
         tracing::info!(phase = phase.name(), "removing pods");
@@ -622,6 +762,7 @@ fn main() -> anyhow::Result<()> {
         sample: Duration::from_secs(sample_secs),
         settle: Duration::from_secs(args.settle_secs),
         timeout: Duration::from_secs(args.timeout_secs),
+        floor: !args.no_floor,
     };
     let started = Instant::now();
     let mut phases = serde_json::Map::new();
@@ -648,6 +789,7 @@ fn main() -> anyhow::Result<()> {
     let report = json!({
         "benchmark": "berth-agent probe cost",
         "build_profile": if cfg!(debug_assertions) { "dev" } else { "release" },
+        "agent_binary": berth_integration::agent_binary()?.display().to_string(),
         "runtime": "containerd (private instance)",
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "pods": pods,
@@ -666,6 +808,7 @@ fn main() -> anyhow::Result<()> {
         "agent_cpu_over_no_probes_percent_of_one_core": agent_over,
         "runtime_cpu_over_no_probes_percent_of_one_core": runtime_over,
         "target": "http_tcp_grpc: agent well under 5% of one core at 110 pods",
+        "floor": "no_probes.raw_client_floor: the tcpSocket and httpGet probes' 220 connections/s made by a minimal blocking client, its thread's CPU (most of it the kernel's)",
         "total_seconds": round2(started.elapsed().as_secs_f64()),
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
