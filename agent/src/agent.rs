@@ -230,6 +230,12 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         Some(c) => manager.with_api_client(c),
         None => manager,
     });
+    spawn_qos_cgroups(
+        manager.cgroups().clone(),
+        pod_config.clone(),
+        &config.cgroup_root,
+        cancel.clone(),
+    );
     let relist_poke = Arc::new(Notify::new());
     let workers = PodWorkers::new(
         manager,
@@ -355,4 +361,51 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     })
     .await;
     Ok(())
+}
+
+/// How often the QoS tiers' values follow the node's pods
+/// (`periodicQOSCgroupUpdateInterval`).
+const QOS_CGROUP_UPDATE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Make the cgroup root and QoS tiers, and keep the Burstable tier's CPU
+/// shares at the sum of its pods' requests (the kubelet's QoS container
+/// manager). A failure is logged once (a host without writable cgroups),
+/// then at debug level.
+fn spawn_qos_cgroups(
+    cgroups: crate::cgroups::PodCgroups,
+    pod_config: Arc<crate::source::PodConfig>,
+    cgroup_root: &str,
+    cancel: CancellationToken,
+) {
+    tracing::info!(
+        mode = %crate::cgroups::detect_mode(),
+        driver = crate::cgroups::Driver::Cgroupfs.as_str(),
+        cgroup_root,
+        "cgroups"
+    );
+    tokio::spawn(async move {
+        let mut warned = false;
+        loop {
+            let pods: Vec<Pod> = pod_config.pods().into_iter().map(|p| p.pod).collect();
+            let c = cgroups.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                c.ensure_qos_cgroups()?;
+                c.update_qos_cgroups(pods.iter())
+            })
+            .await;
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if !warned => {
+                    warned = true;
+                    tracing::warn!(error = %e, "setting the QoS cgroups failed");
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "setting the QoS cgroups failed"),
+                Err(e) => tracing::warn!(error = %e, "QoS cgroup task failed"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(QOS_CGROUP_UPDATE_INTERVAL) => {}
+            }
+        }
+    });
 }

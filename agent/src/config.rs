@@ -274,6 +274,9 @@ impl Config {
                 config.cgroup_root
             );
         }
+        if let Err(e) = crate::cgroups::CgroupName::from_cgroupfs(&config.cgroup_root) {
+            bail!("--cgroup-root: {:?}: {e}", config.cgroup_root);
+        }
         if config.relist_period.is_zero() || config.sync_frequency.is_zero() {
             bail!("--relist-period and --sync-frequency must be greater than zero");
         }

@@ -40,7 +40,14 @@ impl Env {
             },
             Arc::new(Metrics::new()),
         )
-        .with_events(events);
+        .with_events(events)
+        .with_cgroups(
+            berth_agent::cgroups::PodCgroups::new(
+                std::sync::Arc::new(berth_agent::cgroups::RecordingManager::default()),
+                "/berth-test-kubepods",
+            )
+            .expect("a valid cgroup root"),
+        );
         (m, rx)
     }
 

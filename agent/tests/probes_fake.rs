@@ -62,7 +62,14 @@ impl Node {
             },
             metrics.clone(),
         )
-        .with_events(recorder.clone());
+        .with_events(recorder.clone())
+        .with_cgroups(
+            berth_agent::cgroups::PodCgroups::new(
+                std::sync::Arc::new(berth_agent::cgroups::RecordingManager::default()),
+                "/berth-test-kubepods",
+            )
+            .expect("a valid cgroup root"),
+        );
         let (trigger_tx, mut trigger_rx) = tokio::sync::mpsc::unbounded_channel();
         let config = PodConfig::new(trigger_tx.clone());
         let cache = RuntimeCache::new();

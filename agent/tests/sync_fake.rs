@@ -48,6 +48,14 @@ impl Env {
             },
             Arc::new(Metrics::new()),
         )
+        // Pod cgroups in memory: these tests run the agent's logic, not the host's cgroups.
+        .with_cgroups(
+            berth_agent::cgroups::PodCgroups::new(
+                std::sync::Arc::new(berth_agent::cgroups::RecordingManager::default()),
+                "/berth-test-kubepods",
+            )
+            .expect("a valid cgroup root"),
+        )
     }
 
     fn pod(&self, file: &str, yaml: &str) -> SourcedPod {

@@ -260,6 +260,86 @@ pub fn pod_requests(spec: &PodSpec) -> Result<PodRequests, QuantityError> {
     })
 }
 
+/// A pod's limits (`resourcehelper.PodLimits`): `max(Σ app containers +
+/// sidecars, each init container + the sidecars started before it)`, plus
+/// `spec.overhead` on the limits that are set (a limit left unset stays
+/// unlimited). Also whether every container declares a CPU and a memory limit
+/// (the `ContainerFn` the kubelet's `ResourceConfigForPod` passes): init
+/// containers are judged by their effective limits (their own plus the
+/// sidecars' before them), as upstream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodLimits {
+    /// The pod's limits (zero: not limited).
+    pub limits: Resources,
+    /// Every container has a non-zero CPU limit.
+    pub cpu_limits_declared: bool,
+    /// Every container has a non-zero memory limit.
+    pub memory_limits_declared: bool,
+}
+
+fn container_limits(c: &Container) -> Result<Resources, QuantityError> {
+    match c.resources.as_ref().and_then(|r| r.limits.as_ref()) {
+        Some(list) => Resources::from_list(list),
+        None => Ok(Resources::default()),
+    }
+}
+
+/// See [`PodLimits`].
+pub fn pod_limits(spec: &PodSpec) -> Result<PodLimits, QuantityError> {
+    let mut cpu_declared = true;
+    let mut memory_declared = true;
+    let mut judge = |r: &Resources| {
+        cpu_declared &= r.milli_cpu != 0;
+        memory_declared &= r.memory != 0;
+    };
+    let mut sum = Resources::default();
+    for c in &spec.containers {
+        let r = container_limits(c)?;
+        judge(&r);
+        sum.add(&r);
+    }
+    let mut sidecars = Resources::default();
+    let mut init_max = Resources::default();
+    for c in spec.init_containers.iter().flatten() {
+        let r = container_limits(c)?;
+        let effective = if c.restart_policy.as_deref() == Some("Always") {
+            sum.add(&r);
+            sidecars.add(&r);
+            sidecars.clone()
+        } else {
+            let mut t = r;
+            t.add(&sidecars);
+            t
+        };
+        judge(&effective);
+        init_max.max_with(&effective);
+    }
+    sum.max_with(&init_max);
+    if let Some(overhead) = &spec.overhead {
+        let o = Resources::from_list(overhead)?;
+        if sum.milli_cpu != 0 {
+            sum.milli_cpu = sum.milli_cpu.saturating_add(o.milli_cpu);
+        }
+        if sum.memory != 0 {
+            sum.memory = sum.memory.saturating_add(o.memory);
+        }
+        if sum.ephemeral_storage != 0 {
+            sum.ephemeral_storage = sum.ephemeral_storage.saturating_add(o.ephemeral_storage);
+        }
+        for (name, amount) in &o.scalar {
+            if sum.scalar(name) != 0 {
+                sum.add_scalar(name, *amount);
+            }
+        }
+    }
+    sum.pods = 0;
+    Ok(PodLimits {
+        limits: sum,
+        cpu_limits_declared: cpu_declared,
+        memory_limits_declared: memory_declared,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,5 +376,73 @@ mod tests {
             err.to_string()
                 .starts_with("quantity \"1Xi\": quantities must match")
         );
+    }
+
+    fn container(name: &str, limits: &[(&str, &str)]) -> Container {
+        use k8s_openapi::api::core::v1::ResourceRequirements;
+        Container {
+            name: name.into(),
+            resources: Some(ResourceRequirements {
+                limits: (!limits.is_empty())
+                    .then(|| limits.iter().map(|(k, v)| (k.to_string(), q(v))).collect()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pod_limits_sum_containers_take_the_init_maximum_and_judge_declared() {
+        let mut spec = PodSpec {
+            containers: vec![
+                container("a", &[("cpu", "500m"), ("memory", "100Mi")]),
+                container("b", &[("cpu", "250m"), ("memory", "50Mi")]),
+            ],
+            ..Default::default()
+        };
+        let l = pod_limits(&spec).unwrap();
+        assert_eq!(l.limits.milli_cpu, 750);
+        assert_eq!(l.limits.memory, 150 << 20);
+        assert!(l.cpu_limits_declared && l.memory_limits_declared);
+
+        // A bigger init container raises the pod's limit; a sidecar adds to
+        // the app containers and to each init container after it.
+        let mut sidecar = container("side", &[("cpu", "100m"), ("memory", "10Mi")]);
+        sidecar.restart_policy = Some("Always".into());
+        spec.init_containers = Some(vec![
+            sidecar,
+            container("init", &[("cpu", "2"), ("memory", "10Mi")]),
+        ]);
+        let l = pod_limits(&spec).unwrap();
+        assert_eq!(l.limits.milli_cpu, 2100, "init 2 + sidecar 100m");
+        assert_eq!(l.limits.memory, 160 << 20, "apps 150Mi + sidecar 10Mi");
+        assert!(l.cpu_limits_declared && l.memory_limits_declared);
+
+        // An init container without a memory limit after a sidecar with one
+        // is judged by its effective limits: still declared (upstream).
+        spec.init_containers.as_mut().unwrap()[1] = container("init", &[("cpu", "1")]);
+        let l = pod_limits(&spec).unwrap();
+        assert!(l.memory_limits_declared);
+        // An app container without a CPU limit: not declared.
+        spec.containers.push(container("c", &[("memory", "1Mi")]));
+        let l = pod_limits(&spec).unwrap();
+        assert!(!l.cpu_limits_declared && l.memory_limits_declared);
+
+        // Overhead only on limits that are set.
+        let spec = PodSpec {
+            containers: vec![container("a", &[("memory", "100Mi")])],
+            overhead: Some(
+                [
+                    ("cpu".to_string(), q("250m")),
+                    ("memory".to_string(), q("10Mi")),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        let l = pod_limits(&spec).unwrap();
+        assert_eq!(l.limits.milli_cpu, 0, "no CPU limit stays unlimited");
+        assert_eq!(l.limits.memory, 110 << 20);
+        assert!(!l.cpu_limits_declared);
     }
 }

@@ -35,18 +35,7 @@ const DEFAULT_READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-/// Smallest CPU shares the kernel takes (the kubelet's `MinShares`).
-const MIN_SHARES: i64 = 2;
-/// Largest CPU shares the kernel takes (the kubelet's `MaxShares`).
-const MAX_SHARES: i64 = 262_144;
-/// CFS period the kubelet uses (100 ms).
-const QUOTA_PERIOD: i64 = 100_000;
-/// Smallest CFS quota the kubelet sets.
-const MIN_QUOTA: i64 = 1_000;
-/// Largest CFS quota the kernel accepts (`MAX_BW`, 2^44 - 1 µs): a larger limit
-/// (`cpu: 1T`) would make the runtime's cgroup write fail with EINVAL, so it is
-/// clamped here, which for any real host means "no limit".
-const MAX_QUOTA: i64 = (1 << 44) - 1;
+use crate::cgroups::resources::{QUOTA_PERIOD, milli_cpu_to_quota, milli_cpu_to_shares};
 
 /// A stable hash of a container's spec (the `io.kubernetes.container.hash`
 /// annotation). A changed hash means the running container no longer matches
@@ -214,13 +203,18 @@ impl RuntimeManager {
         let mem_request = mem(quantity(&resources.requests, "memory"));
         let mem_limit = mem(quantity(&resources.limits, "memory"));
 
-        let cpu_shares = if cpu_request == 0 && cpu_limit > 0 {
+        let shares = if cpu_request == 0 && cpu_limit > 0 {
             milli_cpu_to_shares(cpu_limit)
         } else {
             milli_cpu_to_shares(cpu_request)
         };
+        // At most MaxShares (262144): fits.
+        let cpu_shares = i64::try_from(shares).unwrap_or(i64::MAX);
         let (cpu_period, cpu_quota) = if cpu_limit > 0 {
-            (QUOTA_PERIOD, milli_cpu_to_quota(cpu_limit))
+            (
+                i64::try_from(QUOTA_PERIOD).unwrap_or(i64::MAX),
+                milli_cpu_to_quota(cpu_limit, QUOTA_PERIOD),
+            )
         } else {
             (0, 0)
         };
@@ -476,27 +470,14 @@ pub fn supplemental_groups(psc: &k8s_openapi::api::core::v1::PodSecurityContext)
         .collect()
 }
 
-/// The kubelet's `MilliCPUToShares`, clamped to `[MinShares, MaxShares]`.
-pub fn milli_cpu_to_shares(milli: i64) -> i64 {
-    let shares = i128::from(milli) * 1024 / 1000;
-    i64::try_from(shares.clamp(i128::from(MIN_SHARES), i128::from(MAX_SHARES)))
-        .unwrap_or(MIN_SHARES)
-}
-
-/// The kubelet's `MilliCPUToQuota` for the 100 ms period, at least `MIN_QUOTA`
-/// and at most what the kernel accepts.
-pub fn milli_cpu_to_quota(milli: i64) -> i64 {
-    let quota = i128::from(milli) * i128::from(QUOTA_PERIOD) / 1000;
-    i64::try_from(quota.clamp(i128::from(MIN_QUOTA), i128::from(MAX_QUOTA))).unwrap_or(MIN_QUOTA)
-}
-
 /// A Burstable container's `oom_score_adj` (the kubelet's `GetContainerOOMScoreAdjust`):
-/// `1000 - 1000 × request / capacity`, kept within `[2, 999]`. Computed in 128 bits:
-/// a request of `7Ei` must not wrap.
+/// `1000 - 1000 × request / capacity`, kept within `[3, 999]`: above a
+/// Guaranteed container's (`1000 + -997`), below a BestEffort one's.
+/// Computed in 128 bits: a request of `7Ei` must not wrap.
 pub fn burstable_oom_score_adj(memory_request: i64, memory_capacity: i64) -> i64 {
     let capacity = i128::from(memory_capacity.max(1));
     let adj = 1000 - 1000 * i128::from(memory_request.max(0)) / capacity;
-    i64::try_from(adj.clamp(2, 999)).unwrap_or(999)
+    i64::try_from(adj.clamp(3, 999)).unwrap_or(999)
 }
 
 pub use crate::util::expand;
@@ -526,15 +507,6 @@ mod tests {
         assert_eq!(expand("ünï$(A)cødé", &e), "ünï1cødé");
     }
 
-    #[test]
-    fn shares_like_the_kubelet() {
-        assert_eq!(milli_cpu_to_shares(0), 2);
-        assert_eq!(milli_cpu_to_shares(1), 2);
-        assert_eq!(milli_cpu_to_shares(100), 102);
-        assert_eq!(milli_cpu_to_shares(1000), 1024);
-        assert_eq!(milli_cpu_to_shares(-5), 2);
-    }
-
     /// Regression (issue 7): `limits: {cpu: 1T}` and `requests: {memory: 7Ei}`
     /// multiplied unchecked, panicking the pod's worker in a debug build and
     /// wrapping into a garbage quota or `oom_score_adj` in a release build.
@@ -542,18 +514,15 @@ mod tests {
     fn huge_quantities_clamp_instead_of_overflowing() {
         let one_t = berth_api::quantity::cpu_millis(&Quantity("1T".into())).expect("1T");
         assert_eq!(one_t, 1_000_000_000_000_000);
-        assert_eq!(milli_cpu_to_shares(one_t), MAX_SHARES);
-        assert_eq!(milli_cpu_to_quota(one_t), MAX_QUOTA);
-        assert_eq!(milli_cpu_to_quota(i64::MAX), MAX_QUOTA);
-        assert_eq!(milli_cpu_to_shares(i64::MAX), MAX_SHARES);
-        assert_eq!(milli_cpu_to_quota(1), MIN_QUOTA);
-        assert_eq!(milli_cpu_to_quota(1500), 150_000);
+        assert_eq!(milli_cpu_to_shares(one_t), 262_144);
+        assert_eq!(milli_cpu_to_quota(one_t, QUOTA_PERIOD), (1 << 44) - 1);
         let seven_ei = berth_api::quantity::int_value(&Quantity("7Ei".into())).expect("7Ei");
-        assert_eq!(burstable_oom_score_adj(seven_ei, 8 << 30), 2);
-        assert_eq!(burstable_oom_score_adj(i64::MAX, i64::MAX), 2);
+        // Burstable within [3, 999], as upstream's policy.go.
+        assert_eq!(burstable_oom_score_adj(seven_ei, 8 << 30), 3);
+        assert_eq!(burstable_oom_score_adj(i64::MAX, i64::MAX), 3);
         assert_eq!(burstable_oom_score_adj(0, 8 << 30), 999);
         assert_eq!(burstable_oom_score_adj(1 << 30, 4 << 30), 750);
-        assert_eq!(burstable_oom_score_adj(1, 0), 2);
+        assert_eq!(burstable_oom_score_adj(1, 0), 3);
     }
 
     #[test]

@@ -55,11 +55,14 @@ pub struct RuntimeManager {
     pub(crate) runtime_classes: runtimeclass::RuntimeClasses,
     /// Whether the host enforces AppArmor (read once, at start).
     pub(crate) apparmor_enabled: bool,
+    /// Pod and QoS cgroups (see [`with_cgroups`](Self::with_cgroups)).
+    pub(crate) cgroups: crate::cgroups::PodCgroups,
 }
 
 impl RuntimeManager {
     /// A manager over `client` with the kubelet's back-off settings.
     pub fn new(client: RuntimeClient, settings: Settings, metrics: Arc<Metrics>) -> Self {
+        let settings_root = settings.cgroup_root.clone();
         let objects = Arc::new(crate::objects::ObjectStore::new());
         let volumes = berth_plugins::VolumeManager::with_api_objects(
             settings.root_dir.clone(),
@@ -78,6 +81,7 @@ impl RuntimeManager {
             live: Arc::default(),
             runtime_classes: runtimeclass::RuntimeClasses::default(),
             apparmor_enabled: security::host_apparmor_enabled(),
+            cgroups: default_cgroups(&settings_root),
         }
     }
 
@@ -98,6 +102,18 @@ impl RuntimeManager {
         self.runtime_classes.set_client(client.clone());
         self.objects.set_client(client);
         self
+    }
+
+    /// Pod cgroups made and removed through `cgroups` (a recording fake in
+    /// tests; by default the cgroupfs driver on this host's hierarchies).
+    pub fn with_cgroups(mut self, cgroups: crate::cgroups::PodCgroups) -> Self {
+        self.cgroups = cgroups;
+        self
+    }
+
+    /// The pod and QoS cgroups.
+    pub fn cgroups(&self) -> &crate::cgroups::PodCgroups {
+        &self.cgroups
     }
 
     /// The node's own RuntimeClasses (name → CRI runtime handler).
@@ -133,6 +149,18 @@ impl RuntimeManager {
     }
 }
 
+/// The cgroupfs driver on this host's hierarchies, under `root` (validated
+/// with the configuration; an invalid root falls back to `/kubepods`).
+fn default_cgroups(root: &str) -> crate::cgroups::PodCgroups {
+    let manager: Arc<dyn crate::cgroups::CgroupManager> =
+        Arc::new(crate::cgroups::FsManager::new(crate::cgroups::detect_mode()));
+    crate::cgroups::PodCgroups::new(manager.clone(), root).unwrap_or_else(|e| {
+        tracing::error!(cgroup_root = root, error = %e, "invalid cgroup root; using /kubepods");
+        crate::cgroups::PodCgroups::new(manager, "/kubepods")
+            .expect("/kubepods is a valid cgroup name")
+    })
+}
+
 /// Errors of one pod sync.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -153,6 +181,13 @@ pub enum SyncError {
     /// The pod's RuntimeClass has no handler here (the message is the API's).
     #[error("{message}")]
     RuntimeClass { message: String },
+    /// The pod's cgroup could not be made (the kubelet's
+    /// `FailedToCreatePodContainer`).
+    #[error("unable to ensure pod container exists: {source}")]
+    PodCgroup {
+        #[source]
+        source: crate::cgroups::CgroupError,
+    },
     /// A filesystem operation on the pod's directories failed.
     #[error("{op} {path}: {source}")]
     Io {

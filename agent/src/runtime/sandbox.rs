@@ -118,17 +118,13 @@ impl RuntimeManager {
         }
     }
 
-    /// The pod's cgroup (cgroupfs driver), as the kubelet lays it out:
-    /// `<root>/pod<uid>` for Guaranteed, `<root>/burstable/pod<uid>`,
-    /// `<root>/besteffort/pod<uid>`.
+    /// The pod's cgroup as the runtime is given it, as the kubelet lays it
+    /// out: `<root>/pod<uid>` for Guaranteed, `<root>/burstable/pod<uid>`,
+    /// `<root>/besteffort/pod<uid>` (cgroupfs spelling; slices with the
+    /// systemd driver). A pod whose cgroup cannot be named never gets this
+    /// far: its sandbox is refused when the cgroup is made.
     pub fn pod_cgroup_parent(&self, pod: &Pod) -> String {
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let root = self.settings.cgroup_root.trim_end_matches('/');
-        match berth_api::qos::pod_qos_class(pod) {
-            berth_api::qos::GUARANTEED => format!("{root}/pod{uid}"),
-            berth_api::qos::BURSTABLE => format!("{root}/burstable/pod{uid}"),
-            _ => format!("{root}/besteffort/pod{uid}"),
-        }
+        self.cgroups.cgroup_parent(pod).unwrap_or_default()
     }
 }
 

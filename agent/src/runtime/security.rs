@@ -311,6 +311,13 @@ mod tests {
             },
             Arc::new(crate::metrics::Metrics::new()),
         )
+        .with_cgroups(
+            crate::cgroups::PodCgroups::new(
+                Arc::new(crate::cgroups::RecordingManager::default()),
+                "/berth-test-kubepods",
+            )
+            .expect("a valid cgroup root"),
+        )
         .with_apparmor_enabled(apparmor)
     }
 

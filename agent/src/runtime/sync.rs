@@ -395,6 +395,16 @@ impl RuntimeManager {
             .latest_sandbox()
             .map(|s| s.attempt + 1)
             .unwrap_or(0);
+        // The pod's cgroup with its values, before the runtime puts the
+        // sandbox in it (the kubelet's EnsureExists, after UpdateQOSCgroups).
+        let cgroups = self.cgroups.clone();
+        let owned = pod.clone();
+        tokio::task::spawn_blocking(move || cgroups.ensure_pod(&owned))
+            .await
+            .map_err(|e| SyncError::PodCgroup {
+                source: crate::cgroups::CgroupError::Unsupported(format!("cgroup task: {e}")),
+            })?
+            .map_err(|source| SyncError::PodCgroup { source })?;
         let config = self.sandbox_config(pod, attempt);
         let log_dir = std::path::PathBuf::from(&config.log_directory);
         std::fs::create_dir_all(&log_dir).map_err(|source| SyncError::Io {
@@ -1187,8 +1197,58 @@ impl RuntimeManager {
                 op: "tear down volumes".into(),
                 source,
             })?;
-        crate::cgroups::remove_pod_cgroups(&self.settings.cgroup_root, &observed.uid);
+        self.remove_pod_cgroup(&observed.uid);
         Ok(SyncOutcome::Gone)
+    }
+
+    /// Remove the pod's cgroup. The runtime may still be letting go of it
+    /// (EBUSY while its last process exits): then it is tried again in the
+    /// background with back-off, quietly, and one warning only if it never
+    /// lets go; a pod that comes back meanwhile keeps its cgroup.
+    fn remove_pod_cgroup(&self, uid: &str) {
+        let cgroups = self.cgroups.clone();
+        let uid = uid.to_string();
+        tokio::spawn(async move {
+            const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
+            let started = tokio::time::Instant::now();
+            let mut wait = Duration::from_millis(200);
+            let mut first = true;
+            loop {
+                let (c, u) = (cgroups.clone(), uid.clone());
+                let attempt = tokio::task::spawn_blocking(move || {
+                    if first {
+                        Some(c.destroy_pod(&u))
+                    } else {
+                        c.retry_destroy_pod(&u)
+                    }
+                })
+                .await;
+                first = false;
+                match attempt {
+                    Ok(None) => return,
+                    Ok(Some(Ok(()))) => {
+                        tracing::debug!(pod_uid = %uid, "removed pod cgroup");
+                        return;
+                    }
+                    Ok(Some(Err(crate::cgroups::CgroupError::Busy { cgroup })))
+                        if started.elapsed() < GIVE_UP_AFTER =>
+                    {
+                        tracing::debug!(pod_uid = %uid, cgroup, retry_in = ?wait, "pod cgroup still busy");
+                    }
+                    Ok(Some(Err(e))) => {
+                        tracing::warn!(pod_uid = %uid, error = %e, "removing pod cgroup failed");
+                        cgroups.forget_pod(&uid);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod_uid = %uid, error = %e, "removing pod cgroup failed");
+                        return;
+                    }
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+        });
     }
 
     /// The mounts of a container: its volumeMounts, /etc/hosts and the

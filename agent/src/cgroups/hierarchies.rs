@@ -1,12 +1,49 @@
-//! Pod cgroups (cgroupfs driver). The runtime creates a container's cgroup
-//! under the pod's cgroup parent and removes it with the container; the pod's
-//! own cgroup directory is left behind, and removed here once the pod is gone.
-//! (Full cgroup management — QoS tiers, pod-level limits — is its own piece of work.)
+//! The host's cgroup hierarchies: which mode it runs (v1, hybrid, v2) and
+//! every mounted hierarchy, for removing what the runtime left of a pod's
+//! cgroup in all of them (including a hybrid host's `unified` mount, which
+//! `cgroups-rs` does not see but runc writes to).
 
 use std::path::{Path, PathBuf};
 
+/// How the host mounts cgroups (upstream's `CgroupSetup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// cgroup v1 only.
+    Legacy,
+    /// cgroup v1 controllers, and a cgroup2 mount at `/sys/fs/cgroup/unified`.
+    Hybrid,
+    /// cgroup v2 only (`/sys/fs/cgroup` is cgroup2).
+    Unified,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Legacy => "cgroup v1",
+            Mode::Hybrid => "cgroup v1 (hybrid: v2 mounted at /sys/fs/cgroup/unified)",
+            Mode::Unified => "cgroup v2",
+        })
+    }
+}
+
+/// The host's cgroup mode, from the file system types of `/sys/fs/cgroup`
+/// and `/sys/fs/cgroup/unified` (as runc's `IsCgroup2UnifiedMode`).
+pub fn detect_mode() -> Mode {
+    let cgroup2 = |path: &str| {
+        nix::sys::statfs::statfs(path)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+    };
+    if cgroup2("/sys/fs/cgroup") {
+        Mode::Unified
+    } else if cgroup2("/sys/fs/cgroup/unified") {
+        Mode::Hybrid
+    } else {
+        Mode::Legacy
+    }
+}
+
 /// Every mounted cgroup hierarchy (v1 controllers and the v2/unified mount).
-fn hierarchies() -> Vec<PathBuf> {
+pub(crate) fn hierarchies() -> Vec<PathBuf> {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };

@@ -1,0 +1,202 @@
+//! Pod cgroups on real cgroups and a real containerd: a Guaranteed, a
+//! Burstable and a BestEffort pod get their cgroups where the kubelet puts
+//! them (`<root>/pod<uid>`, `<root>/burstable/pod<uid>`,
+//! `<root>/besteffort/pod<uid>`), with the kubelet's values read back from
+//! the cgroup files, the containers inside them; the values survive a
+//! `kill -9` of the agent; and when the pods go, so do their cgroups, with no
+//! warning logged.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use berth_integration::{Agent, Containerd, require_runtime};
+use serde_json::Value;
+
+const IMAGE: &str = "localhost/berth/busybox:1.36";
+const T: Duration = Duration::from_secs(60);
+
+fn pod(name: &str, resources: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n    - name: main\n      image: {IMAGE}\n      command: [sh, -c, 'while true; do sleep 1; done']\n      resources: {resources}\n"
+    )
+}
+
+/// Whether the host runs cgroup v2 only.
+fn unified() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains(" /sys/fs/cgroup ") && l.contains(" - cgroup2 "))
+}
+
+/// The directory of cgroup `rel` in `controller`'s hierarchy.
+fn dir(controller: &str, rel: &str) -> PathBuf {
+    let rel = rel.trim_start_matches('/');
+    if unified() {
+        PathBuf::from("/sys/fs/cgroup").join(rel)
+    } else {
+        PathBuf::from("/sys/fs/cgroup").join(controller).join(rel)
+    }
+}
+
+fn read(controller: &str, rel: &str, file: &str) -> Result<String> {
+    let path = dir(controller, rel).join(file);
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_string())
+}
+
+/// Every process in `rel` and below it (the cpu hierarchy).
+fn procs_below(rel: &str) -> Vec<String> {
+    fn walk(d: &std::path::Path, out: &mut Vec<String>) {
+        if let Ok(t) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            out.extend(t.lines().map(str::to_string));
+        }
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&dir("cpu", rel), &mut out);
+    out
+}
+
+#[test]
+fn pod_cgroups_hold_the_kubelets_values_and_go_with_their_pods() -> Result<()> {
+    let Some(_env) = require_runtime("pod_cgroups_hold_the_kubelets_values_and_go_with_their_pods")
+    else {
+        return Ok(());
+    };
+    let cd = Containerd::start()?;
+    let root = cd.cgroup_parent();
+    let mut agent = Agent::start(&cd, &[])?;
+    agent.wait_healthy(T)?;
+    agent.write_manifest(
+        "g.yaml",
+        &pod(
+            "g",
+            "{limits: {cpu: 500m, memory: 64Mi}, requests: {cpu: 500m, memory: 64Mi}}",
+        ),
+    )?;
+    agent.write_manifest(
+        "b.yaml",
+        &pod("b", "{requests: {cpu: 250m}, limits: {memory: 32Mi}}"),
+    )?;
+    agent.write_manifest("e.yaml", &pod("e", "{}"))?;
+    let running = |agent: &Agent, name: &str| -> Result<Value> {
+        let full = agent.static_pod_name(name);
+        agent.poll(T, &format!("{full} running"), || {
+            Ok(agent
+                .pod("default", &full)?
+                .filter(|p| p["status"]["containerStatuses"][0]["state"]["running"].is_object()))
+        })
+    };
+    let uid = |p: &Value| {
+        p["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (g, b, e) = (
+        running(&agent, "g")?,
+        running(&agent, "b")?,
+        running(&agent, "e")?,
+    );
+    let g_cg = format!("{root}/pod{}", uid(&g));
+    let b_cg = format!("{root}/burstable/pod{}", uid(&b));
+    let e_cg = format!("{root}/besteffort/pod{}", uid(&e));
+    assert_eq!(g["status"]["qosClass"], "Guaranteed");
+    assert_eq!(b["status"]["qosClass"], "Burstable");
+    assert_eq!(e["status"]["qosClass"], "BestEffort");
+
+    let check = || -> Result<()> {
+        if unified() {
+            // v2: weight from shares (512 -> 20, 256 -> 10, 2 -> 1), cpu.max, memory.max.
+            assert_eq!(read("cpu", &g_cg, "cpu.weight")?, "20");
+            assert_eq!(read("cpu", &g_cg, "cpu.max")?, "50000 100000");
+            assert_eq!(
+                read("memory", &g_cg, "memory.max")?,
+                (64u64 << 20).to_string()
+            );
+            assert_eq!(read("cpu", &b_cg, "cpu.weight")?, "10");
+            assert_eq!(read("cpu", &b_cg, "cpu.max")?, "max 100000");
+            assert_eq!(
+                read("memory", &b_cg, "memory.max")?,
+                (32u64 << 20).to_string()
+            );
+            assert_eq!(read("cpu", &e_cg, "cpu.weight")?, "1");
+            assert_eq!(read("memory", &e_cg, "memory.max")?, "max");
+        } else {
+            assert_eq!(read("cpu", &g_cg, "cpu.shares")?, "512");
+            assert_eq!(read("cpu", &g_cg, "cpu.cfs_quota_us")?, "50000");
+            assert_eq!(read("cpu", &g_cg, "cpu.cfs_period_us")?, "100000");
+            assert_eq!(
+                read("memory", &g_cg, "memory.limit_in_bytes")?,
+                (64u64 << 20).to_string()
+            );
+            // Burstable: no CPU limit, so no quota; the memory limit is declared.
+            assert_eq!(read("cpu", &b_cg, "cpu.shares")?, "256");
+            assert_eq!(read("cpu", &b_cg, "cpu.cfs_quota_us")?, "-1");
+            assert_eq!(
+                read("memory", &b_cg, "memory.limit_in_bytes")?,
+                (32u64 << 20).to_string()
+            );
+            assert_eq!(read("cpu", &e_cg, "cpu.shares")?, "2");
+            assert_eq!(
+                read("cpu", &format!("{root}/besteffort"), "cpu.shares")?,
+                "2"
+            );
+            let unlimited: u64 = read("memory", &e_cg, "memory.limit_in_bytes")?.parse()?;
+            assert!(
+                unlimited > 1 << 60,
+                "BestEffort has no memory limit: {unlimited}"
+            );
+        }
+        // The containers run inside their pod's cgroup.
+        for cg in [&g_cg, &b_cg, &e_cg] {
+            assert!(!procs_below(cg).is_empty(), "no process below {cg}");
+        }
+        Ok(())
+    };
+    check()?;
+
+    // kill -9 and back: the running containers and their cgroups stay as they were.
+    agent.kill9()?;
+    agent.restart()?;
+    agent.wait_healthy(T)?;
+    let g2 = running(&agent, "g")?;
+    assert_eq!(
+        g2["status"]["containerStatuses"][0]["containerID"],
+        g["status"]["containerStatuses"][0]["containerID"],
+        "the container was not restarted"
+    );
+    check()?;
+
+    // The pods go, and their cgroups with them, in every hierarchy.
+    for f in ["g.yaml", "b.yaml", "e.yaml"] {
+        agent.remove_manifest(f)?;
+    }
+    agent.wait_for(T, "pod cgroups removed", || {
+        let left: Vec<PathBuf> = [&g_cg, &b_cg, &e_cg]
+            .iter()
+            .flat_map(|cg| {
+                ["cpu", "memory", "pids", "cpuacct", "unified"]
+                    .map(|c| dir(c, cg))
+                    .into_iter()
+                    .filter(|d| d.exists())
+            })
+            .collect();
+        left.is_empty().then_some(())
+    })?;
+    let log = agent.log();
+    assert!(
+        !log.contains("removing pod cgroup failed") && !log.contains("pod cgroup failed"),
+        "no warning about pod cgroups:\n{}",
+        agent.log_tail(40)
+    );
+    Ok(())
+}
