@@ -233,6 +233,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     spawn_qos_cgroups(
         manager.cgroups().clone(),
         pod_config.clone(),
+        cache.clone(),
+        api_source,
         &config.cgroup_root,
         cancel.clone(),
     );
@@ -370,10 +372,15 @@ const QOS_CGROUP_UPDATE_INTERVAL: Duration = Duration::from_secs(60);
 /// Make the cgroup root and QoS tiers, and keep the Burstable tier's CPU
 /// shares at the sum of its pods' requests (the kubelet's QoS container
 /// manager). A failure is logged once (a host without writable cgroups),
-/// then at debug level.
+/// then at debug level. Also removes orphaned pod cgroups (the kubelet's
+/// `cleanupOrphanedPodCgroups`): those of pods neither desired nor in the
+/// runtime, once the runtime has been relisted and the pod sources have
+/// listed; one with processes still in it is never forced, only reported.
 fn spawn_qos_cgroups(
     cgroups: crate::cgroups::PodCgroups,
     pod_config: Arc<crate::source::PodConfig>,
+    cache: Arc<RuntimeCache>,
+    api_source: bool,
     cgroup_root: &str,
     cancel: CancellationToken,
 ) {
@@ -385,7 +392,42 @@ fn spawn_qos_cgroups(
     );
     tokio::spawn(async move {
         let mut warned = false;
+        let mut orphans_checked = false;
+        let mut reported = std::collections::HashSet::new();
         loop {
+            let ready = cache.health().is_ok()
+                && (!api_source || pod_config.has_source(crate::cluster::API_SOURCE));
+            if ready {
+                orphans_checked = true;
+                let keep: std::collections::HashSet<String> =
+                    pod_config.uids().into_iter().chain(cache.uids()).collect();
+                let c = cgroups.clone();
+                let removed = tokio::task::spawn_blocking(move || {
+                    c.pod_uids()
+                        .into_iter()
+                        .filter(|uid| !keep.contains(uid))
+                        .map(|uid| {
+                            let result = c.remove_orphan(&uid);
+                            (uid, result)
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+                for (uid, result) in removed {
+                    match result {
+                        Ok(()) => tracing::info!(pod_uid = %uid, "removed orphaned pod cgroup"),
+                        Err(e) if reported.insert(uid.clone()) => tracing::warn!(
+                            pod_uid = %uid,
+                            error = %e,
+                            "orphaned pod cgroup left in place"
+                        ),
+                        Err(e) => {
+                            tracing::debug!(pod_uid = %uid, error = %e, "orphaned pod cgroup left in place")
+                        }
+                    }
+                }
+            }
             let pods: Vec<Pod> = pod_config.pods().into_iter().map(|p| p.pod).collect();
             let c = cgroups.clone();
             let result = tokio::task::spawn_blocking(move || {
@@ -402,9 +444,15 @@ fn spawn_qos_cgroups(
                 Ok(Err(e)) => tracing::debug!(error = %e, "setting the QoS cgroups failed"),
                 Err(e) => tracing::warn!(error = %e, "QoS cgroup task failed"),
             }
+            // Soon again until orphans have been looked for once.
+            let next = if orphans_checked {
+                QOS_CGROUP_UPDATE_INTERVAL
+            } else {
+                Duration::from_secs(2)
+            };
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(QOS_CGROUP_UPDATE_INTERVAL) => {}
+                _ = tokio::time::sleep(next) => {}
             }
         }
     });

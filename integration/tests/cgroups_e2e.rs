@@ -65,6 +65,16 @@ fn procs_below(rel: &str) -> Vec<String> {
     out
 }
 
+/// Static pod `name`, once its container runs.
+fn running(agent: &Agent, name: &str) -> Result<Value> {
+    let full = agent.static_pod_name(name);
+    agent.poll(T, &format!("{full} running"), || {
+        Ok(agent
+            .pod("default", &full)?
+            .filter(|p| p["status"]["containerStatuses"][0]["state"]["running"].is_object()))
+    })
+}
+
 #[test]
 fn pod_cgroups_hold_the_kubelets_values_and_go_with_their_pods() -> Result<()> {
     let Some(_env) = require_runtime("pod_cgroups_hold_the_kubelets_values_and_go_with_their_pods")
@@ -87,14 +97,6 @@ fn pod_cgroups_hold_the_kubelets_values_and_go_with_their_pods() -> Result<()> {
         &pod("b", "{requests: {cpu: 250m}, limits: {memory: 32Mi}}"),
     )?;
     agent.write_manifest("e.yaml", &pod("e", "{}"))?;
-    let running = |agent: &Agent, name: &str| -> Result<Value> {
-        let full = agent.static_pod_name(name);
-        agent.poll(T, &format!("{full} running"), || {
-            Ok(agent
-                .pod("default", &full)?
-                .filter(|p| p["status"]["containerStatuses"][0]["state"]["running"].is_object()))
-        })
-    };
     let uid = |p: &Value| {
         p["metadata"]["uid"]
             .as_str()
@@ -198,5 +200,85 @@ fn pod_cgroups_hold_the_kubelets_values_and_go_with_their_pods() -> Result<()> {
         "no warning about pod cgroups:\n{}",
         agent.log_tail(40)
     );
+    Ok(())
+}
+
+/// Orphans: a pod cgroup no pod owns (left by a `kill -9` of an agent
+/// between removing a pod and its cgroup) is removed after a restart; one
+/// with a process still in it is never forced, only reported (once); and a
+/// pod deleted while the agent was down goes, cgroup and all, when it is back.
+#[test]
+fn orphaned_pod_cgroups_are_removed_and_busy_ones_only_reported() -> Result<()> {
+    let Some(_env) =
+        require_runtime("orphaned_pod_cgroups_are_removed_and_busy_ones_only_reported")
+    else {
+        return Ok(());
+    };
+    let cd = Containerd::start()?;
+    let root = cd.cgroup_parent();
+    let mut agent = Agent::start(&cd, &[])?;
+    agent.wait_healthy(T)?;
+    agent.write_manifest("gone.yaml", &pod("gone", "{}"))?;
+    let gone = running(&agent, "gone")?;
+    let gone_cg = format!(
+        "{root}/besteffort/pod{}",
+        gone["metadata"]["uid"].as_str().unwrap_or_default()
+    );
+
+    // The agent dies; meanwhile its pod is deleted and two orphans appear.
+    agent.kill9()?;
+    agent.remove_manifest("gone.yaml")?;
+    let controllers: &[&str] = if unified() {
+        &["cpu"]
+    } else {
+        &["cpu", "cpuacct", "memory", "pids"]
+    };
+    let orphan = format!("{root}/besteffort/pod0rphan-1");
+    let busy = format!("{root}/besteffort/podbusy-1");
+    for c in controllers {
+        std::fs::create_dir_all(dir(c, &orphan))?;
+        std::fs::create_dir_all(dir(c, &busy))?;
+    }
+    let mut sleeper = std::process::Command::new("sleep").arg("300").spawn()?;
+    std::fs::write(
+        dir("cpu", &busy).join("cgroup.procs"),
+        sleeper.id().to_string(),
+    )?;
+
+    agent.restart()?;
+    agent.wait_healthy(T)?;
+    agent.wait_for(T, "the orphan and the deleted pod's cgroup removed", || {
+        let left = controllers
+            .iter()
+            .any(|c| dir(c, &orphan).exists() || dir(c, &gone_cg).exists());
+        (!left).then_some(())
+    })?;
+    agent.wait_for(T, "the busy orphan reported", || {
+        agent
+            .log()
+            .contains("orphaned pod cgroup left in place")
+            .then_some(())
+    })?;
+    assert!(
+        dir("cpu", &busy).exists(),
+        "a cgroup with a process is never forced"
+    );
+    assert!(
+        sleeper.try_wait()?.is_none(),
+        "the process in an orphaned cgroup is not killed"
+    );
+    assert_eq!(
+        agent
+            .log()
+            .matches("orphaned pod cgroup left in place")
+            .count(),
+        1,
+        "reported once"
+    );
+    sleeper.kill()?;
+    sleeper.wait()?;
+    for c in controllers {
+        let _ = std::fs::remove_dir(dir(c, &busy));
+    }
     Ok(())
 }

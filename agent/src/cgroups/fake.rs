@@ -127,6 +127,18 @@ impl CgroupManager for RecordingManager {
             .collect()
     }
 
+    fn children(&self, name: &CgroupName) -> Vec<String> {
+        let depth = name.components().len() + 1;
+        self.state()
+            .cgroups
+            .keys()
+            .filter(|n| {
+                n.components().len() == depth && n.components().starts_with(name.components())
+            })
+            .map(|n| n.base().to_string())
+            .collect()
+    }
+
     fn destroy(&self, name: &CgroupName) -> Result<(), CgroupError> {
         let spelled = self.name(name);
         let mut s = self.state();

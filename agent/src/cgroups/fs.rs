@@ -180,6 +180,29 @@ impl CgroupManager for FsManager {
         pids
     }
 
+    fn children(&self, name: &CgroupName) -> Vec<String> {
+        let cg = self.load(name);
+        let Some(dir) = cg
+            .controller_of::<CpuController>()
+            .map(|c| c.path().to_path_buf())
+            .or_else(|| {
+                cg.controller_of::<MemController>()
+                    .map(|c| c.path().to_path_buf())
+            })
+        else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    }
+
     fn destroy(&self, name: &CgroupName) -> Result<(), CgroupError> {
         let cg = self.load(name);
         if cg.exists() {

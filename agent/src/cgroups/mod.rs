@@ -53,6 +53,8 @@ pub trait CgroupManager: Send + Sync + std::fmt::Debug {
     fn update(&self, name: &CgroupName, config: &ResourceConfig) -> Result<(), CgroupError>;
     /// Every process in the cgroup and below it.
     fn pids(&self, name: &CgroupName) -> Vec<i32>;
+    /// The names of the cgroups directly below `name`.
+    fn children(&self, name: &CgroupName) -> Vec<String>;
     /// Remove the cgroup (processes must be gone: [`CgroupError::Busy`] if not).
     fn destroy(&self, name: &CgroupName) -> Result<(), CgroupError>;
 }

@@ -185,6 +185,41 @@ impl PodCgroups {
         Some(result)
     }
 
+    /// The UIDs of the pod cgroups in the tiers (the kubelet's
+    /// `GetAllPodsFromCgroups`).
+    pub fn pod_uids(&self) -> Vec<String> {
+        let mut uids = Vec::new();
+        for qos in [
+            berth_api::qos::GUARANTEED,
+            berth_api::qos::BURSTABLE,
+            berth_api::qos::BEST_EFFORT,
+        ] {
+            let Ok(tier) = self.tier(qos) else { continue };
+            uids.extend(
+                self.manager
+                    .children(&tier)
+                    .into_iter()
+                    .filter_map(|c| c.strip_prefix("pod").map(str::to_string))
+                    .filter(|u| !u.is_empty()),
+            );
+        }
+        uids.sort();
+        uids.dedup();
+        uids
+    }
+
+    /// Remove the cgroup of a pod the node no longer has (an orphan, e.g.
+    /// left by a `kill -9` mid-removal). Nothing is killed: a cgroup that
+    /// still has processes stays, and the error says so.
+    pub fn remove_orphan(&self, uid: &str) -> Result<(), CgroupError> {
+        let removing = self.removing();
+        if removing.contains(uid) {
+            // Its pod's own removal is still retrying.
+            return Ok(());
+        }
+        self.destroy_tiers(uid, false)
+    }
+
     /// Give up removing pod `uid`'s cgroup.
     pub fn forget_pod(&self, uid: &str) {
         self.removing().remove(uid);
@@ -305,6 +340,11 @@ mod tests {
             destroys,
             "no call after the pod came back"
         );
+
+        // Orphans: the pod cgroups in the tiers, by UID.
+        assert_eq!(pods.pod_uids(), ["e-3", "g-1"]);
+        pods.remove_orphan("g-1").unwrap();
+        assert_eq!(pods.pod_uids(), ["e-3"]);
     }
 
     #[test]
