@@ -399,15 +399,18 @@ fn spawn_qos_cgroups(
                 && (!api_source || pod_config.has_source(crate::cluster::API_SOURCE));
             if ready {
                 orphans_checked = true;
-                let keep: std::collections::HashSet<String> =
-                    pod_config.uids().into_iter().chain(cache.uids()).collect();
-                let c = cgroups.clone();
+                let (c, desired, observed) = (cgroups.clone(), pod_config.clone(), cache.clone());
                 let removed = tokio::task::spawn_blocking(move || {
-                    c.pod_uids()
+                    // The cgroups first, then the pods: a pod cgroup is only
+                    // made for a pod already desired.
+                    let candidates = c.pod_uids();
+                    let keep: std::collections::HashSet<String> =
+                        desired.uids().into_iter().chain(observed.uids()).collect();
+                    candidates
                         .into_iter()
                         .filter(|uid| !keep.contains(uid))
                         .map(|uid| {
-                            let result = c.remove_orphan(&uid);
+                            let result = c.remove_orphan(&uid, |u| desired.get(u).is_none());
                             (uid, result)
                         })
                         .collect::<Vec<_>>()

@@ -209,12 +209,18 @@ impl PodCgroups {
     }
 
     /// Remove the cgroup of a pod the node no longer has (an orphan, e.g.
-    /// left by a `kill -9` mid-removal). Nothing is killed: a cgroup that
-    /// still has processes stays, and the error says so.
-    pub fn remove_orphan(&self, uid: &str) -> Result<(), CgroupError> {
+    /// left by a `kill -9` mid-removal). `still_orphan` is asked again under
+    /// the lock pod cgroups are made under, so a pod that has just come back
+    /// (a static pod's UID repeats) keeps the cgroup it was given. Nothing is
+    /// killed: a cgroup that still has processes stays, and the error says so.
+    pub fn remove_orphan(
+        &self,
+        uid: &str,
+        still_orphan: impl Fn(&str) -> bool,
+    ) -> Result<(), CgroupError> {
         let removing = self.removing();
-        if removing.contains(uid) {
-            // Its pod's own removal is still retrying.
+        if removing.contains(uid) || !still_orphan(uid) {
+            // Its pod's own removal is still retrying, or the pod is back.
             return Ok(());
         }
         self.destroy_tiers(uid, false)
@@ -343,7 +349,13 @@ mod tests {
 
         // Orphans: the pod cgroups in the tiers, by UID.
         assert_eq!(pods.pod_uids(), ["e-3", "g-1"]);
-        pods.remove_orphan("g-1").unwrap();
+        pods.remove_orphan("e-3", |_| false).unwrap();
+        assert_eq!(
+            pods.pod_uids(),
+            ["e-3", "g-1"],
+            "a pod that came back keeps its cgroup"
+        );
+        pods.remove_orphan("g-1", |_| true).unwrap();
         assert_eq!(pods.pod_uids(), ["e-3"]);
     }
 
