@@ -21,7 +21,7 @@ pub mod resources;
 
 pub use fake::{Call, RecordingManager};
 pub use fs::FsManager;
-pub use hierarchies::{Mode, detect_mode, remove_pod_cgroups};
+pub use hierarchies::{Mode, detect_mode};
 pub use names::{CgroupName, Driver};
 pub use pod::PodCgroups;
 pub use resources::ResourceConfig;
