@@ -29,6 +29,7 @@ struct View {
     node_name: String,
     node_ip: String,
     endpoint: String,
+    node: Arc<crate::admission::NodeState>,
 }
 
 impl NodeView for View {
@@ -86,6 +87,14 @@ impl NodeView for View {
     fn node_name(&self) -> String {
         self.node_name.clone()
     }
+
+    fn node_resources(&self) -> serde_json::Value {
+        let r = self.node.resources();
+        serde_json::json!({
+            "capacity": r.capacity_list(),
+            "allocatable": r.allocatable_list(),
+        })
+    }
 }
 
 /// Run the agent until `cancel` fires.
@@ -102,6 +111,39 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     let pod_config = PodConfig::new(trigger_tx.clone());
     let cache = RuntimeCache::new();
     let transient = Arc::new(TransientStore::default());
+
+    // Capacity and allocatable, as the Node reports them and admission uses them.
+    let resources = {
+        let capacity = crate::allocatable::host_capacity(&config.root_dir, config.max_pods);
+        let allocatable = crate::allocatable::allocatable(
+            &capacity,
+            &config.system_reserved,
+            &config.kube_reserved,
+            &config.eviction_hard,
+        );
+        crate::allocatable::NodeResources {
+            capacity,
+            allocatable,
+        }
+    };
+    tracing::info!(
+        capacity = ?resources.capacity_list(),
+        allocatable = ?resources.allocatable_list(),
+        "node resources"
+    );
+    let node_cgroup = crate::allocatable::node_cgroup_config(
+        &resources.capacity,
+        crate::allocatable::pid_max().unwrap_or(-1),
+        &config.system_reserved,
+        &config.kube_reserved,
+        config.enforce_node_allocatable_pods,
+    );
+    let node_state = crate::admission::NodeState::new(crate::admission::NodeInfo {
+        name: config.node_name.clone(),
+        labels: crate::cluster::node::default_labels(&config.node_name),
+        taints: Vec::new(),
+        resources,
+    });
 
     // The status server comes first, so /healthz can say what the agent waits for.
     let listener = tokio::net::TcpListener::bind(config.status_address)
@@ -120,6 +162,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         node_name: config.node_name.clone(),
         node_ip: config.node_ip.clone(),
         endpoint: config.container_runtime_endpoint.clone(),
+        node: node_state.clone(),
     });
     let server = tokio::spawn(crate::server::serve(
         listener,
@@ -172,6 +215,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
                 pod_config: pod_config.clone(),
                 cache: cache.clone(),
                 transient: transient.clone(),
+                node: node_state.clone(),
                 cancel: cancel.clone(),
             }))
         }
@@ -224,6 +268,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         metrics.clone(),
     )
     .with_events(events.clone())
+    .with_cgroup_limits(config.cpu_cfs_quota, config.pod_max_pids, node_cgroup)
     .with_transient_store(transient.clone())
     .with_runtime_classes(config.runtime_classes.clone());
     let manager = Arc::new(match api_client_for_runtime {
@@ -248,6 +293,32 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         relist_poke.clone(),
         cancel.clone(),
     );
+    {
+        // A pod counts against the node until it has finished.
+        let (observed, transient, node_ip) =
+            (cache.clone(), transient.clone(), config.node_ip.clone());
+        let finished: crate::admission::IsFinished = Box::new(move |pod: &Pod| {
+            let uid = uid_of(pod);
+            let status = crate::status::compute_pod_status(
+                pod,
+                &observed.get(&uid),
+                &transient.get(&uid),
+                &node_ip,
+                "",
+            );
+            matches!(
+                status.phase.as_deref(),
+                Some(crate::status::phase::SUCCEEDED | crate::status::phase::FAILED)
+            )
+        });
+        workers.set_admitter(crate::admission::Admitter::new(
+            pod_config.clone(),
+            cache.clone(),
+            node_state.clone(),
+            finished,
+            Some(config.root_dir.join("admission")),
+        ));
+    }
     workers.set_prober(crate::prober::ProbeManager::new(
         client.clone(),
         cache.clone(),

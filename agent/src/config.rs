@@ -81,6 +81,35 @@ pub struct Flags {
     /// are looked up too [default: none].
     #[arg(long = "runtime-class", value_name = "NAME=HANDLER")]
     pub runtime_classes: Vec<String>,
+    /// The most pods this node runs (capacity and allocatable `pods`) [default: 110].
+    #[arg(long)]
+    pub max_pods: Option<i64>,
+    /// Resources held back for the system's daemons, as
+    /// `cpu=500m,memory=1Gi,ephemeral-storage=1Gi,pid=1000` [default: none].
+    #[arg(long, value_name = "RESOURCE=QUANTITY,...")]
+    pub system_reserved: Option<String>,
+    /// Resources held back for Kubernetes' own daemons (the agent, the
+    /// runtime), spelled as --system-reserved [default: none].
+    #[arg(long, value_name = "RESOURCE=QUANTITY,...")]
+    pub kube_reserved: Option<String>,
+    /// Hard eviction thresholds, as `memory.available<100Mi,nodefs.available<10%`;
+    /// given, it replaces the defaults; empty, there are none [default:
+    /// memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%].
+    #[arg(long, value_name = "SIGNAL<QUANTITY|PERCENT,...")]
+    pub eviction_hard: Option<String>,
+    /// Make CPU limits a CFS quota (on containers and pod cgroups); false
+    /// leaves only CPU shares [default: true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub cpu_cfs_quota: Option<bool>,
+    /// The most processes a pod's cgroup may hold (`pids.max`); -1 is
+    /// unlimited [default: -1].
+    #[arg(long)]
+    pub pod_max_pids: Option<i64>,
+    /// What the node enforces allocatable on: `pods` (the cgroup root's CPU
+    /// shares, memory limit and pids.max become allocatable's, before the
+    /// eviction threshold) or `none` [default: pods].
+    #[arg(long, value_delimiter = ',')]
+    pub enforce_node_allocatable: Option<Vec<String>>,
 }
 
 /// How log lines are written.
@@ -118,6 +147,42 @@ struct FileConfig {
     client_ca_file: Option<PathBuf>,
     /// RuntimeClass name → CRI handler.
     runtime_classes: Option<std::collections::BTreeMap<String, String>>,
+    max_pods: Option<i64>,
+    system_reserved: Option<std::collections::BTreeMap<String, Scalar>>,
+    kube_reserved: Option<std::collections::BTreeMap<String, Scalar>>,
+    eviction_hard: Option<std::collections::BTreeMap<String, Scalar>>,
+    // The kubelet's config spellings.
+    #[serde(rename = "cpuCFSQuota")]
+    cpu_cfs_quota: Option<bool>,
+    pod_pids_limit: Option<i64>,
+    enforce_node_allocatable: Option<Vec<String>>,
+}
+
+/// A quantity in the config file, written as a string (`500m`) or a bare
+/// number (`pid: 1000`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl Scalar {
+    fn text(&self) -> String {
+        match self {
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Text(s) => s.clone(),
+        }
+    }
+}
+
+/// A map of scalars as text.
+fn texts(
+    map: &std::collections::BTreeMap<String, Scalar>,
+) -> std::collections::BTreeMap<String, String> {
+    map.iter().map(|(k, v)| (k.clone(), v.text())).collect()
 }
 
 /// The settings the agent runs with.
@@ -147,6 +212,19 @@ pub struct Config {
     pub client_ca_file: Option<PathBuf>,
     /// RuntimeClasses known locally: name → CRI runtime handler.
     pub runtime_classes: std::collections::BTreeMap<String, String>,
+    /// `--max-pods`.
+    pub max_pods: i64,
+    /// `--system-reserved` and `--kube-reserved`.
+    pub system_reserved: crate::allocatable::Reserved,
+    pub kube_reserved: crate::allocatable::Reserved,
+    /// `--eviction-hard`.
+    pub eviction_hard: Vec<crate::allocatable::Threshold>,
+    /// `--cpu-cfs-quota`.
+    pub cpu_cfs_quota: bool,
+    /// `--pod-max-pids` (-1: unlimited).
+    pub pod_max_pids: i64,
+    /// `--enforce-node-allocatable` holds `pods`.
+    pub enforce_node_allocatable_pods: bool,
 }
 
 /// Parse a Go-style duration such as `20s`, `1m`, `1m30s`, `500ms`.
@@ -253,7 +331,51 @@ impl Config {
             tls_private_key_file: flags.tls_private_key_file.or(file.tls_private_key_file),
             client_ca_file: flags.client_ca_file.or(file.client_ca_file),
             runtime_classes: runtime_classes(&flags.runtime_classes, file.runtime_classes)?,
+            max_pods: flags
+                .max_pods
+                .or(file.max_pods)
+                .unwrap_or(crate::allocatable::DEFAULT_MAX_PODS),
+            system_reserved: reserved(
+                "--system-reserved",
+                flags.system_reserved.as_deref(),
+                file.system_reserved.as_ref(),
+            )?,
+            kube_reserved: reserved(
+                "--kube-reserved",
+                flags.kube_reserved.as_deref(),
+                file.kube_reserved.as_ref(),
+            )?,
+            eviction_hard: match (flags.eviction_hard.as_deref(), file.eviction_hard.as_ref()) {
+                (Some(text), _) => crate::allocatable::parse_thresholds("--eviction-hard", text),
+                (None, Some(map)) => {
+                    crate::allocatable::thresholds_from_map("evictionHard", &texts(map))
+                }
+                (None, None) => crate::allocatable::parse_thresholds(
+                    "--eviction-hard",
+                    crate::allocatable::DEFAULT_EVICTION_HARD,
+                ),
+            }
+            .map_err(anyhow::Error::msg)?,
+            cpu_cfs_quota: flags.cpu_cfs_quota.or(file.cpu_cfs_quota).unwrap_or(true),
+            pod_max_pids: flags.pod_max_pids.or(file.pod_pids_limit).unwrap_or(-1),
+            enforce_node_allocatable_pods: crate::allocatable::parse_enforce(
+                "--enforce-node-allocatable",
+                &flags
+                    .enforce_node_allocatable
+                    .or(file.enforce_node_allocatable)
+                    .unwrap_or_else(|| vec!["pods".to_string()]),
+            )
+            .map_err(anyhow::Error::msg)?,
         };
+        if config.pod_max_pids < -1 || config.pod_max_pids == 0 {
+            bail!(
+                "--pod-max-pids: {} must be -1 (unlimited) or at least 1",
+                config.pod_max_pids
+            );
+        }
+        if config.max_pods < 1 {
+            bail!("--max-pods: {} must be at least 1", config.max_pods);
+        }
         if config.tls_cert_file.is_some() != config.tls_private_key_file.is_some() {
             bail!("--tls-cert-file and --tls-private-key-file must be given together");
         }
@@ -309,6 +431,20 @@ fn runtime_classes(
     Ok(out)
 }
 
+/// A reservation flag over the config file's map.
+fn reserved(
+    flag: &str,
+    text: Option<&str>,
+    file: Option<&std::collections::BTreeMap<String, Scalar>>,
+) -> anyhow::Result<crate::allocatable::Reserved> {
+    let parsed = match (text, file) {
+        (Some(text), _) => crate::allocatable::parse_reserved(flag, text),
+        (None, Some(map)) => crate::allocatable::reserved_from_map(flag, &texts(map)),
+        (None, None) => Ok(Default::default()),
+    };
+    parsed.map_err(anyhow::Error::msg)
+}
+
 fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the config file {}", path.display()))?;
@@ -356,6 +492,104 @@ mod tests {
         assert_eq!(c.port, 10250);
         assert_eq!(c.address.to_string(), "0.0.0.0");
         assert_eq!(c.client_ca_file, None);
+    }
+
+    #[test]
+    fn reservations_eviction_and_max_pods_from_flags_and_file() {
+        let c = Config::load(Flags {
+            node_name: Some("n".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.max_pods, 110);
+        assert!(c.cpu_cfs_quota && c.enforce_node_allocatable_pods);
+        assert_eq!(c.pod_max_pids, -1);
+        assert_eq!(c.eviction_hard.len(), 4, "the kubelet's four defaults");
+        assert_eq!(c.system_reserved, Default::default());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "nodeName: n\nmaxPods: 20\nsystemReserved: {cpu: 250m, memory: 128Mi}\nkubeReserved: {pid: 100}\nevictionHard: {memory.available: 50Mi}\ncpuCFSQuota: false\npodPidsLimit: 100\nenforceNodeAllocatable: [none]\n",
+        )
+        .unwrap();
+        let c = Config::load(Flags {
+            config: Some(path.clone()),
+            kube_reserved: Some("cpu=100m".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.max_pods, 20);
+        assert!(!c.cpu_cfs_quota && !c.enforce_node_allocatable_pods);
+        assert_eq!(c.pod_max_pids, 100);
+        assert_eq!(c.system_reserved.resources.milli_cpu, 250);
+        assert_eq!(c.system_reserved.resources.memory, 128 << 20);
+        // The flag wins over the file, whole.
+        assert_eq!(c.kube_reserved.resources.milli_cpu, 100);
+        assert_eq!(c.kube_reserved.pids, 0);
+        assert_eq!(c.eviction_hard.len(), 1);
+        // Empty: no threshold at all.
+        let c = Config::load(Flags {
+            node_name: Some("n".into()),
+            eviction_hard: Some(String::new()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(c.eviction_hard.is_empty());
+
+        for (flags, want) in [
+            (
+                Flags {
+                    max_pods: Some(0),
+                    ..Default::default()
+                },
+                "--max-pods: 0 must be at least 1",
+            ),
+            (
+                Flags {
+                    pod_max_pids: Some(0),
+                    ..Default::default()
+                },
+                "--pod-max-pids: 0 must be -1 (unlimited) or at least 1",
+            ),
+            (
+                Flags {
+                    enforce_node_allocatable: Some(vec!["pods".into(), "kube-reserved".into()]),
+                    ..Default::default()
+                },
+                "--enforce-node-allocatable: \"kube-reserved\" needs --kube-reserved-cgroup",
+            ),
+            (
+                Flags {
+                    system_reserved: Some("gpu=1".into()),
+                    ..Default::default()
+                },
+                "--system-reserved: cannot reserve \"gpu\" resource",
+            ),
+            (
+                Flags {
+                    eviction_hard: Some("memory.available<lots".into()),
+                    ..Default::default()
+                },
+                "--eviction-hard: memory.available: \"lots\"",
+            ),
+        ] {
+            let flags = Flags {
+                node_name: Some("n".into()),
+                ..flags
+            };
+            let e = Config::load(flags).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{e}");
+        }
+        std::fs::write(&path, "nodeName: n\nsystemReserved: {cpu: -1}\n").unwrap();
+        let e = Config::load(Flags {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("cannot be negative"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! act over CRI) → [`pleg`] (relist: notice what changed) → [`status`] (pod status
 //! from what the runtime reports) → [`server`] (`/pods`, `/healthz`, `/metrics`).
 
+pub mod admission;
 pub mod agent;
+pub mod allocatable;
 pub mod backoff;
 pub mod capacity;
 pub mod cgroups;

@@ -41,6 +41,10 @@ pub trait NodeView: Send + Sync + 'static {
     fn runtime_info(&self) -> serde_json::Value;
     /// The node's name.
     fn node_name(&self) -> String;
+    /// The node's `capacity` and `allocatable` resource lists.
+    fn node_resources(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 #[derive(Clone)]
@@ -131,6 +135,8 @@ struct NodeStatus {
     healthy: bool,
     health_message: String,
     pods: usize,
+    /// `capacity` and `allocatable`, as the Node status has them.
+    resources: serde_json::Value,
     manifest_errors: Vec<ManifestErrorView>,
     pod_warnings: BTreeMap<String, Vec<String>>,
 }
@@ -152,6 +158,7 @@ async fn node_status(State(state): State<AppState>) -> Response {
         healthy: health.is_ok(),
         health_message: health.err().unwrap_or_else(|| "ok".to_string()),
         pods: view.pods().len(),
+        resources: view.node_resources(),
         manifest_errors: view
             .manifest_errors()
             .into_iter()

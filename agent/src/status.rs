@@ -151,6 +151,9 @@ pub struct Transient {
     /// Containers (by ID) whose postStart hook has not returned: running, but
     /// neither started nor ready until it does.
     pub post_start_running: BTreeSet<String>,
+    /// Admission refused the pod (`OutOfcpu`, `NodeAffinity`, ...): it never
+    /// runs and its status is Failed with this reason.
+    pub rejected: Option<crate::source::Rejection>,
 }
 
 /// Pod phases (`status.phase`).
@@ -199,6 +202,18 @@ pub fn container_id(runtime_name: &str, id: &str) -> String {
     format!("{runtime_name}://{id}")
 }
 
+/// The status of a pod the agent refuses to run (the kubelet's `rejectPod`):
+/// phase Failed, the reason, and the message naming what did not fit.
+pub fn rejected_status(pod: &Pod, reason: &str, message: String) -> PodStatus {
+    PodStatus {
+        phase: Some(phase::FAILED.to_string()),
+        reason: Some(reason.to_string()),
+        message: Some(message),
+        qos_class: Some(berth_api::qos::pod_qos_class(pod).to_string()),
+        ..Default::default()
+    }
+}
+
 /// The pod's status as the kubelet would report it.
 ///
 /// `host_ip` is the node's IP (`status.hostIP`, and `status.podIP` of a
@@ -211,6 +226,9 @@ pub fn compute_pod_status(
     host_ip: &str,
     runtime_name: &str,
 ) -> PodStatus {
+    if let Some(r) = &transient.rejected {
+        return rejected_status(pod, &r.reason, format!("Pod was rejected: {}", r.message));
+    }
     let empty = PodSpec::default();
     let spec = pod.spec.as_ref().unwrap_or(&empty);
     let init_specs: &[Container] = spec.init_containers.as_deref().unwrap_or(&[]);
@@ -1065,6 +1083,7 @@ mod tests {
             pod_error: None,
             probes: BTreeMap::new(),
             post_start_running: BTreeSet::new(),
+            rejected: None,
         }
     }
 

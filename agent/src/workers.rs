@@ -39,6 +39,8 @@ pub struct PodWorkers {
     workers: Mutex<HashMap<Uid, mpsc::Sender<()>>>,
     /// The probe workers, kept in step with each pod after its sync.
     prober: std::sync::OnceLock<Arc<crate::prober::ProbeManager>>,
+    /// Admission: a pod it refuses never reaches the runtime.
+    admitter: std::sync::OnceLock<Arc<crate::admission::Admitter>>,
 }
 
 impl PodWorkers {
@@ -62,6 +64,7 @@ impl PodWorkers {
             cancel,
             workers: Mutex::new(HashMap::new()),
             prober: std::sync::OnceLock::new(),
+            admitter: std::sync::OnceLock::new(),
         })
     }
 
@@ -69,6 +72,12 @@ impl PodWorkers {
     /// [`crate::prober`]); without one, no probe runs.
     pub fn set_prober(&self, prober: Arc<crate::prober::ProbeManager>) {
         let _ = self.prober.set(prober);
+    }
+
+    /// Admit each pod with `admitter` before its first sync (see
+    /// [`crate::admission`]); without one, every pod is admitted.
+    pub fn set_admitter(&self, admitter: Arc<crate::admission::Admitter>) {
+        let _ = self.admitter.set(admitter);
     }
 
     /// Ask for a sync of pod `uid`, starting its worker if it has none.
@@ -118,6 +127,27 @@ impl PodWorkers {
                 .map(|d| pod_key(&d.pod))
                 .unwrap_or_else(|| "(removed)".to_string());
             let span = tracing::info_span!("sync", pod = %pod_name, pod.uid = %uid);
+            if let (Some(admitter), Some(d)) = (self.admitter.get(), desired.as_ref())
+                && !is_terminating(&d.pod)
+                && let (crate::admission::Decision::Rejected(r), new) = admitter.decide(&uid)
+            {
+                // Refused: never run; Failed with the reason, an event once.
+                if new {
+                    span.in_scope(|| tracing::warn!(reason = %r.reason, message = %r.message, "pod rejected at admission"));
+                    self.manager.events.record(
+                        &crate::events::ObjectRef::pod(&d.pod),
+                        crate::events::EventType::Warning,
+                        &r.reason,
+                        r.message.clone(),
+                    );
+                }
+                if transient.rejected.as_ref() != Some(&r) {
+                    transient.rejected = Some(r);
+                    self.transient.set(&uid, transient.clone());
+                }
+                delay = self.sync_frequency;
+                continue;
+            }
             let started = Instant::now();
             let grace = desired.as_ref().and_then(|d| termination_grace(&d.pod));
             // The probe results as of now: a liveness failure kills the container.

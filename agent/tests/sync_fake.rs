@@ -680,3 +680,210 @@ async fn pods_the_node_cannot_run_get_no_sandbox_and_say_why() {
         "{err:?}"
     );
 }
+
+/// A pod asking for `cpu`, created `age_rank`-th (earlier first).
+fn cpu_pod(env: &Env, name: &str, cpu: &str, rank: i64) -> SourcedPod {
+    let mut p = env.pod(
+        &format!("{name}.yaml"),
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n  - name: app\n    image: {IMAGE}\n    resources: {{requests: {{cpu: {cpu}}}}}\n"
+        ),
+    );
+    p.pod.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + rank).unwrap(),
+    ));
+    p
+}
+
+fn small_node(milli_cpu: i64, pods: i64) -> Arc<berth_agent::admission::NodeState> {
+    berth_agent::admission::NodeState::new(berth_agent::admission::NodeInfo {
+        name: "node-a".into(),
+        resources: berth_agent::allocatable::NodeResources {
+            capacity: Default::default(),
+            allocatable: berth_api::resource::Resources {
+                milli_cpu,
+                memory: 1 << 30,
+                ephemeral_storage: 1 << 30,
+                pods,
+                scalar: vec![],
+            },
+        },
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn admission_refuses_what_does_not_fit_in_creation_order_and_a_restart_keeps_running_pods() {
+    let env = Env::new().await;
+    let manager = Arc::new(env.manager().await);
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let config = PodConfig::new(tx);
+    // b is listed first by name but created after a: a is admitted, b is not.
+    let a = cpu_pod(&env, "zeta", "600m", 1);
+    let b = cpu_pod(&env, "beta", "600m", 2);
+    let c = cpu_pod(&env, "gamma", "0", 3);
+    config.apply(Snapshot {
+        pods: vec![a.clone(), b.clone(), c.clone()],
+        errors: vec![],
+    });
+    let cache = berth_agent::pleg::RuntimeCache::new();
+    let mut pleg = berth_agent::pleg::Pleg::new(
+        env.fake.client().await,
+        cache.clone(),
+        Arc::new(Metrics::new()),
+    );
+    pleg.relist().await.unwrap();
+    let transient = Arc::new(berth_agent::status::TransientStore::default());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let workers = berth_agent::workers::PodWorkers::new(
+        manager.clone(),
+        config.clone(),
+        transient.clone(),
+        Arc::new(Metrics::new()),
+        Duration::from_secs(60),
+        Arc::new(tokio::sync::Notify::new()),
+        cancel.clone(),
+    );
+    let admitter = berth_agent::admission::Admitter::new(
+        config.clone(),
+        cache.clone(),
+        small_node(1000, 3),
+        Box::new(|_| false),
+        None,
+    );
+    workers.set_admitter(admitter.clone());
+    // The same trigger twice, and all at once: one decision each.
+    for p in [&b, &c, &a, &b] {
+        workers.trigger(uid(p));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        env.fake.call_count("RunPodSandbox"),
+        2,
+        "{:?}",
+        env.fake.calls()
+    );
+    let rejected = transient.get(&uid(&b));
+    let status = compute_pod_status(
+        &b.pod,
+        &Default::default(),
+        &rejected,
+        "192.0.2.10",
+        "containerd",
+    );
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+    assert_eq!(status.reason.as_deref(), Some("OutOfcpu"));
+    assert_eq!(
+        status.message.as_deref(),
+        Some(
+            "Pod was rejected: Node didn't have enough resource: cpu, requested: 600, used: 600, capacity: 1000"
+        )
+    );
+    assert!(transient.get(&uid(&a)).rejected.is_none());
+    assert!(transient.get(&uid(&c)).rejected.is_none());
+
+    // a goes: b stays refused (a decision holds), a newcomer fits again.
+    let d = cpu_pod(&env, "delta", "600m", 4);
+    config.apply(Snapshot {
+        pods: vec![b.clone(), c.clone(), d.clone()],
+        errors: vec![],
+    });
+    for p in [&a, &b, &d] {
+        workers.trigger(uid(p));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(transient.get(&uid(&b)).rejected.is_some());
+    assert!(transient.get(&uid(&d)).rejected.is_none());
+    pleg.relist().await.unwrap();
+    assert!(!cache.get(&uid(&d)).containers.is_empty(), "d runs");
+    assert!(cache.get(&uid(&b)).sandboxes.is_empty(), "b never ran");
+    cancel.cancel();
+
+    // A restart with less CPU: what runs is admitted (never stopped), a
+    // newcomer is judged against it.
+    let e = cpu_pod(&env, "epsilon", "100m", 5);
+    config.apply(Snapshot {
+        pods: vec![b.clone(), c.clone(), d.clone(), e.clone()],
+        errors: vec![],
+    });
+    let restarted = berth_agent::admission::Admitter::new(
+        config.clone(),
+        cache.clone(),
+        small_node(500, 110),
+        Box::new(|_| false),
+        None,
+    );
+    use berth_agent::admission::Decision;
+    assert_eq!(restarted.decide(&uid(&d)), (Decision::Admitted, true));
+    assert_eq!(restarted.decision(&uid(&c)), Some(Decision::Admitted));
+    match restarted.decision(&uid(&e)) {
+        Some(Decision::Rejected(r)) => assert_eq!(r.reason, "OutOfcpu"),
+        other => panic!("{other:?}"),
+    }
+    // b, refused before and not running, is judged again like a newcomer.
+    assert!(matches!(
+        restarted.decision(&uid(&b)),
+        Some(Decision::Rejected(_))
+    ));
+}
+
+#[tokio::test]
+async fn static_refusals_survive_a_restart_and_go_with_their_pod() {
+    use berth_agent::admission::{Admitter, Decision};
+    let env = Env::new().await;
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let config = PodConfig::new(tx);
+    let a = cpu_pod(&env, "first", "800m", 1);
+    let b = cpu_pod(&env, "second", "800m", 2);
+    config.apply(Snapshot {
+        pods: vec![a.clone(), b.clone()],
+        errors: vec![],
+    });
+    let cache = berth_agent::pleg::RuntimeCache::new();
+    let state = env.dir.path().join("admission");
+    let first = Admitter::new(
+        config.clone(),
+        cache.clone(),
+        small_node(1000, 110),
+        Box::new(|_| false),
+        Some(state.clone()),
+    );
+    let (d, _) = first.decide(&uid(&b));
+    let Decision::Rejected(r) = d else {
+        panic!("{d:?}")
+    };
+    assert!(state.join(uid(&b)).is_file());
+    // Restarted with more room and nothing running: the refusal holds, the
+    // same reason and message, and a was judged again (and fits).
+    let again = Admitter::new(
+        config.clone(),
+        cache.clone(),
+        small_node(4000, 110),
+        Box::new(|_| false),
+        Some(state.clone()),
+    );
+    assert_eq!(again.decide(&uid(&b)).0, Decision::Rejected(r));
+    assert_eq!(again.decision(&uid(&a)), Some(Decision::Admitted));
+    // b's manifest goes: so does its record.
+    config.apply(Snapshot {
+        pods: vec![a.clone()],
+        errors: vec![],
+    });
+    let c = cpu_pod(&env, "third", "100m", 3);
+    config.apply(Snapshot {
+        pods: vec![a.clone(), c.clone()],
+        errors: vec![],
+    });
+    assert_eq!(again.decide(&uid(&c)).0, Decision::Admitted);
+    assert!(!state.join(uid(&b)).exists());
+    // A garbage record is skipped, not fatal.
+    std::fs::write(state.join("junk"), b"{not json").unwrap();
+    let third = Admitter::new(
+        config,
+        cache,
+        small_node(4000, 110),
+        Box::new(|_| false),
+        Some(state),
+    );
+    assert_eq!(third.decide(&uid(&a)).0, Decision::Admitted);
+}

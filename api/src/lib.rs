@@ -11,6 +11,7 @@
 //! | [`qos`] | `pkg/apis/core/v1/helper/qos` (`ComputePodQOS`) |
 //! | [`restart`] | the kubelet's restart rules (`ShouldContainerBeRestarted`) |
 //! | [`references`] | `pkg/api/pod/util.go` (`VisitPodSecretNames`, `VisitPodConfigmapNames`) and the Node authorizer's pod edges |
+//! | [`scheduling`] | `Toleration.ToleratesTaint` and `component-helpers/scheduling/corev1/nodeaffinity` (`RequiredNodeAffinity`), for the scheduler and the kubelet's admission |
 //! | [`resource`] | `component-helpers/resource` (`PodRequests`) and the scheduler's `framework.Resource` |
 
 pub mod defaults;
@@ -20,4 +21,5 @@ pub mod quantity;
 pub mod references;
 pub mod resource;
 pub mod restart;
+pub mod scheduling;
 pub mod validation;

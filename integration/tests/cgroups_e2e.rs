@@ -83,7 +83,16 @@ fn pod_cgroups_hold_the_kubelets_values_and_go_with_their_pods() -> Result<()> {
     };
     let cd = Containerd::start()?;
     let root = cd.cgroup_parent();
-    let mut agent = Agent::start(&cd, &[])?;
+    // The root holds allocatable (less the reservations), pods a pids limit.
+    let mut agent = Agent::start(
+        &cd,
+        &[
+            "--kube-reserved",
+            "cpu=500m,memory=1Gi,pid=1000",
+            "--pod-max-pids",
+            "200",
+        ],
+    )?;
     agent.wait_healthy(T)?;
     agent.write_manifest(
         "g.yaml",
@@ -133,6 +142,29 @@ fn pod_cgroups_hold_the_kubelets_values_and_go_with_their_pods() -> Result<()> {
             assert_eq!(read("cpu", &e_cg, "cpu.weight")?, "1");
             assert_eq!(read("memory", &e_cg, "memory.max")?, "max");
         } else {
+            // --enforce-node-allocatable=pods (the default): the root's values.
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let shares = (cpus * 1000 - 500) * 1024 / 1000;
+            assert_eq!(read("cpu", &root, "cpu.shares")?, shares.to_string());
+            let mem_total_kib: u64 = std::fs::read_to_string("/proc/meminfo")?
+                .lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .context("MemTotal")?;
+            let limit = (mem_total_kib * 1024 - (1 << 30)) / 4096 * 4096;
+            assert_eq!(
+                read("memory", &root, "memory.limit_in_bytes")?,
+                limit.to_string()
+            );
+            let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")?
+                .trim()
+                .parse()?;
+            assert_eq!(
+                read("pids", &root, "pids.max")?,
+                (pid_max - 1000).to_string()
+            );
+            assert_eq!(read("pids", &g_cg, "pids.max")?, "200");
             assert_eq!(read("cpu", &g_cg, "cpu.shares")?, "512");
             assert_eq!(read("cpu", &g_cg, "cpu.cfs_quota_us")?, "50000");
             assert_eq!(read("cpu", &g_cg, "cpu.cfs_period_us")?, "100000");

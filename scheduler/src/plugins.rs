@@ -2,9 +2,8 @@
 //! per scheduling cycle ([`PodInfo`]) and a [`NodeInfo`]; nothing here allocates
 //! per (pod, node) pair.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Pod};
+use berth_api::scheduling::{RequiredNodeAffinity, Term, Toleration, tolerated};
+use k8s_openapi::api::core::v1::Pod;
 
 use crate::resources::{PodRequests, QuantityError, pod_requests};
 use crate::snapshot::{Effect, HostPort, NodeInfo, Taint, host_ports};
@@ -26,177 +25,6 @@ pub const REASON_NODE_PORTS: &str = "node(s) didn't have free ports for the requ
 /// NodeResourcesFit's reason for the pod count.
 pub const REASON_TOO_MANY_PODS: &str = "Too many pods";
 
-/// A toleration operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TolerationOp {
-    Equal,
-    Exists,
-    Invalid,
-}
-
-/// A pod toleration, parsed.
-#[derive(Debug, Clone)]
-pub(crate) struct Toleration {
-    key: String,
-    op: TolerationOp,
-    value: String,
-    /// `None` when empty: every effect.
-    effect: Option<Effect>,
-}
-
-impl Toleration {
-    fn from_api(t: &k8s_openapi::api::core::v1::Toleration) -> Toleration {
-        Toleration {
-            key: t.key.clone().unwrap_or_default(),
-            op: match t.operator.as_deref() {
-                None | Some("") | Some("Equal") => TolerationOp::Equal,
-                Some("Exists") => TolerationOp::Exists,
-                Some(_) => TolerationOp::Invalid,
-            },
-            value: t.value.clone().unwrap_or_default(),
-            effect: t
-                .effect
-                .as_deref()
-                .filter(|e| !e.is_empty())
-                .map(Effect::parse),
-        }
-    }
-
-    /// `Toleration.ToleratesTaint`: the effect matches (or is empty), the key
-    /// matches (or is empty), and `Exists`, or `Equal` with the same value.
-    pub(crate) fn tolerates(&self, taint: &Taint) -> bool {
-        if self.effect.is_some_and(|e| e != taint.effect) {
-            return false;
-        }
-        if !self.key.is_empty() && self.key != taint.key {
-            return false;
-        }
-        match self.op {
-            TolerationOp::Equal => self.value == taint.value,
-            TolerationOp::Exists => true,
-            TolerationOp::Invalid => false,
-        }
-    }
-}
-
-fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
-    tolerations.iter().any(|t| t.tolerates(taint))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LabelOp {
-    In,
-    NotIn,
-    Exists,
-    DoesNotExist,
-    Gt,
-    Lt,
-}
-
-#[derive(Debug, Clone)]
-struct LabelReq {
-    key: String,
-    op: LabelOp,
-    values: Vec<String>,
-    /// The bound of `Gt`/`Lt`.
-    bound: i64,
-}
-
-impl LabelReq {
-    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        let value = labels.get(&self.key);
-        match self.op {
-            LabelOp::In => value.is_some_and(|v| self.values.contains(v)),
-            LabelOp::NotIn => value.is_none_or(|v| !self.values.contains(v)),
-            LabelOp::Exists => value.is_some(),
-            LabelOp::DoesNotExist => value.is_none(),
-            LabelOp::Gt => value
-                .and_then(|v| v.parse::<i64>().ok())
-                .is_some_and(|v| v > self.bound),
-            LabelOp::Lt => value
-                .and_then(|v| v.parse::<i64>().ok())
-                .is_some_and(|v| v < self.bound),
-        }
-    }
-}
-
-/// A node selector term: label requirements and `metadata.name` field
-/// requirements, ANDed. `None` fields mean the term is invalid (matches no node).
-#[derive(Debug, Clone)]
-pub(crate) struct Term {
-    labels: Vec<LabelReq>,
-    /// (`In`?, name)
-    names: Vec<(bool, String)>,
-}
-
-impl Term {
-    /// Parses a term; `None` if empty (matches nothing) or invalid.
-    fn parse(t: &NodeSelectorTerm) -> Option<Term> {
-        let exprs = t.match_expressions.as_deref().unwrap_or_default();
-        let fields = t.match_fields.as_deref().unwrap_or_default();
-        if exprs.is_empty() && fields.is_empty() {
-            return None;
-        }
-        let labels = exprs.iter().map(parse_label_req).collect::<Option<_>>()?;
-        let names = fields
-            .iter()
-            .map(|f| {
-                let [value] = f.values.as_deref().unwrap_or_default() else {
-                    return None;
-                };
-                if f.key != "metadata.name" {
-                    return None;
-                }
-                match f.operator.as_str() {
-                    "In" => Some((true, value.clone())),
-                    "NotIn" => Some((false, value.clone())),
-                    _ => None,
-                }
-            })
-            .collect::<Option<_>>()?;
-        Some(Term { labels, names })
-    }
-
-    fn matches(&self, node: &NodeInfo) -> bool {
-        self.labels.iter().all(|r| r.matches(&node.labels))
-            && self
-                .names
-                .iter()
-                .all(|(is_in, name)| (*name == node.name) == *is_in)
-    }
-}
-
-fn parse_label_req(r: &NodeSelectorRequirement) -> Option<LabelReq> {
-    let values = r.values.clone().unwrap_or_default();
-    let (op, bound) = match r.operator.as_str() {
-        "In" | "NotIn" if values.is_empty() => return None,
-        "In" => (LabelOp::In, 0),
-        "NotIn" => (LabelOp::NotIn, 0),
-        "Exists" | "DoesNotExist" if !values.is_empty() => return None,
-        "Exists" => (LabelOp::Exists, 0),
-        "DoesNotExist" => (LabelOp::DoesNotExist, 0),
-        "Gt" | "Lt" => {
-            let [v] = values.as_slice() else {
-                return None;
-            };
-            let bound = v.parse::<i64>().ok()?;
-            let op = if r.operator == "Gt" {
-                LabelOp::Gt
-            } else {
-                LabelOp::Lt
-            };
-            (op, bound)
-        }
-        _ => return None,
-    };
-    Some(LabelReq {
-        key: r.key.clone(),
-        op,
-        values,
-        bound,
-    })
-}
-
 /// What the filters and scores need of the pod being scheduled, computed once
 /// per scheduling cycle.
 #[derive(Debug, Clone)]
@@ -206,10 +34,8 @@ pub(crate) struct PodInfo {
     /// The tolerations with an empty or `PreferNoSchedule` effect.
     pub(crate) prefer_tolerations: Vec<Toleration>,
     pub(crate) tolerates_unschedulable: bool,
-    pub(crate) node_selector: Vec<(String, String)>,
-    /// `None`: no required node affinity; `Some(terms)`: any term must match
-    /// (no valid term: no node matches).
-    pub(crate) required: Option<Vec<Term>>,
+    /// `spec.nodeSelector` and the required node affinity terms.
+    pub(crate) required: RequiredNodeAffinity,
     pub(crate) preferred: Vec<(i64, Term)>,
     pub(crate) requests: PodRequests,
     pub(crate) ports: Vec<HostPort>,
@@ -257,12 +83,6 @@ impl PodInfo {
             na.required_during_scheduling_ignored_during_execution
                 .as_ref()
         });
-        let required = required_api.map(|sel| {
-            sel.node_selector_terms
-                .iter()
-                .filter_map(Term::parse)
-                .collect::<Vec<_>>()
-        });
         let prefilter_names = required_api.and_then(|sel| {
             let mut names: Option<Vec<String>> = None;
             for term in &sel.node_selector_terms {
@@ -302,13 +122,7 @@ impl PodInfo {
             tolerations,
             prefer_tolerations,
             tolerates_unschedulable,
-            node_selector: spec
-                .node_selector
-                .iter()
-                .flatten()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            required,
+            required: RequiredNodeAffinity::new(spec),
             preferred,
             requests: pod_requests(spec)?,
             ports: host_ports(spec),
@@ -427,13 +241,7 @@ pub(crate) fn filter(pod: &PodInfo, node: &NodeInfo) -> Result<(), Failure> {
 }
 
 fn matches_node_selector_and_affinity(pod: &PodInfo, node: &NodeInfo) -> bool {
-    pod.node_selector
-        .iter()
-        .all(|(k, v)| node.labels.get(k) == Some(v))
-        && pod
-            .required
-            .as_ref()
-            .is_none_or(|terms| terms.iter().any(|t| t.matches(node)))
+    pod.required.matches(&node.labels, &node.name)
 }
 
 /// NodeResourcesFit's filter (`fitsRequest`).
@@ -562,7 +370,7 @@ pub(crate) fn intolerable_prefer_no_schedule(pod: &PodInfo, node: &NodeInfo) -> 
 pub(crate) fn preferred_affinity(pod: &PodInfo, node: &NodeInfo) -> i64 {
     pod.preferred
         .iter()
-        .filter(|(_, t)| t.matches(node))
+        .filter(|(_, t)| t.matches(&node.labels, &node.name))
         .map(|(w, _)| *w)
         .sum()
 }

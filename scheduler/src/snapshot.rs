@@ -8,83 +8,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
 
 use crate::resources::{PodRequests, Resources, pod_requests};
 
-/// A taint's or toleration's effect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Effect {
-    /// `NoSchedule`.
-    NoSchedule,
-    /// `PreferNoSchedule`.
-    PreferNoSchedule,
-    /// `NoExecute`.
-    NoExecute,
-    /// Any other value (matches none of the above).
-    Other,
-}
-
-impl Effect {
-    /// The effect named by `s` (a taint's or toleration's `effect`).
-    pub fn parse(s: &str) -> Effect {
-        match s {
-            "NoSchedule" => Effect::NoSchedule,
-            "PreferNoSchedule" => Effect::PreferNoSchedule,
-            "NoExecute" => Effect::NoExecute,
-            _ => Effect::Other,
-        }
-    }
-}
-
-/// A node taint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Taint {
-    /// `key`.
-    pub key: String,
-    /// `value` (empty when unset).
-    pub value: String,
-    /// `effect`.
-    pub effect: Effect,
-}
-
-/// A host port in use, or wanted (`HostPortInfo` entries).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPort {
-    /// `hostIP`, `0.0.0.0` when unset.
-    pub ip: String,
-    /// `protocol`, `TCP` when unset.
-    pub protocol: String,
-    /// `hostPort` (> 0).
-    pub port: i32,
-}
-
-/// The host ports a pod uses: its containers' and its restartable init
-/// containers' ports with a `hostPort` (`schedutil.GetHostPorts`).
-pub fn host_ports(spec: &PodSpec) -> Vec<HostPort> {
-    let sidecars = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
-    sidecars
-        .chain(&spec.containers)
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p| {
-            let port = p.host_port.filter(|&h| h > 0)?;
-            Some(HostPort {
-                ip: match p.host_ip.as_deref() {
-                    None | Some("") => DEFAULT_BIND_ALL_HOST_IP.to_owned(),
-                    Some(ip) => ip.to_owned(),
-                },
-                protocol: match p.protocol.as_deref() {
-                    None | Some("") => "TCP".to_owned(),
-                    Some(p) => p.to_owned(),
-                },
-                port,
-            })
-        })
-        .collect()
-}
-
-/// The wildcard host IP.
-pub const DEFAULT_BIND_ALL_HOST_IP: &str = "0.0.0.0";
+pub use berth_api::scheduling::{DEFAULT_BIND_ALL_HOST_IP, Effect, HostPort, Taint, host_ports};
 
 /// A node as the scheduler sees it, with the sums of the pods bound to it.
 #[derive(Debug, Clone)]
@@ -129,11 +53,7 @@ impl NodeInfo {
             .and_then(|s| s.taints.as_ref())
             .into_iter()
             .flatten()
-            .map(|t| Taint {
-                key: t.key.clone(),
-                value: t.value.clone().unwrap_or_default(),
-                effect: Effect::parse(&t.effect),
-            })
+            .map(Taint::from_api)
             .collect();
         self.unschedulable = spec.and_then(|s| s.unschedulable).unwrap_or(false);
         // An allocatable the API server would have rejected counts as nothing.
@@ -186,12 +106,7 @@ impl NodeInfo {
     /// `0.0.0.0` conflicts with the same protocol/port on any IP; a specific IP
     /// with the same IP or `0.0.0.0`.
     pub(crate) fn port_conflicts(&self, want: &HostPort) -> bool {
-        let wildcard = want.ip == DEFAULT_BIND_ALL_HOST_IP;
-        self.used_ports.iter().any(|(p, _)| {
-            p.port == want.port
-                && p.protocol == want.protocol
-                && (wildcard || p.ip == DEFAULT_BIND_ALL_HOST_IP || p.ip == want.ip)
-        })
+        self.used_ports.iter().any(|(p, _)| p.conflicts(want))
     }
 
     fn add_bound(&mut self, key: &str, pod: &BoundPod) {

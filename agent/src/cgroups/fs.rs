@@ -59,17 +59,23 @@ impl FsManager {
                 cpu.set_shares(value)
                     .map_err(|e| Self::io(name, if v2 { "cpu.weight" } else { "cpu.shares" }, e))?;
             }
-            if config.cpu_quota.is_some() || config.cpu_period.is_some() {
+            if v2 {
+                if config.cpu_quota.is_some() || config.cpu_period.is_some() {
+                    // One file, `cpu.max`: "<quota|max> <period>".
+                    cpu.set_cfs_quota_and_period(config.cpu_quota, config.cpu_period)
+                        .map_err(|e| Self::io(name, "cpu.max", e))?;
+                }
+            } else {
                 // v1: the period first, so a quota is judged against the
-                // period it is meant for.
-                if !v2 && let Some(period) = config.cpu_period {
+                // period it is meant for; each file written once.
+                if let Some(period) = config.cpu_period {
                     cpu.set_cfs_period(period)
                         .map_err(|e| Self::io(name, "cpu.cfs_period_us", e))?;
                 }
-                cpu.set_cfs_quota_and_period(config.cpu_quota, config.cpu_period)
-                    .map_err(|e| {
-                        Self::io(name, if v2 { "cpu.max" } else { "cpu.cfs_quota_us" }, e)
-                    })?;
+                if let Some(quota) = config.cpu_quota {
+                    cpu.set_cfs_quota(quota)
+                        .map_err(|e| Self::io(name, "cpu.cfs_quota_us", e))?;
+                }
             }
         }
         if let Some(limit) = config.memory {

@@ -25,6 +25,9 @@ pub struct PodCgroups {
     pub cpu_period: u64,
     /// `--pod-max-pids` (-1: unlimited).
     pub pod_pids_limit: i64,
+    /// The cgroup root's own values (`kubepods`: the node's allocatable, or
+    /// its capacity when allocatable is not enforced), set with the tiers.
+    pub node_config: ResourceConfig,
     /// Pods whose cgroup is being removed, and the lock every pod cgroup
     /// change takes: a pod that comes back (a static pod's UID repeats)
     /// takes its UID out, so a late retry of the old removal does nothing.
@@ -43,6 +46,7 @@ impl PodCgroups {
             enforce_cpu_limits: true,
             cpu_period: QUOTA_PERIOD,
             pod_pids_limit: -1,
+            node_config: ResourceConfig::default(),
             removing: Arc::default(),
         })
     }
@@ -78,11 +82,11 @@ impl PodCgroups {
         Ok(self.manager.name(&self.pod_name(pod)?))
     }
 
-    /// Make the root and the QoS tiers (BestEffort at the least shares), as
-    /// the kubelet does at start.
+    /// Make the root with the node's values and the QoS tiers (BestEffort at
+    /// the least shares), as the kubelet does at start; every call sets the
+    /// values again (level-triggered: a value changed behind our back returns).
     pub fn ensure_qos_cgroups(&self) -> Result<(), CgroupError> {
-        self.manager
-            .create(&self.root, &ResourceConfig::default())?;
+        self.manager.create(&self.root, &self.node_config)?;
         self.manager.create(
             &self.tier(berth_api::qos::BURSTABLE)?,
             &ResourceConfig::default(),

@@ -29,7 +29,7 @@ use crate::source::PodConfig;
 use crate::status::TransientStore;
 
 /// The name of the API server's source in [`PodConfig`].
-pub const API_SOURCE: &str = "api";
+pub use crate::source::API_SOURCE;
 
 /// The kubelet version the node reports.
 pub const KUBELET_VERSION: &str = "v1.33.0-berth";
@@ -85,6 +85,8 @@ pub struct Context {
     pub pod_config: Arc<PodConfig>,
     pub cache: Arc<RuntimeCache>,
     pub transient: Arc<TransientStore>,
+    /// Capacity and allocatable (reported), labels and taints (kept from the Node).
+    pub node: Arc<crate::admission::NodeState>,
     pub cancel: CancellationToken,
 }
 

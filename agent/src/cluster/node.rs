@@ -9,7 +9,6 @@ use k8s_openapi::api::core::v1::{
     DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
     NodeSystemInfo,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
@@ -42,12 +41,25 @@ pub async fn run(ctx: Context) {
                 Some((prev, at)) => *prev != status || at.elapsed() >= REPORT_FREQUENCY,
                 None => true,
             };
+            // The Node as the API server holds it: its labels and taints are
+            // what admission checks pods against (an admin may change them).
+            let stored = nodes.get(&ctx.node_name).await?;
+            ctx.node.set_labels_and_taints(
+                stored.metadata.labels.clone().unwrap_or_default(),
+                stored
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.taints.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(berth_api::scheduling::Taint::from_api)
+                    .collect(),
+            );
             if !due {
                 // Like the kubelet, compare with what the API server holds, not
                 // only with what we last sent: the node lifecycle controller
                 // marks a silent node's conditions Unknown (after an API server
                 // outage, say), and that must be corrected now, not in 5 min.
-                let stored = nodes.get(&ctx.node_name).await?;
                 due = !conditions_match(stored.status.as_ref(), &status);
             }
             if due {
@@ -112,13 +124,7 @@ async fn register(nodes: &Api<Node>, ctx: &Context) -> Result<(), kube::Error> {
     let node = Node {
         metadata: ObjectMeta {
             name: Some(ctx.node_name.clone()),
-            labels: Some(BTreeMap::from([
-                ("kubernetes.io/hostname".to_string(), ctx.node_name.clone()),
-                ("kubernetes.io/os".to_string(), "linux".to_string()),
-                ("kubernetes.io/arch".to_string(), go_arch().to_string()),
-                ("beta.kubernetes.io/os".to_string(), "linux".to_string()),
-                ("beta.kubernetes.io/arch".to_string(), go_arch().to_string()),
-            ])),
+            labels: Some(default_labels(&ctx.node_name)),
             ..Default::default()
         },
         ..Default::default()
@@ -129,6 +135,17 @@ async fn register(nodes: &Api<Node>, ctx: &Context) -> Result<(), kube::Error> {
         Err(e) if is_conflict(&e) => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// The labels the kubelet gives its Node (`kubernetes.io/hostname`, os, arch).
+pub fn default_labels(node_name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("kubernetes.io/hostname".to_string(), node_name.to_string()),
+        ("kubernetes.io/os".to_string(), "linux".to_string()),
+        ("kubernetes.io/arch".to_string(), go_arch().to_string()),
+        ("beta.kubernetes.io/os".to_string(), "linux".to_string()),
+        ("beta.kubernetes.io/arch".to_string(), go_arch().to_string()),
+    ])
 }
 
 /// Add heartbeat and transition times to `status`'s conditions.
@@ -151,18 +168,7 @@ fn stamp(status: &NodeStatus, transitions: &mut BTreeMap<String, (String, Time)>
 
 /// The node's status as of now, without heartbeat or transition times.
 pub fn compute(ctx: &Context) -> NodeStatus {
-    let mut resources = BTreeMap::new();
-    resources.insert(
-        "cpu".to_string(),
-        Quantity(crate::capacity::cpus().to_string()),
-    );
-    if let Some(kib) = crate::capacity::mem_total_kib() {
-        resources.insert("memory".to_string(), Quantity(format!("{kib}Ki")));
-    }
-    resources.insert("pods".to_string(), Quantity("110".to_string()));
-    if let Some(bytes) = crate::capacity::ephemeral_storage_bytes(&ctx.root_dir) {
-        resources.insert("ephemeral-storage".to_string(), Quantity(bytes.to_string()));
-    }
+    let resources = ctx.node.resources();
 
     let condition = |type_: &str, status: &str, reason: &str, message: &str| NodeCondition {
         type_: type_.to_string(),
@@ -228,8 +234,8 @@ pub fn compute(ctx: &Context) -> NodeStatus {
     };
 
     NodeStatus {
-        capacity: Some(resources.clone()),
-        allocatable: Some(resources),
+        capacity: Some(resources.capacity_list()),
+        allocatable: Some(resources.allocatable_list()),
         conditions: Some(conditions),
         addresses: Some(vec![
             NodeAddress {

@@ -152,13 +152,27 @@ pub fn admit(pod: &Pod) -> Result<Pod, String> {
 
 /// The status reported for a pod the agent refuses to run: phase Failed, and why.
 pub fn rejected_status(pod: &Pod, message: String) -> PodStatus {
-    PodStatus {
-        phase: Some(crate::status::phase::FAILED.to_string()),
-        reason: Some(REASON_INVALID.to_string()),
-        message: Some(message),
-        qos_class: Some(berth_api::qos::pod_qos_class(pod).to_string()),
-        ..Default::default()
+    crate::status::rejected_status(pod, REASON_INVALID, message)
+}
+
+/// The admission refusal the API's status records for `pod`, if any: phase
+/// Failed, an admission reason, and the kubelet's "Pod was rejected: "
+/// message. Such a pod never runs again (a Failed pod is terminal), also after
+/// the agent restarts.
+pub fn earlier_rejection(pod: &Pod) -> Option<crate::admission::Rejection> {
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref() != Some(crate::status::phase::FAILED) {
+        return None;
     }
+    let reason = status.reason.as_deref()?;
+    let message = status
+        .message
+        .as_deref()?
+        .strip_prefix("Pod was rejected: ")?;
+    crate::admission::is_admission_reason(reason).then(|| crate::admission::Rejection {
+        reason: reason.to_string(),
+        message: message.to_string(),
+    })
 }
 
 /// The api source's snapshot: every pod of `store` the agent admits (mirror
@@ -169,11 +183,12 @@ pub fn snapshot(store: &BTreeMap<Uid, Pod>) -> Snapshot {
         pods: store
             .values()
             .filter(|p| !is_mirror(p))
-            .filter_map(|p| admit(p).ok())
-            .map(|pod| SourcedPod {
+            .filter_map(|p| Some((admit(p).ok()?, earlier_rejection(p))))
+            .map(|(pod, rejected)| SourcedPod {
                 pod,
                 file: PathBuf::from(API_SOURCE),
                 warnings: Vec::new(),
+                rejected,
             })
             .collect(),
         errors: Vec::new(),
@@ -615,6 +630,45 @@ mod tests {
         let status = rejected_status(&bad, message);
         assert_eq!(status.phase.as_deref(), Some("Failed"));
         assert_eq!(status.reason.as_deref(), Some(REASON_INVALID));
+    }
+
+    /// A pod the node refused before a restart stays refused: the API's
+    /// Failed status is read back; other failures are not refusals.
+    #[test]
+    fn an_admission_refusal_in_the_api_status_holds() {
+        let mut refused = pod("r", false);
+        refused.status = Some(crate::status::rejected_status(
+            &refused,
+            "OutOfcpu",
+            "Pod was rejected: Node didn't have enough resource: cpu, requested: 9000, used: 0, capacity: 2000".into(),
+        ));
+        let mut failed = pod("f", false);
+        failed.status = Some(PodStatus {
+            phase: Some("Failed".into()),
+            reason: Some("Evicted".into()),
+            message: Some("The node was low on resource: memory.".into()),
+            ..Default::default()
+        });
+        let store = BTreeMap::from([
+            ("r".to_string(), refused.clone()),
+            ("f".to_string(), failed),
+            ("a".to_string(), pod("a", false)),
+        ]);
+        let snap = snapshot(&store);
+        let rejected: Vec<_> = snap
+            .pods
+            .iter()
+            .filter_map(|sp| sp.rejected.clone())
+            .collect();
+        assert_eq!(
+            rejected,
+            vec![crate::admission::Rejection {
+                reason: "OutOfcpu".into(),
+                message: "Node didn't have enough resource: cpu, requested: 9000, used: 0, capacity: 2000".into(),
+            }]
+        );
+        // Unchanged status, unchanged snapshot: no trigger storm.
+        assert_eq!(snapshot(&store).pods, snap.pods);
     }
 
     #[test]

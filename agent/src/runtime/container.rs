@@ -210,7 +210,8 @@ impl RuntimeManager {
         };
         // At most MaxShares (262144): fits.
         let cpu_shares = i64::try_from(shares).unwrap_or(i64::MAX);
-        let (cpu_period, cpu_quota) = if cpu_limit > 0 {
+        // `--cpu-cfs-quota=false`: limits do not throttle (shares only).
+        let (cpu_period, cpu_quota) = if cpu_limit > 0 && self.cgroups.enforce_cpu_limits {
             (
                 i64::try_from(QUOTA_PERIOD).unwrap_or(i64::MAX),
                 milli_cpu_to_quota(cpu_limit, QUOTA_PERIOD),

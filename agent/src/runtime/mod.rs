@@ -111,6 +111,22 @@ impl RuntimeManager {
         self
     }
 
+    /// `--cpu-cfs-quota` (CPU limits become a CFS quota, on containers and
+    /// pod cgroups), `--pod-max-pids` (each pod cgroup's `pids.max`; -1
+    /// unlimited) and the values of the cgroup root (`kubepods`: the node's
+    /// allocatable, see [`crate::allocatable::node_cgroup_config`]).
+    pub fn with_cgroup_limits(
+        mut self,
+        cpu_cfs_quota: bool,
+        pod_pids_limit: i64,
+        node: crate::cgroups::ResourceConfig,
+    ) -> Self {
+        self.cgroups.enforce_cpu_limits = cpu_cfs_quota;
+        self.cgroups.pod_pids_limit = pod_pids_limit;
+        self.cgroups.node_config = node;
+        self
+    }
+
     /// The pod and QoS cgroups.
     pub fn cgroups(&self) -> &crate::cgroups::PodCgroups {
         &self.cgroups

@@ -682,6 +682,7 @@ pub fn parse_manifest(
         pod,
         file: path.to_path_buf(),
         warnings,
+        rejected: None,
     })
 }
 

@@ -29,6 +29,19 @@ pub struct SourcedPod {
     /// Fields present in the manifest that the agent does not support (yet), as
     /// `field: reason`; logged once per pod and shown on the status endpoint.
     pub warnings: Vec<String>,
+    /// A refusal recorded before (an API pod whose status says this node's
+    /// admission rejected it, read back after a restart): it stays refused,
+    /// as a pod Failed in the API never runs again.
+    pub rejected: Option<Rejection>,
+}
+
+/// Why admission refused a pod: the status reason (`OutOfcpu`) and the
+/// message (without upstream's "Pod was rejected: " prefix, which the status
+/// adds). Here, beside the desired pods, so every layer can name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: String,
+    pub message: String,
 }
 
 /// A manifest that was rejected. The error names the file, the field and the reason.
@@ -58,6 +71,10 @@ pub struct Snapshot {
 
 /// The name of the manifest-directory source (the one [`PodConfig::apply`] fills).
 pub const FILE_SOURCE: &str = "file";
+
+/// The name of the API server's source (cluster mode); its pods' `file` is
+/// this name too.
+pub const API_SOURCE: &str = "api";
 
 #[derive(Debug, Default)]
 struct State {
@@ -234,6 +251,7 @@ mod tests {
             pod,
             file: PathBuf::from("x"),
             warnings: Vec::new(),
+            rejected: None,
         }
     }
 
