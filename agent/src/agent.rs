@@ -164,10 +164,27 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         endpoint: config.container_runtime_endpoint.clone(),
         node: node_state.clone(),
     });
+    // The Summary API: ready once the runtime manager (and its pod cgroups) is.
+    let stats_provider: Arc<std::sync::OnceLock<Arc<crate::stats::StatsProvider>>> = Arc::default();
+    let summary: crate::server::SummarySource = {
+        let provider = stats_provider.clone();
+        let pod_config = pod_config.clone();
+        Arc::new(move || {
+            let provider = provider.get().cloned();
+            let pods: Vec<Pod> = pod_config.pods().into_iter().map(|sp| sp.pod).collect();
+            Box::pin(async move {
+                match provider {
+                    Some(p) => p.summary(&pods).await.map_err(|e| e.to_string()),
+                    None => Err("the container runtime has not been reached yet".to_string()),
+                }
+            })
+        })
+    };
     let server = tokio::spawn(crate::server::serve(
         listener,
         view.clone(),
         metrics.clone(),
+        Some(summary),
         cancel.clone(),
     ));
     // The authenticated server (logs, exec), when it has a client CA.
@@ -275,6 +292,17 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         Some(c) => manager.with_api_client(c),
         None => manager,
     });
+    let _ = stats_provider.set(Arc::new(crate::stats::StatsProvider::new(
+        client.clone(),
+        cache.clone(),
+        manager.cgroups().clone(),
+        crate::stats::StatsSettings {
+            node_name: config.node_name.clone(),
+            root_dir: config.root_dir.clone(),
+            pod_logs_dir: config.pod_logs_dir.clone(),
+            cgroup_root: config.cgroup_root.clone(),
+        },
+    )));
     spawn_qos_cgroups(
         manager.cgroups().clone(),
         pod_config.clone(),

@@ -26,6 +26,7 @@ pub mod prober;
 pub mod runtime;
 pub mod server;
 pub mod source;
+pub mod stats;
 pub mod status;
 pub mod streaming;
 pub mod util;

@@ -47,15 +47,34 @@ pub trait NodeView: Send + Sync + 'static {
     }
 }
 
+/// What `/stats/summary` and `/metrics/resource` read: a summary taken now,
+/// or why there is none (e.g. the runtime has not been reached yet).
+pub type SummarySource = Arc<
+    dyn Fn() -> futures::future::BoxFuture<'static, Result<crate::stats::Summary, String>>
+        + Send
+        + Sync,
+>;
+
 #[derive(Clone)]
 struct AppState {
     view: Arc<dyn NodeView>,
     metrics: Arc<Metrics>,
+    stats: Option<SummarySource>,
 }
 
 /// The routes, for [`serve`] and for tests. Unknown paths answer 404 and other
 /// methods than GET (and HEAD) on a known path answer 405.
 pub fn router(view: Arc<dyn NodeView>, metrics: Arc<Metrics>) -> Router {
+    router_with_stats(view, metrics, None)
+}
+
+/// [`router`] with the Summary API (`/stats/summary`) and the kubelet's
+/// `/metrics/resource` over `stats`.
+pub fn router_with_stats(
+    view: Arc<dyn NodeView>,
+    metrics: Arc<Metrics>,
+    stats: Option<SummarySource>,
+) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/pods", get(list_pods))
@@ -63,8 +82,53 @@ pub fn router(view: Arc<dyn NodeView>, metrics: Arc<Metrics>) -> Router {
         .route("/status", get(node_status))
         .route("/metrics", get(scrape))
         .route("/metrics/probes", get(scrape_probes))
+        .route("/metrics/resource", get(scrape_resource))
+        .route("/stats/summary", get(stats_summary))
         .fallback(not_found)
-        .with_state(AppState { view, metrics })
+        .with_state(AppState {
+            view,
+            metrics,
+            stats,
+        })
+}
+
+/// `GET /stats/summary`: the kubelet's Summary API (`stats/v1alpha1`).
+async fn stats_summary(State(state): State<AppState>) -> Response {
+    let Some(stats) = &state.stats else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stats are not available on this server".to_string(),
+        );
+    };
+    match stats().await {
+        Ok(summary) => json(StatusCode::OK, &summary),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to get node stats: {e}"),
+        ),
+    }
+}
+
+/// `GET /metrics/resource`: the kubelet's resource metrics (what
+/// metrics-server scrapes); `resource_scrape_error 1` when no summary could
+/// be taken.
+async fn scrape_resource(State(state): State<AppState>) -> Response {
+    let body = match &state.stats {
+        Some(stats) => match stats().await {
+            Ok(summary) => crate::stats::resource_metrics(&summary),
+            Err(e) => {
+                tracing::debug!(error = %e, "resource metrics: no summary");
+                crate::stats::resource_scrape_failed()
+            }
+        },
+        None => crate::stats::resource_scrape_failed(),
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, crate::stats::CONTENT_TYPE)],
+        body,
+    )
+        .into_response()
 }
 
 /// Serve the status endpoints on `listener` until `cancel` fires, then finish
@@ -73,11 +137,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     view: Arc<dyn NodeView>,
     metrics: Arc<Metrics>,
+    stats: Option<SummarySource>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "status server listening");
-    axum::serve(listener, router(view, metrics))
+    axum::serve(listener, router_with_stats(view, metrics, stats))
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await
         .map_err(|e| anyhow::anyhow!("status server on {addr}: {e}"))?;
@@ -314,6 +379,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn stats_say_why_there_are_none() {
+        // No source: 503; a source that fails: 500 naming why, and the
+        // resource metrics report a scrape error instead of failing.
+        let (code, _, body) = call(fake(Ok(())), "GET", "/stats/summary").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let failing: SummarySource =
+            Arc::new(|| Box::pin(async { Err("runtime unreachable".to_string()) }));
+        for (path, want_code, want_body) in [
+            (
+                "/stats/summary",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "failed to get node stats: runtime unreachable",
+            ),
+            (
+                "/metrics/resource",
+                StatusCode::OK,
+                "resource_scrape_error 1",
+            ),
+        ] {
+            let app = router_with_stats(
+                fake(Ok(())),
+                Arc::new(Metrics::new()),
+                Some(failing.clone()),
+            );
+            let req = Request::builder()
+                .uri(path)
+                .body(Body::empty())
+                .expect("request");
+            let resp = app.oneshot(req).await.expect("response");
+            assert_eq!(resp.status(), want_code, "{path}");
+            let body = to_bytes(resp.into_body(), 1 << 20).await.expect("body");
+            let body = String::from_utf8_lossy(&body);
+            assert!(body.contains(want_body), "{path}: {body}");
+        }
+    }
+
+    #[tokio::test]
     async fn healthz_ok_and_unhealthy() {
         let (code, ctype, body) = call(fake(Ok(())), "GET", "/healthz").await;
         assert_eq!(code, StatusCode::OK);
@@ -465,6 +567,7 @@ mod tests {
             listener,
             fake(Ok(())),
             Arc::new(Metrics::new()),
+            None,
             cancel.clone(),
         ));
         let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");

@@ -233,10 +233,13 @@ cri_calls! {
     rt status "Status" list_timeout (api::StatusRequest) -> api::StatusResponse;
     rt exec_sync "ExecSync" request_timeout (api::ExecSyncRequest) -> api::ExecSyncResponse;
     rt exec "Exec" request_timeout (api::ExecRequest) -> api::ExecResponse;
+    rt list_container_stats "ListContainerStats" list_timeout (api::ListContainerStatsRequest) -> api::ListContainerStatsResponse;
+    rt list_pod_sandbox_stats "ListPodSandboxStats" list_timeout (api::ListPodSandboxStatsRequest) -> api::ListPodSandboxStatsResponse;
     img image_status "ImageStatus" list_timeout (api::ImageStatusRequest) -> api::ImageStatusResponse;
     img pull_image "PullImage" request_timeout (api::PullImageRequest) -> api::PullImageResponse;
     img list_images "ListImages" list_timeout (api::ListImagesRequest) -> api::ListImagesResponse;
     img remove_image "RemoveImage" request_timeout (api::RemoveImageRequest) -> api::RemoveImageResponse;
+    img image_fs_info "ImageFsInfo" list_timeout (api::ImageFsInfoRequest) -> api::ImageFsInfoResponse;
 }
 
 impl RuntimeClient {

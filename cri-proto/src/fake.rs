@@ -25,8 +25,10 @@
 //! - GetContainerEvents is Unimplemented unless enabled; ExecSync answers
 //!   from a script per container name ([`FakeRuntime::script_exec`]: exit
 //!   code, output, run time; past the request's timeout it fails
-//!   DeadlineExceeded), on running containers only; the other streaming/stats
-//!   RPCs are Unimplemented;
+//!   DeadlineExceeded), on running containers only; ListContainerStats and
+//!   ImageFsInfo answer once scripted ([`FakeRuntime::script_container_stats`],
+//!   [`FakeRuntime::set_image_fs_info`]); the other streaming/stats RPCs are
+//!   Unimplemented;
 //! - times are wall-clock nanoseconds; IDs and unique-ID prefixes resolve.
 //!
 //! Knobs script faults ([`FakeRuntime::fail_next`], [`FakeRuntime::delay`]),
@@ -506,6 +508,33 @@ impl FakeRuntime {
         if !enabled {
             st.subscribers.clear();
         }
+    }
+
+    /// Serve ListContainerStats (as containerd does) instead of answering
+    /// Unimplemented; containers without scripted stats answer with their
+    /// attributes only. Turning it off forgets the scripted stats.
+    pub fn enable_container_stats(&self, enabled: bool) {
+        let mut st = self.shared.lock();
+        if !enabled {
+            st.container_stats = None;
+        } else if st.container_stats.is_none() {
+            st.container_stats = Some(Default::default());
+        }
+    }
+
+    /// ListContainerStats answers `stats` for container `id` (its full ID);
+    /// the fake fills in the attributes. Enables ListContainerStats.
+    pub fn script_container_stats(&self, id: &str, stats: crate::api::ContainerStats) {
+        self.shared
+            .lock()
+            .container_stats
+            .get_or_insert_with(Default::default)
+            .insert(id.to_string(), stats);
+    }
+
+    /// ImageFsInfo answers `info` (`None`: Unimplemented, the default).
+    pub fn set_image_fs_info(&self, info: Option<crate::api::ImageFsInfoResponse>) {
+        self.shared.lock().image_fs_info = info;
     }
 
     // ----- observations -----

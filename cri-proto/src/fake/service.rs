@@ -291,6 +291,17 @@ runtime_service! {
             }))
         }
 
+        async fn list_container_stats(
+            &self,
+            request: Request<api::ListContainerStatsRequest>,
+        ) -> Result<Response<api::ListContainerStatsResponse>, Status> {
+            self.0.enter("ListContainerStats").await?;
+            match self.0.lock().list_container_stats(request.into_inner().filter) {
+                Some(stats) => Ok(Response::new(api::ListContainerStatsResponse { stats })),
+                None => Err(unimplemented("ListContainerStats")),
+            }
+        }
+
         async fn get_container_events(
             &self,
             _request: Request<api::GetEventsRequest>,
@@ -313,7 +324,6 @@ runtime_service! {
         attach "Attach" (AttachRequest) -> AttachResponse;
         port_forward "PortForward" (PortForwardRequest) -> PortForwardResponse;
         container_stats "ContainerStats" (ContainerStatsRequest) -> ContainerStatsResponse;
-        list_container_stats "ListContainerStats" (ListContainerStatsRequest) -> ListContainerStatsResponse;
         pod_sandbox_stats "PodSandboxStats" (PodSandboxStatsRequest) -> PodSandboxStatsResponse;
         list_pod_sandbox_stats "ListPodSandboxStats" (ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse;
         update_runtime_config "UpdateRuntimeConfig" (UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse;
@@ -380,6 +390,9 @@ impl ImageService for Service {
         _request: Request<api::ImageFsInfoRequest>,
     ) -> Result<Response<api::ImageFsInfoResponse>, Status> {
         self.0.enter("ImageFsInfo").await?;
-        Err(unimplemented("ImageFsInfo"))
+        match self.0.lock().image_fs_info.clone() {
+            Some(info) => Ok(Response::new(info)),
+            None => Err(unimplemented("ImageFsInfo")),
+        }
     }
 }

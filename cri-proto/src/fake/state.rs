@@ -169,6 +169,11 @@ pub(crate) struct State {
     pub subscribers: Vec<EventSender>,
     pub runtime_ready: Option<bool>,
     pub network_ready: Option<bool>,
+    /// `None`: ListContainerStats answers Unimplemented. `Some`: it answers,
+    /// with these stats (by full container ID) where scripted.
+    pub container_stats: Option<HashMap<String, api::ContainerStats>>,
+    /// `None`: ImageFsInfo answers Unimplemented.
+    pub image_fs_info: Option<api::ImageFsInfoResponse>,
     next_ip: u32,
     next_id: u64,
 }
@@ -727,6 +732,38 @@ impl State {
                 image_id: c.image_ref.clone(),
             })
             .collect()
+    }
+
+    /// ListContainerStats over the containers `filter` selects (as
+    /// ListContainers): the scripted stats of each, with its attributes filled
+    /// in; `None` when stats are not enabled.
+    pub fn list_container_stats(
+        &self,
+        filter: Option<api::ContainerStatsFilter>,
+    ) -> Option<Vec<api::ContainerStats>> {
+        let scripted = self.container_stats.as_ref()?;
+        let filter = filter.unwrap_or_default();
+        let listed = self.list_containers(Some(api::ContainerFilter {
+            id: filter.id,
+            pod_sandbox_id: filter.pod_sandbox_id,
+            label_selector: filter.label_selector,
+            state: None,
+        }));
+        Some(
+            listed
+                .into_iter()
+                .map(|c| {
+                    let mut stats = scripted.get(&c.id).cloned().unwrap_or_default();
+                    stats.attributes = Some(api::ContainerAttributes {
+                        id: c.id,
+                        metadata: c.metadata,
+                        labels: c.labels,
+                        annotations: c.annotations,
+                    });
+                    stats
+                })
+                .collect(),
+        )
     }
 
     /// ContainerStatus as containerd builds it: the image becomes the image's first

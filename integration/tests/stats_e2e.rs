@@ -1,0 +1,120 @@
+//! The Summary API and the resource metrics on a real containerd and real
+//! cgroups: `/stats/summary` reports the node (CPU, memory, fs, rlimit), the
+//! pod (from its cgroup) and its container (from CRI `ListContainerStats`),
+//! its emptyDir's usage and the container's logs, with `usageNanoCores` once
+//! two samples exist; `/metrics/resource` serves the same numbers in the
+//! kubelet's Prometheus names. A pod that goes leaves the summary; an agent
+//! restarted by `kill -9` answers again.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use berth_integration::{Agent, BUSYBOX_IMAGE, Containerd, require_runtime};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(60);
+
+fn num(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+fn pod_stats<'a>(summary: &'a Value, name: &str) -> Option<&'a Value> {
+    summary["pods"]
+        .as_array()?
+        .iter()
+        .find(|p| p["podRef"]["name"] == name)
+}
+
+#[test]
+fn the_summary_api_reports_node_pod_container_and_volume() -> Result<()> {
+    let test = "the_summary_api_reports_node_pod_container_and_volume";
+    let Some(_env) = require_runtime(test) else {
+        return Ok(());
+    };
+    let cd = Containerd::start()?;
+    let mut agent = Agent::start(&cd, &[])?;
+    agent.wait_healthy(T)?;
+    // A busy container writing 1 MiB into its emptyDir and a line to its log.
+    agent.write_manifest(
+        "busy.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: busy}}\nspec:\n  terminationGracePeriodSeconds: 1\n  volumes: [{{name: scratch, emptyDir: {{}}}}]\n  containers:\n  - name: main\n    image: {BUSYBOX_IMAGE}\n    volumeMounts: [{{name: scratch, mountPath: /scratch}}]\n    command: [sh, -c, 'dd if=/dev/zero of=/scratch/blob bs=1024 count=1024; echo written; while true; do i=0; while [ $i -lt 2000 ]; do i=$((i+1)); done; sleep 0.1; done']\n    resources: {{requests: {{cpu: 100m, memory: 32Mi}}, limits: {{memory: 64Mi}}}}\n"
+        ),
+    )?;
+    let name = agent.static_pod_name("busy");
+    agent.poll(T, "busy running", || {
+        Ok(agent
+            .pod("default", &name)?
+            .filter(|p| p["status"]["containerStatuses"][0]["state"]["running"].is_object()))
+    })?;
+
+    // Two samples apart: the second carries usageNanoCores everywhere.
+    let summary = agent.poll(T, "a summary with the pod's rates", || {
+        let s = agent.get_json("/stats/summary")?;
+        let ready = pod_stats(&s, &name).is_some_and(|p| {
+            p["containers"][0]["cpu"]["usageNanoCores"].is_u64()
+                && p["cpu"]["usageNanoCores"].is_u64()
+                && num(&p["volume"][0]["usedBytes"]) >= 1 << 20
+        });
+        if !ready {
+            std::thread::sleep(Duration::from_millis(1200));
+        }
+        Ok(ready.then_some(s))
+    })?;
+    let node = &summary["node"];
+    assert_eq!(node["nodeName"], agent.node_name());
+    assert!(num(&node["cpu"]["usageCoreNanoSeconds"]) > 0, "{node}");
+    assert!(num(&node["memory"]["workingSetBytes"]) > 0, "{node}");
+    assert!(num(&node["memory"]["availableBytes"]) > 0, "{node}");
+    assert!(num(&node["fs"]["capacityBytes"]) > 0, "{node}");
+    assert!(num(&node["rlimit"]["maxpid"]) > 0, "{node}");
+    assert!(num(&node["rlimit"]["curproc"]) > 0, "{node}");
+
+    let pod = pod_stats(&summary, &name).context("the pod")?;
+    assert_eq!(pod["podRef"]["namespace"], "default");
+    assert!(pod["podRef"]["uid"].as_str().is_some_and(|u| !u.is_empty()));
+    assert!(num(&pod["cpu"]["usageCoreNanoSeconds"]) > 0, "{pod}");
+    let ws = num(&pod["memory"]["workingSetBytes"]);
+    assert!(ws > 0 && ws < 64 << 20, "within its limit: {pod}");
+    assert!(num(&pod["process_stats"]["process_count"]) >= 1, "{pod}");
+    let c = &pod["containers"][0];
+    assert_eq!(c["name"], "main");
+    assert!(num(&c["cpu"]["usageCoreNanoSeconds"]) > 0, "{c}");
+    assert!(num(&c["memory"]["workingSetBytes"]) > 0, "{c}");
+    assert!(num(&c["logs"]["usedBytes"]) > 0, "the log line: {c}");
+    let v = &pod["volume"][0];
+    assert_eq!(v["name"], "scratch");
+    assert!(num(&v["usedBytes"]) >= 1 << 20, "{v}");
+
+    // The same numbers in the kubelet's Prometheus names.
+    let (code, text) = agent.get_text("/metrics/resource")?;
+    assert_eq!(code, 200);
+    for want in [
+        "node_cpu_usage_seconds_total ",
+        "node_memory_working_set_bytes ",
+        &format!("pod_cpu_usage_seconds_total{{namespace=\"default\",pod=\"{name}\"}} "),
+        &format!(
+            "container_memory_working_set_bytes{{container=\"main\",namespace=\"default\",pod=\"{name}\"}} "
+        ),
+        "resource_scrape_error 0",
+    ] {
+        assert!(text.contains(want), "{want:?} in:\n{text}");
+    }
+
+    // kill -9 and back: a summary again, the pod still in it.
+    agent.kill9()?;
+    agent.restart()?;
+    agent.wait_healthy(T)?;
+    agent.poll(T, "a summary after the restart", || {
+        let s = agent.get_json("/stats/summary")?;
+        Ok(pod_stats(&s, &name).map(|_| ()))
+    })?;
+
+    // The pod goes: so does its entry.
+    agent.remove_manifest("busy.yaml")?;
+    agent.poll(T, "the pod gone from the summary", || {
+        let s = agent.get_json("/stats/summary")?;
+        Ok(pod_stats(&s, &name).is_none().then_some(()))
+    })?;
+    Ok(())
+}
