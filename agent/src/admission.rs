@@ -24,9 +24,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use berth_api::resource::{Resources, pod_requests};
-use berth_api::scheduling::{
-    Effect, HostPort, RequiredNodeAffinity, Taint, Toleration, host_ports, tolerated,
-};
+use berth_api::scheduling::{Effect, HostPort, RequiredNodeAffinity, Taint, host_ports, tolerated};
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::Uid;
@@ -441,12 +439,7 @@ pub fn admit(
         ));
     }
     if !is_static {
-        let tolerations: Vec<Toleration> = spec
-            .tolerations
-            .iter()
-            .flatten()
-            .map(Toleration::from_api)
-            .collect();
+        let tolerations = berth_api::scheduling::tolerations(spec);
         if node
             .taints
             .iter()

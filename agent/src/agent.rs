@@ -184,7 +184,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         listener,
         view.clone(),
         metrics.clone(),
-        Some(summary),
+        Some(summary.clone()),
         cancel.clone(),
     ));
     // The authenticated server (logs, exec), when it has a client CA.
@@ -193,6 +193,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         Arc::new(crate::streaming::Host {
             view,
             runtime: client.clone(),
+            stats: Some(summary.clone()),
         }),
         cancel.clone(),
     )
@@ -307,6 +308,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         manager.cgroups().clone(),
         pod_config.clone(),
         cache.clone(),
+        transient.clone(),
         api_source,
         &config.cgroup_root,
         cancel.clone(),
@@ -479,6 +481,7 @@ fn spawn_qos_cgroups(
     cgroups: crate::cgroups::PodCgroups,
     pod_config: Arc<crate::source::PodConfig>,
     cache: Arc<RuntimeCache>,
+    transient: Arc<TransientStore>,
     api_source: bool,
     cgroup_root: &str,
     cancel: CancellationToken,
@@ -530,7 +533,13 @@ fn spawn_qos_cgroups(
                     }
                 }
             }
-            let pods: Vec<Pod> = pod_config.pods().into_iter().map(|p| p.pod).collect();
+            // Pods admission refused run nowhere: their requests count for nothing.
+            let pods: Vec<Pod> = pod_config
+                .pods()
+                .into_iter()
+                .map(|p| p.pod)
+                .filter(|p| transient.get(&uid_of(p)).rejected.is_none())
+                .collect();
             let c = cgroups.clone();
             let result = tokio::task::spawn_blocking(move || {
                 c.ensure_qos_cgroups()?;

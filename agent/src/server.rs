@@ -94,7 +94,19 @@ pub fn router_with_stats(
 
 /// `GET /stats/summary`: the kubelet's Summary API (`stats/v1alpha1`).
 async fn stats_summary(State(state): State<AppState>) -> Response {
-    let Some(stats) = &state.stats else {
+    summary_response(state.stats.as_ref()).await
+}
+
+/// `GET /metrics/resource`: the kubelet's resource metrics (what
+/// metrics-server scrapes).
+async fn scrape_resource(State(state): State<AppState>) -> Response {
+    resource_metrics_response(state.stats.as_ref()).await
+}
+
+/// The `/stats/summary` answer over `stats` (this server's and the
+/// authenticated one's).
+pub async fn summary_response(stats: Option<&SummarySource>) -> Response {
+    let Some(stats) = stats else {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "stats are not available on this server".to_string(),
@@ -109,11 +121,10 @@ async fn stats_summary(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /metrics/resource`: the kubelet's resource metrics (what
-/// metrics-server scrapes); `resource_scrape_error 1` when no summary could
-/// be taken.
-async fn scrape_resource(State(state): State<AppState>) -> Response {
-    let body = match &state.stats {
+/// The `/metrics/resource` answer over `stats`: `resource_scrape_error 1`
+/// when no summary could be taken.
+pub async fn resource_metrics_response(stats: Option<&SummarySource>) -> Response {
+    let body = match stats {
         Some(stats) => match stats().await {
             Ok(summary) => crate::stats::resource_metrics(&summary),
             Err(e) => {

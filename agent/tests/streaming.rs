@@ -267,9 +267,18 @@ impl Env {
         let view = Arc::new(View {
             pods: Mutex::new(Vec::new()),
         });
+        // A fixed summary: what the routes serve, not how it is measured.
+        let stats: berth_agent::server::SummarySource = Arc::new(|| {
+            Box::pin(async {
+                let mut s = berth_agent::stats::Summary::default();
+                s.node.node_name = "node-a".into();
+                Ok(s)
+            })
+        });
         let host = Arc::new(Host {
             view: view.clone(),
             runtime: client,
+            stats: Some(stats),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -405,6 +414,23 @@ async fn client_certificates_authenticate_and_authorize() {
         body.contains("verb=create") && body.contains("[proxy]"),
         "{body}"
     );
+
+    // Stats and resource metrics are nodes/stats and nodes/metrics, as upstream.
+    for (path, sub) in [
+        ("/stats/summary", "[stats]"),
+        ("/metrics/resource", "[metrics]"),
+    ] {
+        let (code, body) = env.pki.client("mallory", &[]).get(env.addr, path).await;
+        assert_eq!(code, 403, "{path}: {body}");
+        assert!(body.contains(sub), "{path}: {body}");
+    }
+    let (code, body) = env.admin().get(env.addr, "/stats/summary").await;
+    assert_eq!(code, 200, "{body}");
+    let summary: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(summary["node"]["nodeName"], "node-a");
+    let (code, body) = env.admin().get(env.addr, "/metrics/resource").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("resource_scrape_error 0"), "{body}");
 
     let (code, body) = env.admin().get(env.addr, "/healthz").await;
     assert_eq!((code, body.as_str()), (200, "ok"));

@@ -110,6 +110,15 @@ impl Toleration {
     }
 }
 
+/// A pod's tolerations, parsed.
+pub fn tolerations(spec: &PodSpec) -> Vec<Toleration> {
+    spec.tolerations
+        .iter()
+        .flatten()
+        .map(Toleration::from_api)
+        .collect()
+}
+
 /// True when some toleration tolerates `taint` (`TolerationsTolerateTaint`).
 pub fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
     tolerations.iter().any(|t| t.tolerates(taint))

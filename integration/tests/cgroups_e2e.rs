@@ -314,3 +314,46 @@ fn orphaned_pod_cgroups_are_removed_and_busy_ones_only_reported() -> Result<()> 
     }
     Ok(())
 }
+
+/// A container that outgrows its memory limit is killed by the kernel in
+/// its pod's cgroup, and its status says so as the kubelet's does:
+/// terminated, reason `OOMKilled`, exit code 137; the pod (restartPolicy
+/// Never) is Failed and its neighbour is untouched.
+#[test]
+fn a_container_over_its_memory_limit_is_oom_killed() -> Result<()> {
+    let Some(_env) = require_runtime("a_container_over_its_memory_limit_is_oom_killed") else {
+        return Ok(());
+    };
+    let cd = Containerd::start()?;
+    let agent = Agent::start(&cd, &[])?;
+    agent.wait_healthy(T)?;
+    agent.write_manifest(
+        "hog.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: hog}}\nspec:\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {IMAGE}\n    command: [sh, -c, 'sleep 1; x=$(head -c 100000000 /dev/zero | tr \"\\\\000\" a); echo survived; sleep 3600']\n    resources: {{limits: {{memory: 24Mi}}}}\n"
+        ),
+    )?;
+    agent.write_manifest("calm.yaml", &pod("calm", "{limits: {memory: 24Mi}}"))?;
+    let calm = running(&agent, "calm")?;
+    let hog = agent.static_pod_name("hog");
+    let p = agent.poll(T, "hog OOMKilled", || {
+        Ok(agent
+            .pod("default", &hog)?
+            .filter(|p| p["status"]["containerStatuses"][0]["state"]["terminated"].is_object()))
+    })?;
+    let term = &p["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(term["reason"], "OOMKilled", "{p}");
+    assert_eq!(term["exitCode"], 137, "{p}");
+    assert_eq!(p["status"]["phase"], "Failed", "{p}");
+    let calm_now = running(&agent, "calm")?;
+    assert_eq!(
+        calm_now["status"]["containerStatuses"][0]["containerID"],
+        calm["status"]["containerStatuses"][0]["containerID"],
+        "the neighbour was not touched"
+    );
+    assert_eq!(
+        calm_now["status"]["containerStatuses"][0]["restartCount"],
+        0
+    );
+    Ok(())
+}

@@ -56,12 +56,7 @@ impl PodInfo {
                 &default_spec
             }
         };
-        let tolerations: Vec<Toleration> = spec
-            .tolerations
-            .iter()
-            .flatten()
-            .map(Toleration::from_api)
-            .collect();
+        let tolerations = berth_api::scheduling::tolerations(spec);
         let prefer_tolerations = tolerations
             .iter()
             .filter(|t| t.effect.is_none_or(|e| e == Effect::PreferNoSchedule))

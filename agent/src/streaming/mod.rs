@@ -66,6 +66,9 @@ const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 pub struct Host {
     pub view: Arc<dyn NodeView>,
     pub runtime: RuntimeClient,
+    /// `/stats/summary` and `/metrics/resource` (`nodes/stats`,
+    /// `nodes/metrics`), when the agent has them.
+    pub stats: Option<crate::server::SummarySource>,
 }
 
 impl Host {
@@ -142,9 +145,19 @@ pub fn router(host: Arc<Host>) -> Router {
             get(exec::exec).post(exec::exec),
         )
         .route("/run/{namespace}/{pod}/{container}", post(exec::run))
+        .route("/stats/summary", get(stats_summary))
+        .route("/metrics/resource", get(resource_metrics))
         .fallback(not_found)
         .with_state(host)
         .layer(axum::middleware::from_fn(authenticate))
+}
+
+async fn stats_summary(State(host): State<Arc<Host>>) -> Response {
+    crate::server::summary_response(host.stats.as_ref()).await
+}
+
+async fn resource_metrics(State(host): State<Arc<Host>>) -> Response {
+    crate::server::resource_metrics_response(host.stats.as_ref()).await
 }
 
 async fn not_found() -> Response {
