@@ -30,6 +30,7 @@ struct View {
     node_ip: String,
     endpoint: String,
     node: Arc<crate::admission::NodeState>,
+    pressure: crate::eviction::SharedPressure,
 }
 
 impl NodeView for View {
@@ -88,6 +89,18 @@ impl NodeView for View {
         self.node_name.clone()
     }
 
+    fn pressure(&self) -> serde_json::Value {
+        let p = self
+            .pressure
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        serde_json::json!({
+            "pressure": p.pressure,
+            "thresholdsMet": p.thresholds_met,
+        })
+    }
+
     fn node_resources(&self) -> serde_json::Value {
         let r = self.node.resources();
         serde_json::json!({
@@ -138,6 +151,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         &config.kube_reserved,
         config.enforce_node_allocatable_pods,
     );
+    let pressure: crate::eviction::SharedPressure = Arc::default();
     let node_state = crate::admission::NodeState::new(crate::admission::NodeInfo {
         name: config.node_name.clone(),
         labels: crate::cluster::node::default_labels(&config.node_name),
@@ -163,6 +177,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         node_ip: config.node_ip.clone(),
         endpoint: config.container_runtime_endpoint.clone(),
         node: node_state.clone(),
+        pressure: pressure.clone(),
     });
     // The Summary API: ready once the runtime manager (and its pod cgroups) is.
     let stats_provider: Arc<std::sync::OnceLock<Arc<crate::stats::StatsProvider>>> = Arc::default();
@@ -234,6 +249,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
                 cache: cache.clone(),
                 transient: transient.clone(),
                 node: node_state.clone(),
+                pressure: pressure.clone(),
                 cancel: cancel.clone(),
             }))
         }
@@ -304,6 +320,28 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
             cgroup_root: config.cgroup_root.clone(),
         },
     )));
+    // Eviction signals against the hard thresholds: the pressure conditions.
+    let image_dir = client
+        .image_fs_info(berth_cri::api::ImageFsInfoRequest::default())
+        .await
+        .ok()
+        .and_then(|r| r.image_filesystems.into_iter().next())
+        .and_then(|fs| fs.fs_id)
+        .map(|id| std::path::PathBuf::from(id.mountpoint))
+        .filter(|p| p.is_absolute());
+    tracing::info!(image_fs = ?image_dir, thresholds = config.eviction_hard.len(), "eviction signals");
+    crate::eviction::spawn(
+        Arc::new(crate::eviction::HostSignals {
+            root_dir: config.root_dir.clone(),
+            image_dir,
+        }),
+        crate::eviction::PressureTracker::new(
+            config.eviction_hard.clone(),
+            config.eviction_pressure_transition_period,
+        ),
+        pressure.clone(),
+        cancel.clone(),
+    );
     spawn_qos_cgroups(
         manager.cgroups().clone(),
         pod_config.clone(),

@@ -106,6 +106,11 @@ impl Signal {
             .map_or("", |(n, _)| n)
     }
 
+    /// The signal named `s` (`memory.available`).
+    pub fn parse_name(s: &str) -> Option<Signal> {
+        Self::parse(s)
+    }
+
     fn parse(s: &str) -> Option<Signal> {
         Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, s)| *s)
     }

@@ -97,6 +97,9 @@ pub struct Flags {
     /// memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%].
     #[arg(long, value_name = "SIGNAL<QUANTITY|PERCENT,...")]
     pub eviction_hard: Option<String>,
+    /// How long a pressure condition stays after its signal was last met [default: 5m].
+    #[arg(long, value_parser = parse_duration)]
+    pub eviction_pressure_transition_period: Option<Duration>,
     /// Make CPU limits a CFS quota (on containers and pod cgroups); false
     /// leaves only CPU shares [default: true].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
@@ -151,6 +154,7 @@ struct FileConfig {
     system_reserved: Option<std::collections::BTreeMap<String, Scalar>>,
     kube_reserved: Option<std::collections::BTreeMap<String, Scalar>>,
     eviction_hard: Option<std::collections::BTreeMap<String, Scalar>>,
+    eviction_pressure_transition_period: Option<String>,
     // The kubelet's config spellings.
     #[serde(rename = "cpuCFSQuota")]
     cpu_cfs_quota: Option<bool>,
@@ -219,6 +223,8 @@ pub struct Config {
     pub kube_reserved: crate::allocatable::Reserved,
     /// `--eviction-hard`.
     pub eviction_hard: Vec<crate::allocatable::Threshold>,
+    /// `--eviction-pressure-transition-period`.
+    pub eviction_pressure_transition_period: Duration,
     /// `--cpu-cfs-quota`.
     pub cpu_cfs_quota: bool,
     /// `--pod-max-pids` (-1: unlimited).
@@ -356,6 +362,12 @@ impl Config {
                 ),
             }
             .map_err(anyhow::Error::msg)?,
+            eviction_pressure_transition_period: dur(
+                flags.eviction_pressure_transition_period,
+                &file.eviction_pressure_transition_period,
+                "evictionPressureTransitionPeriod",
+                crate::eviction::DEFAULT_PRESSURE_TRANSITION_PERIOD,
+            )?,
             cpu_cfs_quota: flags.cpu_cfs_quota.or(file.cpu_cfs_quota).unwrap_or(true),
             pod_max_pids: flags.pod_max_pids.or(file.pod_pids_limit).unwrap_or(-1),
             enforce_node_allocatable_pods: crate::allocatable::parse_enforce(

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod config;
 pub mod crilog;
 pub mod events;
+pub mod eviction;
 pub mod metrics;
 pub mod notify;
 pub mod objects;

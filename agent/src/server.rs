@@ -45,6 +45,10 @@ pub trait NodeView: Send + Sync + 'static {
     fn node_resources(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
+    /// The pressure conditions in force and the eviction thresholds met.
+    fn pressure(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 /// What `/stats/summary` and `/metrics/resource` read: a summary taken now,
@@ -213,6 +217,9 @@ struct NodeStatus {
     pods: usize,
     /// `capacity` and `allocatable`, as the Node status has them.
     resources: serde_json::Value,
+    /// `pressure` (MemoryPressure, DiskPressure, PIDPressure in force) and
+    /// `thresholdsMet`.
+    eviction: serde_json::Value,
     manifest_errors: Vec<ManifestErrorView>,
     pod_warnings: BTreeMap<String, Vec<String>>,
 }
@@ -235,6 +242,7 @@ async fn node_status(State(state): State<AppState>) -> Response {
         health_message: health.err().unwrap_or_else(|| "ok".to_string()),
         pods: view.pods().len(),
         resources: view.node_resources(),
+        eviction: view.pressure(),
         manifest_errors: view
             .manifest_errors()
             .into_iter()

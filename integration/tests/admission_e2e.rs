@@ -73,7 +73,8 @@ fn pods_that_do_not_fit_are_refused_with_the_kubelets_reasons_and_the_rest_run()
             "--max-pods",
             "3",
             "--eviction-hard",
-            "memory.available<100Mi",
+            // Always met (fewer inodes free than there are): DiskPressure.
+            "memory.available<100Mi,nodefs.inodesFree<100%",
         ],
     )?;
     agent.wait_healthy(T)?;
@@ -85,6 +86,16 @@ fn pods_that_do_not_fit_are_refused_with_the_kubelets_reasons_and_the_rest_run()
     ensure!(
         resources["allocatable"]["memory"] != resources["capacity"]["memory"],
         "the eviction threshold comes off allocatable memory: {status}"
+    );
+
+    // Eviction's signals: a threshold met sets its pressure condition.
+    let status = agent.poll(T, "DiskPressure on /status", || {
+        let s = agent.get_json("/status")?;
+        Ok((s["eviction"]["pressure"] == serde_json::json!(["DiskPressure"])).then_some(s))
+    })?;
+    assert_eq!(
+        status["eviction"]["thresholdsMet"][0]["signal"], "nodefs.inodesFree",
+        "{status}"
     );
 
     agent.write_manifest("big.yaml", &pod("big", "400m", ""))?;

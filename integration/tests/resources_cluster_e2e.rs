@@ -38,7 +38,16 @@ fn allocatable_and_admission_through_kubectl() -> anyhow::Result<()> {
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let reserved = format!("cpu={}m", cpus * 1000 - 500);
-    let mut c = Cluster::start(Backend::Sqlite, &["--kube-reserved", &reserved])?;
+    // nodefs.inodesFree<100% is always met: the Node reports DiskPressure.
+    let mut c = Cluster::start(
+        Backend::Sqlite,
+        &[
+            "--kube-reserved",
+            &reserved,
+            "--eviction-hard",
+            "memory.available<100Mi,nodefs.inodesFree<100%",
+        ],
+    )?;
     let node = c.hosts()[0].name().to_string();
 
     let n = c.poll(T, "the node's allocatable", || {
@@ -60,6 +69,20 @@ fn allocatable_and_admission_through_kubectl() -> anyhow::Result<()> {
         100 * 1024,
         "{status}"
     );
+
+    c.poll(T, "DiskPressure on the Node", || {
+        let n = c.kubectl_json(&["get", "node", &node])?;
+        let cond = n["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "DiskPressure").cloned());
+        Ok(cond.filter(|c| c["status"] == "True" && c["reason"] == "KubeletHasDiskPressure"))
+    })?;
+    let n = c.kubectl_json(&["get", "node", &node])?;
+    let memory = n["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "MemoryPressure").cloned())
+        .context("MemoryPressure condition")?;
+    assert_eq!(memory["status"], "False", "{memory}");
 
     // Too much CPU, bound past the scheduler: refused by the node.
     let file = c.write_file("big.yaml", &bound_pod("big", &node, "2", ""))?;

@@ -87,6 +87,8 @@ pub struct Context {
     pub transient: Arc<TransientStore>,
     /// Capacity and allocatable (reported), labels and taints (kept from the Node).
     pub node: Arc<crate::admission::NodeState>,
+    /// The eviction manager's pressure conditions.
+    pub pressure: crate::eviction::SharedPressure,
     pub cancel: CancellationToken,
 }
 

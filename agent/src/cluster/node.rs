@@ -166,6 +166,62 @@ fn stamp(status: &NodeStatus, transitions: &mut BTreeMap<String, (String, Time)>
     out
 }
 
+/// The pressure conditions as the kubelet words them (`nodestatus`
+/// `MemoryPressureCondition` and friends): (type, status, reason, message).
+pub fn pressure_conditions(
+    pressure: &std::collections::BTreeSet<crate::eviction::Pressure>,
+) -> [(&'static str, &'static str, &'static str, &'static str); 3] {
+    use crate::eviction::Pressure;
+    let on = |p| pressure.contains(&p);
+    [
+        if on(Pressure::Memory) {
+            (
+                "MemoryPressure",
+                "True",
+                "KubeletHasInsufficientMemory",
+                "kubelet has insufficient memory available",
+            )
+        } else {
+            (
+                "MemoryPressure",
+                "False",
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
+            )
+        },
+        if on(Pressure::Disk) {
+            (
+                "DiskPressure",
+                "True",
+                "KubeletHasDiskPressure",
+                "kubelet has disk pressure",
+            )
+        } else {
+            (
+                "DiskPressure",
+                "False",
+                "KubeletHasNoDiskPressure",
+                "kubelet has no disk pressure",
+            )
+        },
+        if on(Pressure::Pid) {
+            (
+                "PIDPressure",
+                "True",
+                "KubeletHasInsufficientPID",
+                "kubelet has insufficient PID available",
+            )
+        } else {
+            (
+                "PIDPressure",
+                "False",
+                "KubeletHasSufficientPID",
+                "kubelet has sufficient PID available",
+            )
+        },
+    ]
+}
+
 /// The node's status as of now, without heartbeat or transition times.
 pub fn compute(ctx: &Context) -> NodeStatus {
     let resources = ctx.node.resources();
@@ -186,25 +242,17 @@ pub fn compute(ctx: &Context) -> NodeStatus {
         ),
         Err(e) => condition("Ready", "False", "KubeletNotReady", &e),
     };
+    let pressure = ctx
+        .pressure
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .conditions
+        .clone();
+    let [memory, disk, pid] = pressure_conditions(&pressure);
     let conditions = vec![
-        condition(
-            "MemoryPressure",
-            "False",
-            "KubeletHasSufficientMemory",
-            "kubelet has sufficient memory available",
-        ),
-        condition(
-            "DiskPressure",
-            "False",
-            "KubeletHasNoDiskPressure",
-            "kubelet has no disk pressure",
-        ),
-        condition(
-            "PIDPressure",
-            "False",
-            "KubeletHasSufficientPID",
-            "kubelet has sufficient PID available",
-        ),
+        condition(memory.0, memory.1, memory.2, memory.3),
+        condition(disk.0, disk.1, disk.2, disk.3),
+        condition(pid.0, pid.1, pid.2, pid.3),
         condition(
             "NetworkUnavailable",
             "False",
@@ -294,6 +342,26 @@ fn parse_pretty_name(os_release: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pressure_conditions_are_worded_as_the_kubelets() {
+        use crate::eviction::Pressure;
+        let none = pressure_conditions(&Default::default());
+        assert!(none.iter().all(|c| c.1 == "False"));
+        assert_eq!(none[0].2, "KubeletHasSufficientMemory");
+        let some = pressure_conditions(&[Pressure::Disk].into_iter().collect());
+        assert_eq!(
+            some[1],
+            (
+                "DiskPressure",
+                "True",
+                "KubeletHasDiskPressure",
+                "kubelet has disk pressure"
+            )
+        );
+        assert_eq!(some[0].1, "False");
+        assert_eq!(some[2].1, "False");
+    }
 
     #[test]
     fn parses_os_release() {
