@@ -367,33 +367,19 @@ pub fn admit(
         return Err(insufficient("pods", 1, count, alloc.pods));
     }
     let short = |want: i64, have: i64, used: i64| want > 0 && want > have.saturating_sub(used);
-    if short(want.milli_cpu, alloc.milli_cpu, used.milli_cpu) {
-        return Err(insufficient(
-            "cpu",
-            want.milli_cpu,
-            used.milli_cpu,
-            alloc.milli_cpu,
-        ));
-    }
-    if short(want.memory, alloc.memory, used.memory) {
-        return Err(insufficient(
-            "memory",
-            want.memory,
-            used.memory,
-            alloc.memory,
-        ));
-    }
-    if short(
-        want.ephemeral_storage,
-        alloc.ephemeral_storage,
-        used.ephemeral_storage,
-    ) {
-        return Err(insufficient(
+    for (name, want, have, used) in [
+        ("cpu", want.milli_cpu, alloc.milli_cpu, used.milli_cpu),
+        ("memory", want.memory, alloc.memory, used.memory),
+        (
             "ephemeral-storage",
             want.ephemeral_storage,
-            used.ephemeral_storage,
             alloc.ephemeral_storage,
-        ));
+            used.ephemeral_storage,
+        ),
+    ] {
+        if short(want, have, used) {
+            return Err(insufficient(name, want, used, have));
+        }
     }
     for (name, amount) in &want.scalar {
         // Extended resources the node does not know are cluster-level ones

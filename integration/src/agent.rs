@@ -538,6 +538,21 @@ impl Agent {
         crate::poll(timeout, what, f).map_err(|e| self.with_log(e))
     }
 
+    /// Static pod `name` (from manifest `name`) from `/pods`, once its
+    /// first container runs.
+    pub fn wait_static_running(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        let full = self.static_pod_name(name);
+        self.poll(timeout, &format!("{full} running"), || {
+            Ok(self
+                .pod("default", &full)?
+                .filter(|p| p["status"]["containerStatuses"][0]["state"]["running"].is_object()))
+        })
+    }
+
     fn with_log(&self, e: anyhow::Error) -> anyhow::Error {
         anyhow!(
             "{e:#}\nagent log {} (last {TAIL} lines):\n{}",

@@ -22,12 +22,7 @@ fn pod(name: &str, cpu: &str, extra: &str) -> String {
 }
 
 fn running(agent: &Agent, name: &str) -> Result<Value> {
-    let full = agent.static_pod_name(name);
-    agent.poll(T, &format!("{full} running"), || {
-        Ok(agent
-            .pod("default", &full)?
-            .filter(|p| p["status"]["containerStatuses"][0]["state"]["running"].is_object()))
-    })
+    agent.wait_static_running(name, T)
 }
 
 fn refused(agent: &Agent, name: &str, reason: &str) -> Result<Value> {

@@ -65,14 +65,8 @@ fn procs_below(rel: &str) -> Vec<String> {
     out
 }
 
-/// Static pod `name`, once its container runs.
 fn running(agent: &Agent, name: &str) -> Result<Value> {
-    let full = agent.static_pod_name(name);
-    agent.poll(T, &format!("{full} running"), || {
-        Ok(agent
-            .pod("default", &full)?
-            .filter(|p| p["status"]["containerStatuses"][0]["state"]["running"].is_object()))
-    })
+    agent.wait_static_running(name, T)
 }
 
 #[test]
