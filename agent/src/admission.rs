@@ -16,8 +16,13 @@
 //! (static pods, whose UID changes with their manifest). Active pods
 //! (admitted, desired, not finished) count against allocatable.
 //!
-//! A static pod that does not fit is refused like any other: upstream's
-//! critical-pod preemption (evicting others to make room) is not done here.
+//! Under node pressure the eviction admit handler runs first
+//! ([`crate::eviction::admit_under_pressure`]). A critical pod (static, or
+//! of system-critical priority) short only of resources preempts others as
+//! the kubelet's `CriticalPodAdmissionHandler` does: the fewest, closest-fit
+//! non-critical pods, BestEffort before Burstable before Guaranteed, each
+//! Failed with reason `Preempting` and stopped; when no set of pods covers it,
+//! it is refused like any other.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -101,7 +106,20 @@ pub struct Admitter {
     /// Where static pods' refusals are kept, and those read back at start.
     state_dir: Option<PathBuf>,
     earlier: Mutex<HashMap<Uid, Rejection>>,
+    /// The node's pressure: under it, the eviction admit handler refuses.
+    pressure: std::sync::OnceLock<crate::eviction::SharedPressure>,
+    /// Told of each pod preempted to admit a critical one (an event, a
+    /// poke of its worker, which stops it).
+    on_preempt: std::sync::OnceLock<PreemptHook>,
 }
+
+/// See [`Admitter::set_preemption_hook`].
+pub type PreemptHook = Box<dyn Fn(&Pod, &Rejection) + Send + Sync>;
+
+/// The status reason of a pod preempted for a critical one (the kubelet's
+/// `events.PreemptContainer`), and its message.
+pub const REASON_PREEMPTING: &str = "Preempting";
+pub const MESSAGE_PREEMPTED: &str = "Preempted in order to admit critical pod";
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Stored {
@@ -144,6 +162,7 @@ impl Admitter {
                         Rejection {
                             reason: s.reason,
                             message: s.message,
+                            evicted: None,
                         },
                     );
                 }
@@ -161,7 +180,40 @@ impl Admitter {
             decisions: Mutex::default(),
             state_dir,
             earlier: Mutex::new(earlier),
+            pressure: std::sync::OnceLock::new(),
+            on_preempt: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Call `hook` for each pod preempted to admit a critical pod.
+    pub fn set_preemption_hook(&self, hook: PreemptHook) {
+        let _ = self.on_preempt.set(hook);
+    }
+
+    /// Refuse new pods under `pressure` as the kubelet's eviction admit
+    /// handler does (see [`crate::eviction::admit_under_pressure`]).
+    pub fn set_pressure(&self, pressure: crate::eviction::SharedPressure) {
+        let _ = self.pressure.set(pressure);
+    }
+
+    /// Record that `uid` was evicted: from now on it is refused (its worker
+    /// stops it) and no longer counts against the node.
+    pub fn evict(&self, uid: &str, r: Rejection) {
+        self.decisions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid.to_string(), Decision::Rejected(r));
+    }
+
+    /// The pods that count: admitted, desired, not being deleted, not finished.
+    pub fn active_pods(&self) -> Vec<SourcedPod> {
+        let decisions = self.decisions.lock().unwrap_or_else(|e| e.into_inner());
+        self.config
+            .pods()
+            .into_iter()
+            .filter(|sp| decisions.get(&uid_of(&sp.pod)) == Some(&Decision::Admitted))
+            .filter(|sp| !is_terminating(&sp.pod) && !(self.finished)(&sp.pod))
+            .collect()
     }
 
     fn remember(&self, uid: &str, r: &Rejection) {
@@ -268,11 +320,26 @@ impl Admitter {
                 !observed.sandboxes.is_empty() || !observed.containers.is_empty()
             });
         for sp in held {
+            // An evicted pod keeps its stopped containers: held, yet refused.
+            if let Some(r) = sp.rejected.as_ref().filter(|r| r.evicted.is_some()) {
+                decisions.insert(uid_of(&sp.pod), Decision::Rejected(r.clone()));
+                continue;
+            }
             decisions.insert(uid_of(&sp.pod), Decision::Admitted);
             if !(self.finished)(&sp.pod) {
                 active.push(&sp.pod);
             }
         }
+        let conditions = self
+            .pressure
+            .get()
+            .map(|p| {
+                p.read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .conditions
+                    .clone()
+            })
+            .unwrap_or_default();
         for sp in new {
             let d = if is_terminating(&sp.pod) {
                 Decision::Admitted
@@ -288,7 +355,48 @@ impl Admitter {
             } else {
                 // Static pods come from manifest files; the API's from the api source.
                 let is_static = sp.file != std::path::Path::new(crate::source::API_SOURCE);
-                match admit(&sp.pod, &active, &node, is_static) {
+                // The eviction admit handler runs first, as the kubelet's.
+                let mut verdict = crate::eviction::admit_under_pressure(sp, &conditions)
+                    .and_then(|()| admit(&sp.pod, &active, &node, is_static));
+                // A critical pod short only of resources preempts others (the
+                // kubelet's CriticalPodAdmissionHandler), or is refused as is.
+                if verdict
+                    .as_ref()
+                    .is_err_and(|r| r.reason.starts_with("OutOf"))
+                    && crate::eviction::is_critical(sp)
+                {
+                    let candidates: Vec<&Pod> = pods
+                        .iter()
+                        .filter(|other| !crate::eviction::is_critical(other))
+                        .map(|other| &other.pod)
+                        .filter(|p| active.iter().any(|a| uid_of(a) == uid_of(p)))
+                        .collect();
+                    if let Some(victims) = pods_to_preempt(&sp.pod, &active, &candidates, &node) {
+                        for v in &victims {
+                            let grace = v
+                                .spec
+                                .as_ref()
+                                .and_then(|s| s.termination_grace_period_seconds)
+                                .unwrap_or(30)
+                                .max(0);
+                            let r = Rejection {
+                                reason: REASON_PREEMPTING.to_string(),
+                                message: MESSAGE_PREEMPTED.to_string(),
+                                evicted: Some(grace),
+                            };
+                            tracing::warn!(pod = %crate::source::pod_key(v), critical_pod = %crate::source::pod_key(&sp.pod), "preempting a pod to admit a critical pod");
+                            if let Some(hook) = self.on_preempt.get() {
+                                hook(v, &r);
+                            }
+                            decisions.insert(uid_of(v), Decision::Rejected(r));
+                        }
+                        let gone: std::collections::HashSet<Uid> =
+                            victims.iter().map(|v| uid_of(v)).collect();
+                        active.retain(|a| !gone.contains(&uid_of(a)));
+                        verdict = admit(&sp.pod, &active, &node, is_static);
+                    }
+                }
+                match verdict {
                     Ok(()) => Decision::Admitted,
                     Err(r) => {
                         if is_static {
@@ -311,6 +419,206 @@ impl Admitter {
     }
 }
 
+/// One resource a critical pod lacks, and how much of it.
+#[derive(Debug, Clone, PartialEq)]
+enum Need {
+    Pods(i64),
+    Cpu(i64),
+    Memory(i64),
+    EphemeralStorage(i64),
+    Scalar(String, i64),
+}
+
+impl Need {
+    fn amount(&self) -> i64 {
+        match self {
+            Need::Pods(n) | Need::Cpu(n) | Need::Memory(n) | Need::EphemeralStorage(n) => *n,
+            Need::Scalar(_, n) => *n,
+        }
+    }
+
+    fn with(&self, amount: i64) -> Need {
+        match self {
+            Need::Pods(_) => Need::Pods(amount),
+            Need::Cpu(_) => Need::Cpu(amount),
+            Need::Memory(_) => Need::Memory(amount),
+            Need::EphemeralStorage(_) => Need::EphemeralStorage(amount),
+            Need::Scalar(n, _) => Need::Scalar(n.clone(), amount),
+        }
+    }
+
+    /// What preempting `pod` gives back of this resource.
+    fn given_by(&self, pod: &Pod) -> i64 {
+        if let Need::Pods(_) = self {
+            return 1;
+        }
+        let Some(r) = pod.spec.as_ref().and_then(|s| pod_requests(s).ok()) else {
+            return 0;
+        };
+        match self {
+            Need::Pods(_) => 1,
+            Need::Cpu(_) => r.requests.milli_cpu,
+            Need::Memory(_) => r.requests.memory,
+            Need::EphemeralStorage(_) => r.requests.ephemeral_storage,
+            Need::Scalar(name, _) => r.requests.scalar(name),
+        }
+    }
+}
+
+/// The needs left once `pods` are preempted (upstream's `subtract`).
+fn subtract(needs: &[Need], pods: &[&Pod]) -> Vec<Need> {
+    needs
+        .iter()
+        .filter_map(|n| {
+            let left = pods
+                .iter()
+                .fold(n.amount(), |left, p| left.saturating_sub(n.given_by(p)));
+            (left > 0).then(|| n.with(left))
+        })
+        .collect()
+}
+
+/// How far preempting `pod` leaves `needs` from met: the squared fraction of
+/// each need it does not cover (upstream's `distance`).
+fn distance(needs: &[Need], pod: &Pod) -> f64 {
+    needs
+        .iter()
+        .map(|n| {
+            let remaining = n.amount().saturating_sub(n.given_by(pod));
+            if remaining > 0 && n.amount() > 0 {
+                #[allow(clippy::cast_precision_loss)]
+                let f = remaining as f64 / n.amount() as f64;
+                f * f
+            } else {
+                0.0
+            }
+        })
+        .sum()
+}
+
+/// The fewest, closest-fitting pods of `pods` that cover `needs`, one at a
+/// time (upstream's `getPodsToPreemptByDistance`); `None` when they cannot.
+fn preempt_by_distance(mut pods: Vec<&Pod>, mut needs: Vec<Need>) -> Option<Vec<&Pod>> {
+    let mut out = Vec::new();
+    while !needs.is_empty() {
+        if pods.is_empty() {
+            return None;
+        }
+        let key = |p: &Pod| {
+            let r = p
+                .spec
+                .as_ref()
+                .and_then(|s| pod_requests(s).ok())
+                .map(|r| (r.requests.memory, r.requests.milli_cpu))
+                .unwrap_or_default();
+            (distance(&needs, p), r)
+        };
+        let best = pods
+            .iter()
+            .enumerate()
+            .min_by(|(_, a), (_, b)| {
+                let (da, ra) = key(a);
+                let (db, rb) = key(b);
+                da.total_cmp(&db).then(ra.cmp(&rb))
+            })
+            .map(|(i, _)| i)?;
+        let pod = pods.swap_remove(best);
+        needs = subtract(&needs, &[pod]);
+        out.push(pod);
+    }
+    Some(out)
+}
+
+/// The pods to preempt so that critical `pod` fits (the kubelet's
+/// `getPodsToPreempt`): BestEffort first, then Burstable, then Guaranteed,
+/// each class only as far as the classes before it cannot cover. `None` when
+/// nothing would make it fit, or what it lacks is not only resources (a
+/// host port in use, a node affinity).
+fn pods_to_preempt<'a>(
+    pod: &Pod,
+    active: &[&Pod],
+    candidates: &[&'a Pod],
+    node: &NodeInfo,
+) -> Option<Vec<&'a Pod>> {
+    // Fits an empty node: what it lacks is resources only.
+    let others: Vec<&Pod> = active
+        .iter()
+        .filter(|a| !candidates.iter().any(|c| uid_of(c) == uid_of(a)))
+        .copied()
+        .collect();
+    admit(pod, &others, node, true).ok()?;
+    let spec = pod.spec.as_ref()?;
+    let want = pod_requests(spec).ok()?.requests;
+    let mut used = Resources::default();
+    for p in active {
+        if let Some(r) = p.spec.as_ref().and_then(|s| pod_requests(s).ok()) {
+            used.add(&r.requests);
+        }
+    }
+    let alloc = &node.resources.allocatable;
+    let short = |want: i64, have: i64, used: i64| want.saturating_sub(have.saturating_sub(used));
+    let count = i64::try_from(active.len()).unwrap_or(i64::MAX);
+    let mut needs = vec![
+        Need::Pods(count.saturating_add(1).saturating_sub(alloc.pods)),
+        Need::Cpu(short(want.milli_cpu, alloc.milli_cpu, used.milli_cpu)),
+        Need::Memory(short(want.memory, alloc.memory, used.memory)),
+        Need::EphemeralStorage(short(
+            want.ephemeral_storage,
+            alloc.ephemeral_storage,
+            used.ephemeral_storage,
+        )),
+    ];
+    for (name, amount) in &want.scalar {
+        // As admission: extended resources the node does not know are not its.
+        let known = alloc.scalar.iter().any(|(n, _)| n == name);
+        if known || name.starts_with("hugepages-") {
+            needs.push(Need::Scalar(
+                name.clone(),
+                short(*amount, alloc.scalar(name), used.scalar(name)),
+            ));
+        }
+    }
+    needs.retain(|n| n.amount() > 0 && !want_is_zero(n, &want));
+    if needs.is_empty() {
+        return None;
+    }
+    let class = |c: &str| -> Vec<&'a Pod> {
+        candidates
+            .iter()
+            .filter(|p| berth_api::qos::pod_qos_class(p) == c)
+            .copied()
+            .collect()
+    };
+    let (best_effort, burstable, guaranteed) = (
+        class(berth_api::qos::BEST_EFFORT),
+        class(berth_api::qos::BURSTABLE),
+        class(berth_api::qos::GUARANTEED),
+    );
+    let all: Vec<&Pod> = candidates.to_vec();
+    if !subtract(&needs, &all).is_empty() {
+        return None;
+    }
+    let lower: Vec<&Pod> = best_effort.iter().chain(&burstable).copied().collect();
+    let g = preempt_by_distance(guaranteed, subtract(&needs, &lower))?;
+    let lower: Vec<&Pod> = best_effort.iter().chain(&g).copied().collect();
+    let b = preempt_by_distance(burstable, subtract(&needs, &lower))?;
+    let lower: Vec<&Pod> = b.iter().chain(&g).copied().collect();
+    let e = preempt_by_distance(best_effort, subtract(&needs, &lower))?;
+    Some(e.into_iter().chain(b).chain(g).collect())
+}
+
+/// A need for a resource the pod requests none of (a node already over
+/// its allocatable): preempting others is not what admits it.
+fn want_is_zero(n: &Need, want: &Resources) -> bool {
+    match n {
+        Need::Cpu(_) => want.milli_cpu == 0,
+        Need::Memory(_) => want.memory == 0,
+        Need::EphemeralStorage(_) => want.ephemeral_storage == 0,
+        Need::Scalar(name, _) => want.scalar(name) == 0,
+        Need::Pods(_) => false,
+    }
+}
+
 /// True for the reasons admission gives (`OutOf<resource>` and the predicates').
 pub fn is_admission_reason(reason: &str) -> bool {
     reason.starts_with("OutOf")
@@ -321,6 +629,7 @@ pub fn is_admission_reason(reason: &str) -> bool {
                 | "NodePorts"
                 | "TaintToleration"
                 | "UnexpectedAdmissionError"
+                | "Evicted"
         )
 }
 
@@ -341,6 +650,7 @@ pub fn admit(
             return Err(Rejection {
                 reason: "UnexpectedAdmissionError".into(),
                 message: format!("Cannot compute the pod's requests: {e}"),
+                evicted: None,
             });
         }
     };
@@ -361,6 +671,7 @@ pub fn admit(
         message: format!(
             "Node didn't have enough resource: {name}, requested: {requested}, used: {used}, capacity: {capacity}"
         ),
+        evicted: None,
     };
     let count = i64::try_from(active.len()).unwrap_or(i64::MAX);
     if count.saturating_add(1) > alloc.pods {
@@ -400,6 +711,7 @@ pub fn admit(
     let predicate = |name: &str, desc: &str| Rejection {
         reason: name.to_string(),
         message: format!("Predicate {name} failed: {desc}"),
+        evicted: None,
     };
     if !RequiredNodeAffinity::new(spec).matches(&node.labels, &node.name) {
         return Err(predicate(
@@ -489,6 +801,62 @@ mod tests {
                 },
             },
         }
+    }
+
+    fn guaranteed(name: &str, cpu: &str, memory: &str) -> Pod {
+        let mut p = pod(name, cpu, memory);
+        if let Some(r) = p
+            .spec
+            .as_mut()
+            .and_then(|s| s.containers[0].resources.as_mut())
+        {
+            r.limits = r.requests.clone();
+        }
+        p
+    }
+
+    fn names(pods: &[&Pod]) -> Vec<String> {
+        pods.iter()
+            .map(|p| p.metadata.name.clone().unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn a_critical_pod_preempts_the_lowest_qos_class_that_covers_it_closest_fit_first() {
+        let n = node(2000, 4 << 30, 110);
+        let be = pod("be", "", "");
+        let small = pod("small", "200m", "");
+        let big = pod("big", "900m", "");
+        let g = guaranteed("g", "800m", "1Gi");
+        let active = [&be, &small, &big, &g];
+        // 1900m used of 2000m; the critical pod wants 800m: 700m short.
+        let critical = pod("critical", "800m", "");
+        let victims = pods_to_preempt(&critical, &active, &active, &n).unwrap();
+        // Burstable pods cover it (BestEffort frees no CPU): the closest fit
+        // alone, not the Guaranteed one.
+        assert_eq!(names(&victims), ["big"]);
+        // 1.5 cores short: Burstable pods are not enough, so Guaranteed too,
+        // and only the Burstable ones still needed beside it.
+        let huge = pod("huge", "1600m", "");
+        let victims = pods_to_preempt(&huge, &active, &active, &n).unwrap();
+        assert_eq!(names(&victims), ["big", "g"]);
+        // Too many pods: one pod of the lowest class goes (BestEffort).
+        let n3 = node(4000, 4 << 30, 4);
+        let tiny = pod("tiny", "10m", "");
+        assert_eq!(
+            names(&pods_to_preempt(&tiny, &active, &active, &n3).unwrap()),
+            ["be"]
+        );
+        // Nothing to take from, or more than the node has: no preemption.
+        assert!(pods_to_preempt(&critical, &active, &[], &n).is_none());
+        let absurd = pod("absurd", "64", "");
+        assert!(pods_to_preempt(&absurd, &active, &active, &n).is_none());
+        // A non-resource failure (node selector) is not preempted for.
+        let mut picky = pod("picky", "800m", "");
+        if let Some(s) = picky.spec.as_mut() {
+            s.node_selector = Some(BTreeMap::from([("disk".into(), "hdd".into())]));
+        }
+        assert!(pods_to_preempt(&picky, &active, &active, &n).is_none());
     }
 
     #[test]

@@ -110,6 +110,41 @@ impl NodeView for View {
     }
 }
 
+/// The eviction manager's hands: the admitter's decisions, an event, and a
+/// poke of the pod's worker (which stops the pod).
+struct Evictions {
+    admitter: Arc<crate::admission::Admitter>,
+    events: crate::events::EventRecorder,
+    trigger: mpsc::UnboundedSender<crate::Uid>,
+}
+
+impl crate::eviction::Evictor for Evictions {
+    fn active_pods(&self) -> Vec<crate::source::SourcedPod> {
+        self.admitter.active_pods()
+    }
+
+    fn evict(&self, pod: &Pod, grace: i64, message: String) -> bool {
+        let uid = uid_of(pod);
+        tracing::warn!(pod = %crate::source::pod_key(pod), pod.uid = %uid, grace, message, "eviction manager: evicting pod");
+        self.admitter.evict(
+            &uid,
+            crate::source::Rejection {
+                reason: crate::eviction::REASON_EVICTED.to_string(),
+                message: message.clone(),
+                evicted: Some(grace),
+            },
+        );
+        self.events.record(
+            &crate::events::ObjectRef::pod(pod),
+            crate::events::EventType::Warning,
+            crate::eviction::REASON_EVICTED,
+            message,
+        );
+        let _ = self.trigger.send(uid);
+        true
+    }
+}
+
 /// Run the agent until `cancel` fires.
 pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
@@ -290,6 +325,21 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         }
     }
 
+    // The cgroup driver: the runtime's where its RuntimeConfig names one, else
+    // --cgroup-driver (the kubelet's getCgroupDriverFromCRI); one this host
+    // cannot run stops the start.
+    let cgroup_driver = tokio::select! {
+        _ = cancel.cancelled() => return Ok(()),
+        choice = crate::cgroups::driver_from_cri(&client, config.cgroup_driver, Default::default()) => choice?,
+    };
+    let cgroup_manager = tokio::task::spawn_blocking(move || {
+        crate::cgroups::new_manager(cgroup_driver, &crate::cgroups::Host::detect())
+    })
+    .await
+    .context("choosing the cgroup driver")??;
+    let pod_cgroups = crate::cgroups::PodCgroups::new(cgroup_manager, &config.cgroup_root)
+        .with_context(|| format!("--cgroup-root {:?}", config.cgroup_root))?;
+
     let manager = RuntimeManager::new(
         client.clone(),
         Settings {
@@ -302,6 +352,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         metrics.clone(),
     )
     .with_events(events.clone())
+    .with_cgroups(pod_cgroups)
     .with_cgroup_limits(config.cpu_cfs_quota, config.pod_max_pids, node_cgroup)
     .with_transient_store(transient.clone())
     .with_runtime_classes(config.runtime_classes.clone());
@@ -329,19 +380,6 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         .and_then(|fs| fs.fs_id)
         .map(|id| std::path::PathBuf::from(id.mountpoint))
         .filter(|p| p.is_absolute());
-    tracing::info!(image_fs = ?image_dir, thresholds = config.eviction_hard.len(), "eviction signals");
-    crate::eviction::spawn(
-        Arc::new(crate::eviction::HostSignals {
-            root_dir: config.root_dir.clone(),
-            image_dir,
-        }),
-        crate::eviction::PressureTracker::new(
-            config.eviction_hard.clone(),
-            config.eviction_pressure_transition_period,
-        ),
-        pressure.clone(),
-        cancel.clone(),
-    );
     spawn_qos_cgroups(
         manager.cgroups().clone(),
         pod_config.clone(),
@@ -379,13 +417,70 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
                 Some(crate::status::phase::SUCCEEDED | crate::status::phase::FAILED)
             )
         });
-        workers.set_admitter(crate::admission::Admitter::new(
+        let admitter = crate::admission::Admitter::new(
             pod_config.clone(),
             cache.clone(),
             node_state.clone(),
             finished,
             Some(config.root_dir.join("admission")),
-        ));
+        );
+        admitter.set_pressure(pressure.clone());
+        {
+            // A pod preempted for a critical one: an event, and its worker
+            // stops it (the decision is the admitter's).
+            let (events, trigger) = (events.clone(), trigger_tx.clone());
+            admitter.set_preemption_hook(Box::new(
+                move |pod: &Pod, r: &crate::source::Rejection| {
+                    events.record(
+                        &crate::events::ObjectRef::pod(pod),
+                        crate::events::EventType::Warning,
+                        &r.reason,
+                        r.message.clone(),
+                    );
+                    let _ = trigger.send(uid_of(pod));
+                },
+            ));
+        }
+        workers.set_admitter(admitter.clone());
+
+        // The eviction manager: signals against the hard and soft thresholds,
+        // the pressure conditions, node-level reclaim, and evictions.
+        let mut thresholds = config.eviction_hard.clone();
+        thresholds.extend(config.eviction_soft.iter().copied());
+        let host: Arc<dyn crate::eviction::SignalSource> = Arc::new(crate::eviction::HostSignals {
+            root_dir: config.root_dir.clone(),
+            image_dir: image_dir.clone(),
+        });
+        let source: Arc<dyn crate::eviction::SignalSource> = match &config.eviction_signals_file {
+            Some(path) => {
+                tracing::warn!(file = %path.display(), "eviction signals are read from a test file over the host's");
+                Arc::new(crate::eviction::FileSignals {
+                    path: path.clone(),
+                    host,
+                })
+            }
+            None => host,
+        };
+        tracing::info!(image_fs = ?image_dir, thresholds = thresholds.len(), "eviction manager");
+        crate::eviction::Manager {
+            source,
+            tracker: crate::eviction::PressureTracker::new(
+                thresholds,
+                config.eviction_pressure_transition_period,
+            ),
+            shared: pressure.clone(),
+            summary: summary.clone(),
+            reclaim: Some(crate::eviction::Reclaimer {
+                client: client.clone(),
+            }),
+            evictor: Arc::new(Evictions {
+                admitter,
+                events: events.clone(),
+                trigger: trigger_tx.clone(),
+            }),
+            max_pod_grace_period: config.eviction_max_pod_grace_period,
+        }
+        .spawn(cancel.clone());
     }
     workers.set_prober(crate::prober::ProbeManager::new(
         client.clone(),
@@ -526,7 +621,7 @@ fn spawn_qos_cgroups(
 ) {
     tracing::info!(
         mode = %crate::cgroups::detect_mode(),
-        driver = crate::cgroups::Driver::Cgroupfs.as_str(),
+        driver = cgroups.manager().driver().as_str(),
         cgroup_root,
         "cgroups"
     );

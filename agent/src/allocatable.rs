@@ -142,6 +142,19 @@ impl ThresholdValue {
 pub struct Threshold {
     pub signal: Signal,
     pub value: ThresholdValue,
+    /// How long the threshold must be met before pods are evicted for it:
+    /// zero for a hard threshold, `--eviction-soft-grace-period` for a soft one.
+    pub grace_period: std::time::Duration,
+    /// `--eviction-minimum-reclaim`: once met, the threshold holds until this
+    /// much more than its amount is available again.
+    pub min_reclaim: Option<ThresholdValue>,
+}
+
+impl Threshold {
+    /// A hard threshold (no grace period).
+    pub fn is_hard(&self) -> bool {
+        self.grace_period.is_zero()
+    }
 }
 
 /// Parse `--eviction-hard` (`name` is the flag): comma-separated
@@ -170,30 +183,113 @@ pub fn thresholds_from_map(
     for (signal_name, value) in map {
         let signal = Signal::parse(signal_name)
             .ok_or_else(|| format!("{name}: unsupported eviction signal {signal_name:?}"))?;
-        let value = if let Some(pct) = value.strip_suffix('%') {
-            let p: f64 = pct
-                .trim()
-                .parse()
-                .map_err(|_| format!("{name}: {signal_name}: invalid percentage {value:?}"))?;
-            if !(0.0..=100.0).contains(&p) {
-                return Err(format!(
-                    "{name}: {signal_name}: eviction percentage threshold must be >= 0% and <= 100%: {value}"
-                ));
-            }
-            ThresholdValue::Percentage(p / 100.0)
-        } else {
-            let q = berth_api::quantity::Quantity::parse(value)
-                .map_err(|e| format!("{name}: {signal_name}: {value:?}: {e}"))?;
-            if q.signum() < 0 {
-                return Err(format!(
-                    "{name}: {signal_name}: eviction threshold must be positive: {value}"
-                ));
-            }
-            ThresholdValue::Quantity(q.value())
-        };
-        out.push(Threshold { signal, value });
+        let value = threshold_value(name, signal_name, value, "eviction threshold")?;
+        out.push(Threshold {
+            signal,
+            value,
+            grace_period: std::time::Duration::ZERO,
+            min_reclaim: None,
+        });
     }
     out.sort_by_key(|t| t.signal);
+    Ok(out)
+}
+
+/// A quantity or a percentage of `signal_name` in flag `name`; `what` names
+/// it in the error (the kubelet's `parsePercentage`/`ParseQuantity` checks).
+fn threshold_value(
+    name: &str,
+    signal_name: &str,
+    value: &str,
+    what: &str,
+) -> Result<ThresholdValue, String> {
+    if let Some(pct) = value.strip_suffix('%') {
+        let p: f64 = pct
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}: {signal_name}: invalid percentage {value:?}"))?;
+        if !(0.0..=100.0).contains(&p) {
+            return Err(format!(
+                "{name}: {signal_name}: {what} percentage must be >= 0% and <= 100%: {value}"
+            ));
+        }
+        Ok(ThresholdValue::Percentage(p / 100.0))
+    } else {
+        let q = berth_api::quantity::Quantity::parse(value)
+            .map_err(|e| format!("{name}: {signal_name}: {value:?}: {e}"))?;
+        if q.signum() < 0 {
+            return Err(format!(
+                "{name}: {signal_name}: {what} must be positive: {value}"
+            ));
+        }
+        Ok(ThresholdValue::Quantity(q.value()))
+    }
+}
+
+/// Parse `signal=value,...` (`--eviction-soft-grace-period`,
+/// `--eviction-minimum-reclaim`) into a map; `name` is the flag.
+pub fn parse_signal_map(name: &str, text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut map = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((signal, value)) = item.split_once('=') else {
+            return Err(format!(
+                "{name}: invalid item {item:?}, expected <signal>=<value>"
+            ));
+        };
+        map.insert(signal.trim().to_string(), value.trim().to_string());
+    }
+    Ok(map)
+}
+
+/// The soft thresholds with their grace periods, and the minimum reclaim of
+/// every threshold, as the kubelet's `ParseThresholdConfig`: a soft threshold
+/// without a grace period, a grace period or minimum reclaim of an unknown
+/// signal, a negative or unparsable value are errors naming the setting.
+pub fn complete_thresholds(
+    hard: Vec<Threshold>,
+    soft: Vec<Threshold>,
+    grace_periods: &BTreeMap<String, String>,
+    min_reclaims: &BTreeMap<String, String>,
+) -> Result<Vec<Threshold>, String> {
+    let mut grace = BTreeMap::new();
+    for (signal_name, text) in grace_periods {
+        let signal = Signal::parse(signal_name).ok_or_else(|| {
+            format!("--eviction-soft-grace-period: unsupported eviction signal {signal_name:?}")
+        })?;
+        let d = humantime::parse_duration(text).map_err(|e| {
+            format!("--eviction-soft-grace-period: {signal_name}: invalid duration {text:?}: {e}")
+        })?;
+        if d.is_zero() {
+            return Err(format!(
+                "--eviction-soft-grace-period: {signal_name}: must be greater than zero: {text}"
+            ));
+        }
+        grace.insert(signal, d);
+    }
+    let mut out = hard;
+    for mut t in soft {
+        t.grace_period = *grace.get(&t.signal).ok_or_else(|| {
+            format!(
+                "--eviction-soft: grace period must be specified for the soft eviction threshold {}",
+                t.signal.as_str()
+            )
+        })?;
+        out.push(t);
+    }
+    for (signal_name, text) in min_reclaims {
+        let signal = Signal::parse(signal_name).ok_or_else(|| {
+            format!("--eviction-minimum-reclaim: unsupported eviction signal {signal_name:?}")
+        })?;
+        let value = threshold_value(
+            "--eviction-minimum-reclaim",
+            signal_name,
+            text,
+            "minimum reclaim",
+        )?;
+        for t in out.iter_mut().filter(|t| t.signal == signal) {
+            t.min_reclaim = Some(value);
+        }
+    }
     Ok(out)
 }
 
@@ -373,7 +469,7 @@ pub fn hugepages(dir: &Path) -> Vec<(String, i64)> {
 }
 
 /// A byte count in the largest binary suffix that divides it (`2Mi`, `1Gi`).
-fn binary_si(bytes: i64) -> String {
+pub fn binary_si(bytes: i64) -> String {
     for (suffix, unit) in [
         ("Ei", 1i64 << 60),
         ("Pi", 1 << 50),

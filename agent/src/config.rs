@@ -50,6 +50,11 @@ pub struct Flags {
     /// The parent cgroup of pod cgroups (cgroupfs driver) [default: /kubepods].
     #[arg(long)]
     pub cgroup_root: Option<String>,
+    /// The cgroup driver: cgroupfs (the agent writes cgroupfs) or systemd
+    /// (cgroups are systemd slices); a runtime that names its own in CRI
+    /// RuntimeConfig (containerd 2.0+) overrides it [default: cgroupfs].
+    #[arg(long, value_name = "cgroupfs|systemd")]
+    pub cgroup_driver: Option<crate::cgroups::Driver>,
     /// Log format: text or json [default: text].
     #[arg(long)]
     pub log_format: Option<LogFormat>,
@@ -100,6 +105,26 @@ pub struct Flags {
     /// How long a pressure condition stays after its signal was last met [default: 5m].
     #[arg(long, value_parser = parse_duration)]
     pub eviction_pressure_transition_period: Option<Duration>,
+    /// Soft eviction thresholds, spelled as --eviction-hard; each needs a
+    /// grace period in --eviction-soft-grace-period [default: none].
+    #[arg(long, value_name = "SIGNAL<QUANTITY|PERCENT,...")]
+    pub eviction_soft: Option<String>,
+    /// How long each soft threshold must hold before pods are evicted, as
+    /// `memory.available=1m30s` [default: none].
+    #[arg(long, value_name = "SIGNAL=DURATION,...")]
+    pub eviction_soft_grace_period: Option<String>,
+    /// How much more than a threshold must be available again before its
+    /// pressure ends, as `memory.available=0Mi,nodefs.available=500Mi` [default: none].
+    #[arg(long, value_name = "SIGNAL=QUANTITY|PERCENT,...")]
+    pub eviction_minimum_reclaim: Option<String>,
+    /// The longest termination grace period, in seconds, a pod evicted for a
+    /// soft threshold is given [default: 0].
+    #[arg(long)]
+    pub eviction_max_pod_grace_period: Option<i64>,
+    /// Test only: a JSON file whose signals (`{"memory.available":
+    /// {"available": 1, "capacity": 2}}`) replace the host's readings.
+    #[arg(long, hide = true)]
+    pub eviction_signals_file: Option<PathBuf>,
     /// Make CPU limits a CFS quota (on containers and pod cgroups); false
     /// leaves only CPU shares [default: true].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
@@ -139,6 +164,7 @@ struct FileConfig {
     sync_frequency: Option<String>,
     relist_period: Option<String>,
     cgroup_root: Option<String>,
+    cgroup_driver: Option<String>,
     log_format: Option<LogFormat>,
     kubeconfig: Option<PathBuf>,
     port: Option<u16>,
@@ -155,6 +181,10 @@ struct FileConfig {
     kube_reserved: Option<std::collections::BTreeMap<String, Scalar>>,
     eviction_hard: Option<std::collections::BTreeMap<String, Scalar>>,
     eviction_pressure_transition_period: Option<String>,
+    eviction_soft: Option<std::collections::BTreeMap<String, Scalar>>,
+    eviction_soft_grace_period: Option<std::collections::BTreeMap<String, String>>,
+    eviction_minimum_reclaim: Option<std::collections::BTreeMap<String, Scalar>>,
+    eviction_max_pod_grace_period: Option<i64>,
     // The kubelet's config spellings.
     #[serde(rename = "cpuCFSQuota")]
     cpu_cfs_quota: Option<bool>,
@@ -203,6 +233,8 @@ pub struct Config {
     pub sync_frequency: Duration,
     pub relist_period: Duration,
     pub cgroup_root: String,
+    /// `--cgroup-driver` (the runtime's RuntimeConfig may override it at start).
+    pub cgroup_driver: crate::cgroups::Driver,
     pub log_format: LogFormat,
     /// The API server's kubeconfig; `None` runs static pods only.
     pub kubeconfig: Option<PathBuf>,
@@ -225,6 +257,13 @@ pub struct Config {
     pub eviction_hard: Vec<crate::allocatable::Threshold>,
     /// `--eviction-pressure-transition-period`.
     pub eviction_pressure_transition_period: Duration,
+    /// `--eviction-soft` with `--eviction-soft-grace-period` (the hard and
+    /// soft thresholds both carry `--eviction-minimum-reclaim`).
+    pub eviction_soft: Vec<crate::allocatable::Threshold>,
+    /// `--eviction-max-pod-grace-period`.
+    pub eviction_max_pod_grace_period: i64,
+    /// Test only: signals read from this file instead of the host.
+    pub eviction_signals_file: Option<PathBuf>,
     /// `--cpu-cfs-quota`.
     pub cpu_cfs_quota: bool,
     /// `--pod-max-pids` (-1: unlimited).
@@ -278,7 +317,39 @@ impl Config {
         if node_name.is_empty() {
             bail!("--node-name: must not be empty");
         }
-        let config = Config {
+        // Soft thresholds, their grace periods and every threshold's minimum
+        // reclaim (flags over the file, as the other settings).
+        let soft = match (flags.eviction_soft.as_deref(), file.eviction_soft.as_ref()) {
+            (Some(text), _) => crate::allocatable::parse_thresholds("--eviction-soft", text),
+            (None, Some(map)) => {
+                crate::allocatable::thresholds_from_map("evictionSoft", &texts(map))
+            }
+            (None, None) => Ok(Vec::new()),
+        }
+        .map_err(anyhow::Error::msg)?;
+        let grace_periods = match (
+            flags.eviction_soft_grace_period.as_deref(),
+            file.eviction_soft_grace_period.clone(),
+        ) {
+            (Some(text), _) => {
+                crate::allocatable::parse_signal_map("--eviction-soft-grace-period", text)
+                    .map_err(anyhow::Error::msg)?
+            }
+            (None, Some(map)) => map,
+            (None, None) => Default::default(),
+        };
+        let min_reclaims = match (
+            flags.eviction_minimum_reclaim.as_deref(),
+            file.eviction_minimum_reclaim.as_ref(),
+        ) {
+            (Some(text), _) => {
+                crate::allocatable::parse_signal_map("--eviction-minimum-reclaim", text)
+                    .map_err(anyhow::Error::msg)?
+            }
+            (None, Some(map)) => texts(map),
+            (None, None) => Default::default(),
+        };
+        let mut config = Config {
             container_runtime_endpoint: flags
                 .container_runtime_endpoint
                 .or(file.container_runtime_endpoint)
@@ -326,6 +397,13 @@ impl Config {
                 .cgroup_root
                 .or(file.cgroup_root)
                 .unwrap_or_else(|| "/kubepods".into()),
+            cgroup_driver: match (flags.cgroup_driver, file.cgroup_driver.as_deref()) {
+                (Some(driver), _) => driver,
+                (None, Some(text)) => text
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("cgroupDriver: {e}"))?,
+                (None, None) => crate::cgroups::Driver::default(),
+            },
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
             kubeconfig: flags.kubeconfig.or(file.kubeconfig),
             port: flags.port.or(file.port).unwrap_or(10250),
@@ -368,6 +446,12 @@ impl Config {
                 "evictionPressureTransitionPeriod",
                 crate::eviction::DEFAULT_PRESSURE_TRANSITION_PERIOD,
             )?,
+            eviction_soft: Vec::new(),
+            eviction_max_pod_grace_period: flags
+                .eviction_max_pod_grace_period
+                .or(file.eviction_max_pod_grace_period)
+                .unwrap_or(0),
+            eviction_signals_file: flags.eviction_signals_file.clone(),
             cpu_cfs_quota: flags.cpu_cfs_quota.or(file.cpu_cfs_quota).unwrap_or(true),
             pod_max_pids: flags.pod_max_pids.or(file.pod_pids_limit).unwrap_or(-1),
             enforce_node_allocatable_pods: crate::allocatable::parse_enforce(
@@ -379,6 +463,16 @@ impl Config {
             )
             .map_err(anyhow::Error::msg)?,
         };
+        // Every threshold with its grace period and minimum reclaim; the hard
+        // ones stay apart (allocatable subtracts them).
+        let all = crate::allocatable::complete_thresholds(
+            std::mem::take(&mut config.eviction_hard),
+            soft,
+            &grace_periods,
+            &min_reclaims,
+        )
+        .map_err(anyhow::Error::msg)?;
+        (config.eviction_hard, config.eviction_soft) = all.into_iter().partition(|t| t.is_hard());
         if config.pod_max_pids < -1 || config.pod_max_pids == 0 {
             bail!(
                 "--pod-max-pids: {} must be -1 (unlimited) or at least 1",
@@ -504,6 +598,97 @@ mod tests {
         assert_eq!(c.port, 10250);
         assert_eq!(c.address.to_string(), "0.0.0.0");
         assert_eq!(c.client_ca_file, None);
+    }
+
+    #[test]
+    fn soft_thresholds_grace_periods_and_minimum_reclaim() {
+        let c = Config::load(Flags {
+            node_name: Some("n".into()),
+            eviction_hard: Some("memory.available<100Mi".into()),
+            eviction_soft: Some("memory.available<1Gi,nodefs.available<20%".into()),
+            eviction_soft_grace_period: Some("memory.available=1m30s,nodefs.available=2m".into()),
+            eviction_minimum_reclaim: Some("memory.available=500Mi".into()),
+            eviction_max_pod_grace_period: Some(20),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.eviction_hard.len(), 1);
+        assert!(c.eviction_hard[0].is_hard());
+        assert_eq!(
+            c.eviction_hard[0].min_reclaim,
+            Some(crate::allocatable::ThresholdValue::Quantity(500 << 20))
+        );
+        assert_eq!(c.eviction_soft.len(), 2);
+        assert_eq!(c.eviction_soft[0].grace_period, Duration::from_secs(90));
+        assert_eq!(
+            c.eviction_soft[0].min_reclaim, c.eviction_hard[0].min_reclaim,
+            "the minimum reclaim is the signal's, hard or soft"
+        );
+        assert_eq!(c.eviction_max_pod_grace_period, 20);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "nodeName: n\nevictionSoft: {memory.available: 1Gi}\nevictionSoftGracePeriod: {memory.available: 30s}\nevictionMinimumReclaim: {memory.available: 10%}\n",
+        )
+        .unwrap();
+        let c = Config::load(Flags {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.eviction_soft[0].grace_period, Duration::from_secs(30));
+        assert_eq!(
+            c.eviction_soft[0].min_reclaim,
+            Some(crate::allocatable::ThresholdValue::Percentage(0.1))
+        );
+
+        for (flags, want) in [
+            (
+                Flags {
+                    eviction_soft: Some("memory.available<1Gi".into()),
+                    ..Default::default()
+                },
+                "--eviction-soft: grace period must be specified for the soft eviction threshold memory.available",
+            ),
+            (
+                Flags {
+                    eviction_soft_grace_period: Some("memory.free=1m".into()),
+                    ..Default::default()
+                },
+                "--eviction-soft-grace-period: unsupported eviction signal \"memory.free\"",
+            ),
+            (
+                Flags {
+                    eviction_soft_grace_period: Some("memory.available".into()),
+                    ..Default::default()
+                },
+                "--eviction-soft-grace-period: invalid item \"memory.available\"",
+            ),
+            (
+                Flags {
+                    eviction_minimum_reclaim: Some("memory.available=-1Mi".into()),
+                    ..Default::default()
+                },
+                "--eviction-minimum-reclaim: memory.available: minimum reclaim must be positive: -1Mi",
+            ),
+            (
+                Flags {
+                    eviction_minimum_reclaim: Some("nodefs.available=120%".into()),
+                    ..Default::default()
+                },
+                "--eviction-minimum-reclaim: nodefs.available: minimum reclaim percentage must be >= 0% and <= 100%: 120%",
+            ),
+        ] {
+            let err = Config::load(Flags {
+                node_name: Some("n".into()),
+                ..flags
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(want), "{err} should contain {want}");
+        }
     }
 
     #[test]
@@ -741,6 +926,55 @@ mod tests {
             .unwrap_err()
         );
         assert!(err.contains("podManifestPat"), "{err}");
+    }
+
+    #[test]
+    fn cgroup_driver_from_flag_or_file() {
+        let c = Config::load(Flags {
+            node_name: Some("n".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.cgroup_driver, crate::cgroups::Driver::Cgroupfs);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "nodeName: n\ncgroupDriver: systemd\n").unwrap();
+        let c = Config::load(Flags {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.cgroup_driver, crate::cgroups::Driver::Systemd);
+        // The flag wins over the file.
+        let flags = Flags::try_parse_from([
+            "berth-agent",
+            "--config",
+            path.to_str().unwrap(),
+            "--cgroup-driver",
+            "cgroupfs",
+        ])
+        .unwrap();
+        assert_eq!(
+            Config::load(flags).unwrap().cgroup_driver,
+            crate::cgroups::Driver::Cgroupfs
+        );
+
+        let e = Flags::try_parse_from(["berth-agent", "--cgroup-driver", "systemd2"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid cgroup driver \"systemd2\""), "{e}");
+        std::fs::write(&path, "nodeName: n\ncgroupDriver: cgroupfs2\n").unwrap();
+        let e = Config::load(Flags {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("cgroupDriver: invalid cgroup driver \"cgroupfs2\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -183,6 +183,9 @@ pub mod condition {
     pub const REASON_CONTAINERS_NOT_READY: &str = "ContainersNotReady";
     pub const REASON_CONTAINERS_NOT_INITIALIZED: &str = "ContainersNotInitialized";
     pub const REASON_READINESS_GATES_NOT_READY: &str = "ReadinessGatesNotReady";
+    /// Set by the kubelet when it evicts a pod.
+    pub const DISRUPTION_TARGET: &str = "DisruptionTarget";
+    pub const REASON_TERMINATION_BY_KUBELET: &str = "TerminationByKubelet";
 }
 
 /// The waiting reason of a container that has not been created yet.
@@ -226,7 +229,10 @@ pub fn compute_pod_status(
     host_ip: &str,
     runtime_name: &str,
 ) -> PodStatus {
-    if let Some(r) = &transient.rejected {
+    let evicted = transient.rejected.as_ref().filter(|r| r.evicted.is_some());
+    if let Some(r) = &transient.rejected
+        && evicted.is_none()
+    {
         return rejected_status(pod, &r.reason, format!("Pod was rejected: {}", r.message));
     }
     let empty = PodSpec::default();
@@ -246,12 +252,17 @@ pub fn compute_pod_status(
     // The kubelet sorts app container statuses by name; init containers keep spec order.
     app_statuses.sort_by(|a, b| a.name.cmp(&b.name));
 
-    let pod_phase = pod_phase(
-        spec,
-        &init_statuses,
-        &app_statuses,
-        has_active_regular_container(spec, observed),
-    );
+    // An evicted pod is Failed from the moment it was evicted (the kubelet's
+    // eviction sets the phase as it kills the pod).
+    let pod_phase = match evicted {
+        Some(_) => phase::FAILED,
+        None => pod_phase(
+            spec,
+            &init_statuses,
+            &app_statuses,
+            has_active_regular_container(spec, observed),
+        ),
+    };
 
     let start_time = observed
         .sandboxes
@@ -292,6 +303,17 @@ pub fn compute_pod_status(
         last_transition_time: fallback_time,
         ..Default::default()
     });
+    if let Some(r) = evicted {
+        // The kubelet's eviction adds DisruptionTarget (reason
+        // TerminationByKubelet) with the eviction's message.
+        conditions.push(PodCondition {
+            type_: condition::DISRUPTION_TARGET.to_string(),
+            status: "True".to_string(),
+            reason: Some(condition::REASON_TERMINATION_BY_KUBELET.to_string()),
+            message: Some(r.message.clone()),
+            ..Default::default()
+        });
+    }
 
     let host_network = spec.host_network.unwrap_or(false);
     let pod_ips: Vec<String> = if host_network {
@@ -313,8 +335,9 @@ pub fn compute_pod_status(
         .iter()
         .chain(app_statuses.iter())
         .any(is_running);
-    let (reason, message) = match (&transient.pod_error, any_running) {
-        (Some(err), false) => (non_empty(&err.reason), non_empty(&err.message)),
+    let (reason, message) = match (evicted, &transient.pod_error, any_running) {
+        (Some(r), _, _) => (Some(r.reason.clone()), Some(r.message.clone())),
+        (None, Some(err), false) => (non_empty(&err.reason), non_empty(&err.message)),
         _ => (None, None),
     };
 

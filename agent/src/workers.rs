@@ -141,6 +141,28 @@ impl PodWorkers {
                         r.message.clone(),
                     );
                 }
+                if let Some(grace) = r.evicted {
+                    // Evicted after it ran: stopped (idempotent; the runtime is
+                    // read afresh), its containers kept as its record.
+                    if let Err(e) = self
+                        .manager
+                        .stop_evicted(&uid, grace)
+                        .instrument(span.clone())
+                        .await
+                    {
+                        span.in_scope(|| tracing::warn!(error = %e, retry_in = ?error_backoff, "stopping an evicted pod failed"));
+                        delay = error_backoff;
+                        error_backoff = (error_backoff * 2).min(ERROR_BACKOFF_MAX);
+                        continue;
+                    }
+                    error_backoff = ERROR_BACKOFF_INITIAL;
+                    if let Some(prober) = self.prober.get() {
+                        prober.remove_pod(&uid);
+                    }
+                    self.relist.notify_one();
+                    transient.waiting.clear();
+                    transient.pod_error = None;
+                }
                 if transient.rejected.as_ref() != Some(&r) {
                     transient.rejected = Some(r);
                     self.transient.set(&uid, transient.clone());

@@ -5,6 +5,7 @@
 //!                 [--etcd-servers http://127.0.0.1:2379]
 //!                 [--audit-log-path FILE|-]
 //!                 [--encryption-provider-config FILE]
+//!                 [--metric-resolution 15s]
 //! berth-apiserver kubeconfig --data-dir DIR (--node NAME | --user NAME [--group G]...)
 //!                 [--client-cert] [--server URL]
 //! ```
@@ -100,6 +101,21 @@ struct Cli {
     /// output. kube-apiserver's flag of the same name.
     #[arg(long)]
     audit_log_path: Option<PathBuf>,
+    /// How often node agents' `/metrics/resource` is scraped for
+    /// `metrics.k8s.io` (`kubectl top`): metrics-server's flag of the same
+    /// name (its manifests use 15s). Each node gets 9/10 of it, at most 10s.
+    #[arg(long, default_value = "15s", value_parser = parse_metric_resolution)]
+    metric_resolution: std::time::Duration,
+}
+
+/// `--metric-resolution`: a duration of at least 100ms (metrics-server asks
+/// for 10s; shorter ones serve tests).
+fn parse_metric_resolution(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < api::metrics::scraper::MIN_RESOLUTION {
+        return Err(format!("must be at least 100ms, got {s}"));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Subcommand)]
@@ -581,6 +597,10 @@ async fn main() -> anyhow::Result<()> {
         },
     );
     berth_apiserver::controllers::clusterrole_aggregation::spawn(state.clone(), Default::default());
+    api::metrics::spawn(
+        state.clone(),
+        api::metrics::ScraperConfig::new(cli.metric_resolution),
+    );
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("binding {}", cli.listen))?;

@@ -235,6 +235,7 @@ cri_calls! {
     rt exec "Exec" request_timeout (api::ExecRequest) -> api::ExecResponse;
     rt list_container_stats "ListContainerStats" list_timeout (api::ListContainerStatsRequest) -> api::ListContainerStatsResponse;
     rt list_pod_sandbox_stats "ListPodSandboxStats" list_timeout (api::ListPodSandboxStatsRequest) -> api::ListPodSandboxStatsResponse;
+    rt runtime_config "RuntimeConfig" list_timeout (api::RuntimeConfigRequest) -> api::RuntimeConfigResponse;
     img image_status "ImageStatus" list_timeout (api::ImageStatusRequest) -> api::ImageStatusResponse;
     img pull_image "PullImage" request_timeout (api::PullImageRequest) -> api::PullImageResponse;
     img list_images "ListImages" list_timeout (api::ListImagesRequest) -> api::ListImagesResponse;

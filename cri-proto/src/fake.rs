@@ -27,8 +27,9 @@
 //!   code, output, run time; past the request's timeout it fails
 //!   DeadlineExceeded), on running containers only; ListContainerStats and
 //!   ImageFsInfo answer once scripted ([`FakeRuntime::script_container_stats`],
-//!   [`FakeRuntime::set_image_fs_info`]); the other streaming/stats RPCs are
-//!   Unimplemented;
+//!   [`FakeRuntime::set_image_fs_info`]); RuntimeConfig is Unimplemented,
+//!   as containerd 1.6 answers, until scripted ([`FakeRuntime::set_cgroup_driver`]);
+//!   the other streaming/stats RPCs are Unimplemented;
 //! - times are wall-clock nanoseconds; IDs and unique-ID prefixes resolve.
 //!
 //! Knobs script faults ([`FakeRuntime::fail_next`], [`FakeRuntime::delay`]),
@@ -535,6 +536,22 @@ impl FakeRuntime {
     /// ImageFsInfo answers `info` (`None`: Unimplemented, the default).
     pub fn set_image_fs_info(&self, info: Option<crate::api::ImageFsInfoResponse>) {
         self.shared.lock().image_fs_info = info;
+    }
+
+    /// RuntimeConfig answers `config` (`None`: Unimplemented, the default,
+    /// as containerd 1.6 and 1.7 answer).
+    pub fn set_runtime_config(&self, config: Option<crate::api::RuntimeConfigResponse>) {
+        self.shared.lock().runtime_config = config;
+    }
+
+    /// RuntimeConfig answers with `driver` as the Linux cgroup driver
+    /// (`None`: Unimplemented), as containerd 2.x and CRI-O do.
+    pub fn set_cgroup_driver(&self, driver: Option<crate::api::CgroupDriver>) {
+        self.set_runtime_config(driver.map(|d| crate::api::RuntimeConfigResponse {
+            linux: Some(crate::api::LinuxRuntimeConfiguration {
+                cgroup_driver: d as i32,
+            }),
+        }));
     }
 
     // ----- observations -----

@@ -1223,3 +1223,51 @@ async fn exec_sync_answers_from_a_script() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn runtime_config_is_unimplemented_unless_scripted() {
+    let fake = FakeRuntime::start().await;
+    let client = fake.client().await;
+    // containerd 1.6 and 1.7 have no RuntimeConfig.
+    let err = client
+        .runtime_config(api::RuntimeConfigRequest {})
+        .await
+        .unwrap_err();
+    assert!(err.is_unimplemented(), "{err:?}");
+
+    fake.set_cgroup_driver(Some(api::CgroupDriver::Systemd));
+    let answer = client
+        .runtime_config(api::RuntimeConfigRequest {})
+        .await
+        .expect("RuntimeConfig once scripted");
+    assert_eq!(
+        answer.linux.map(|l| l.cgroup_driver),
+        Some(api::CgroupDriver::Systemd as i32)
+    );
+    fake.set_cgroup_driver(Some(api::CgroupDriver::Cgroupfs));
+    let answer = client
+        .runtime_config(api::RuntimeConfigRequest {})
+        .await
+        .expect("RuntimeConfig");
+    assert_eq!(
+        answer.linux.map(|l| l.cgroup_driver),
+        Some(api::CgroupDriver::Cgroupfs as i32)
+    );
+    // Faults apply to it like any other call.
+    fake.fail_next("RuntimeConfig", tonic::Code::Unavailable, "starting up");
+    assert!(
+        client
+            .runtime_config(api::RuntimeConfigRequest {})
+            .await
+            .is_err()
+    );
+    fake.set_cgroup_driver(None);
+    assert!(
+        client
+            .runtime_config(api::RuntimeConfigRequest {})
+            .await
+            .unwrap_err()
+            .is_unimplemented()
+    );
+    assert_eq!(fake.call_count("RuntimeConfig"), 5);
+}

@@ -224,6 +224,11 @@ impl Agent {
         default("--node-name", opts.node_name.clone());
         default("--status-address", format!("127.0.0.1:{}", free_port()?));
         default("--file-check-frequency", "1s".to_string());
+        // Only the memory threshold: how full this host's disk happens to be
+        // must not make a test's agent reclaim (remove the test's images, which
+        // no registry here can give back) or refuse pods. Eviction tests set
+        // their own thresholds and signals.
+        default("--eviction-hard", "memory.available<100Mi".to_string());
         if let Some(cg) = &opts.cgroup_root {
             default("--cgroup-root", cg.clone());
         }

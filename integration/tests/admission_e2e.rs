@@ -68,8 +68,9 @@ fn pods_that_do_not_fit_are_refused_with_the_kubelets_reasons_and_the_rest_run()
             "--max-pods",
             "3",
             "--eviction-hard",
-            // Always met (fewer inodes free than there are): DiskPressure.
-            "memory.available<100Mi,nodefs.inodesFree<100%",
+            // Always met (fewer PIDs free than there are): PIDPressure,
+            // which static (critical) pods are admitted under.
+            "memory.available<100Mi,pid.available<100%",
         ],
     )?;
     agent.wait_healthy(T)?;
@@ -84,12 +85,12 @@ fn pods_that_do_not_fit_are_refused_with_the_kubelets_reasons_and_the_rest_run()
     );
 
     // Eviction's signals: a threshold met sets its pressure condition.
-    let status = agent.poll(T, "DiskPressure on /status", || {
+    let status = agent.poll(T, "PIDPressure on /status", || {
         let s = agent.get_json("/status")?;
-        Ok((s["eviction"]["pressure"] == serde_json::json!(["DiskPressure"])).then_some(s))
+        Ok((s["eviction"]["pressure"] == serde_json::json!(["PIDPressure"])).then_some(s))
     })?;
     assert_eq!(
-        status["eviction"]["thresholdsMet"][0]["signal"], "nodefs.inodesFree",
+        status["eviction"]["thresholdsMet"][0]["signal"], "pid.available",
         "{status}"
     );
 

@@ -4,8 +4,9 @@
 //! a node (`spec.nodeName`, past the scheduler) that does not fit is Failed
 //! with `OutOfcpu`, the kubelet's message and event; a node selector the node
 //! does not satisfy is `NodeAffinity`; an untolerated `NoExecute` taint is
-//! `TaintToleration`. A `kill -9` of the agent keeps the refusals, and a
-//! refused pod deletes cleanly.
+//! `TaintToleration`. A `kill -9` of the agent keeps the refusals; a static
+//! (critical) pod that does not fit preempts the running pod (`Preempting`);
+//! a refused pod deletes cleanly.
 
 use std::time::Duration;
 
@@ -38,14 +39,14 @@ fn allocatable_and_admission_through_kubectl() -> anyhow::Result<()> {
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let reserved = format!("cpu={}m", cpus * 1000 - 500);
-    // nodefs.inodesFree<100% is always met: the Node reports DiskPressure.
+    // Pressure and eviction have their own test (eviction_cluster_e2e).
     let mut c = Cluster::start(
         Backend::Sqlite,
         &[
             "--kube-reserved",
             &reserved,
             "--eviction-hard",
-            "memory.available<100Mi,nodefs.inodesFree<100%",
+            "memory.available<100Mi",
         ],
     )?;
     let node = c.hosts()[0].name().to_string();
@@ -70,13 +71,6 @@ fn allocatable_and_admission_through_kubectl() -> anyhow::Result<()> {
         "{status}"
     );
 
-    c.poll(T, "DiskPressure on the Node", || {
-        let n = c.kubectl_json(&["get", "node", &node])?;
-        let cond = n["status"]["conditions"]
-            .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["type"] == "DiskPressure").cloned());
-        Ok(cond.filter(|c| c["status"] == "True" && c["reason"] == "KubeletHasDiskPressure"))
-    })?;
     let n = c.kubectl_json(&["get", "node", &node])?;
     let memory = n["status"]["conditions"]
         .as_array()
@@ -159,6 +153,31 @@ fn allocatable_and_admission_through_kubectl() -> anyhow::Result<()> {
             .any(|s| s.metadata.as_ref().is_some_and(|m| m.name == "big")),
         "a refused pod never reaches the runtime"
     );
+
+    // A static (critical) pod that does not fit preempts: 450m wanted, 400m
+    // free, so `fits` (100m, Burstable) goes with the kubelet's reason.
+    c.host(&node)?.agent().write_manifest(
+        "critical.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: critical, namespace: default}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {BUSYBOX_IMAGE}\n    imagePullPolicy: IfNotPresent\n    command: [sh, -c, 'while true; do sleep 1; done']\n    resources: {{requests: {{cpu: 450m}}}}\n"
+        ),
+    )?;
+    let preempted = refused(&c, "fits", "Preempting")?;
+    assert_eq!(
+        preempted["status"]["message"],
+        "Preempted in order to admit critical pod"
+    );
+    let mirror = format!("critical-{node}");
+    c.poll(T, "the critical pod Running", || {
+        let p = c.kubectl_json(&["get", "pod", &mirror])?;
+        Ok((p["status"]["phase"] == "Running").then_some(()))
+    })?;
+    c.poll(T, "the Preempting event", || {
+        let out = c.kubectl_ok(&["describe", "pod", "fits"])?;
+        Ok(out
+            .contains("Preempted in order to admit critical pod")
+            .then_some(()))
+    })?;
 
     // A refused pod deletes cleanly.
     c.kubectl_ok(&["delete", "pod", "big", "--timeout=60s"])

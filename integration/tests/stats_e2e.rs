@@ -14,6 +14,13 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
 
+fn cgroup2() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains(" /sys/fs/cgroup ") && l.contains(" - cgroup2 "))
+}
+
 fn num(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
@@ -85,6 +92,66 @@ fn the_summary_api_reports_node_pod_container_and_volume() -> Result<()> {
     let v = &pod["volume"][0];
     assert_eq!(v["name"], "scratch");
     assert!(num(&v["usedBytes"]) >= 1 << 20, "{v}");
+
+    // The summary agrees with the pod cgroup's own counters (v1 here): CPU
+    // time read from cpuacct.usage just before and just after a summary
+    // brackets the summary's, and the working set (usage − inactive_file)
+    // is within 10% of the cgroup's.
+    if !cgroup2() {
+        // The container's own cgroup (runc under cgroupfs: <pod cgroup>/<id>).
+        let uid = pod["podRef"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let id = agent
+            .pod("default", &name)?
+            .and_then(|p| {
+                p["status"]["containerStatuses"][0]["containerID"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .context("the container's ID")?;
+        let id = id.rsplit("://").next().unwrap_or_default().to_string();
+        let rel = format!(
+            "{}/burstable/pod{uid}/{id}",
+            cd.cgroup_parent().trim_start_matches('/')
+        );
+        let cg = |controller: &str, file: &str| -> Result<String> {
+            let path = std::path::Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join(&rel)
+                .join(file);
+            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+        };
+        let cpu = || -> Result<u64> { Ok(cg("cpuacct", "cpuacct.usage")?.trim().parse()?) };
+        let working_set = || -> Result<u64> {
+            let usage: u64 = cg("memory", "memory.usage_in_bytes")?.trim().parse()?;
+            let stat = cg("memory", "memory.stat")?;
+            let inactive: u64 = stat
+                .lines()
+                .find_map(|l| l.strip_prefix("total_inactive_file "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            Ok(usage.saturating_sub(inactive))
+        };
+        let before = cpu()?;
+        let s = agent.get_json("/stats/summary")?;
+        let after = cpu()?;
+        let ws_cgroup = working_set()?;
+        let p = pod_stats(&s, &name).context("the pod")?;
+        let p = &p["containers"][0];
+        let used = num(&p["cpu"]["usageCoreNanoSeconds"]);
+        assert!(
+            before <= used && used <= after,
+            "cpu {used} ns within the cgroup's {before}..={after}"
+        );
+        let ws = num(&p["memory"]["workingSetBytes"]);
+        let diff = ws.abs_diff(ws_cgroup);
+        assert!(
+            diff * 10 <= ws_cgroup,
+            "working set {ws} within 10% of the cgroup's {ws_cgroup}"
+        );
+    }
 
     // The same numbers in the kubelet's Prometheus names.
     let (code, text) = agent.get_text("/metrics/resource")?;

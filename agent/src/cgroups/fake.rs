@@ -76,6 +76,10 @@ fn merge(into: &mut ResourceConfig, from: &ResourceConfig) {
 }
 
 impl CgroupManager for RecordingManager {
+    fn driver(&self) -> Driver {
+        self.driver
+    }
+
     fn name(&self, name: &CgroupName) -> String {
         name.to_driver(self.driver)
     }

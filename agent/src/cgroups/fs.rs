@@ -17,7 +17,7 @@ use cgroups_rs::fs::pid::PidController;
 use cgroups_rs::fs::{Cgroup, Controller, MaxValue, hierarchies};
 
 use super::resources::shares_to_weight;
-use super::{CgroupError, CgroupManager, CgroupName, Mode, ResourceConfig};
+use super::{CgroupError, CgroupManager, CgroupName, Driver, Mode, ResourceConfig};
 
 /// The cgroupfs driver over the host's hierarchies.
 #[derive(Debug)]
@@ -117,7 +117,7 @@ impl FsManager {
 }
 
 /// The processes in `dir` and every cgroup below it.
-fn procs_below(dir: &Path, out: &mut Vec<i32>) {
+pub(super) fn procs_below(dir: &Path, out: &mut Vec<i32>) {
     if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
         out.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
     }
@@ -132,6 +132,10 @@ fn procs_below(dir: &Path, out: &mut Vec<i32>) {
 }
 
 impl CgroupManager for FsManager {
+    fn driver(&self) -> Driver {
+        Driver::Cgroupfs
+    }
+
     fn name(&self, name: &CgroupName) -> String {
         name.to_cgroupfs()
     }
@@ -239,7 +243,7 @@ impl CgroupManager for FsManager {
 }
 
 /// Remove an (empty) cgroup directory and the empty cgroups below it.
-fn remove_tree(dir: &Path) -> std::io::Result<()> {
+pub(super) fn remove_tree(dir: &Path) -> std::io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

@@ -1,7 +1,10 @@
 //! The node's cgroups, as the kubelet's container manager (`pkg/kubelet/cm`)
 //! keeps them: one [`CgroupManager`] trait over the hierarchy and driver, a
 //! cgroupfs implementation on the `cgroups-rs` crate ([`FsManager`], cgroup
-//! v1, hybrid and v2), and a recording fake for tests ([`RecordingManager`]);
+//! v1, hybrid and v2), the systemd driver ([`SystemdManager`]: slices over
+//! systemd's D-Bus API, [`systemd`]), and a recording fake for tests
+//! ([`RecordingManager`]); the driver chosen at start-up from the runtime's
+//! `RuntimeConfig` or `--cgroup-driver` ([`driver`]);
 //! cgroup names as the kubelet's `CgroupName` with both drivers' spellings
 //! ([`names`]); the kubelet's formulas from a pod to cgroup values
 //! ([`resources`]); and the pod and QoS cgroups built on them ([`pod`]).
@@ -12,19 +15,23 @@
 //! before the sandbox starts, and passes it to the runtime as the cgroup
 //! parent; the runtime makes the containers' cgroups below it.
 
+pub mod driver;
 mod fake;
 mod fs;
 mod hierarchies;
 pub mod names;
 pub mod pod;
 pub mod resources;
+pub mod systemd;
 
+pub use driver::{DriverChoice, DriverError, DriverSource, Host, driver_from_cri, new_manager};
 pub use fake::{Call, RecordingManager};
 pub use fs::FsManager;
 pub use hierarchies::{Mode, detect_mode};
 pub use names::{CgroupName, Driver};
 pub use pod::PodCgroups;
 pub use resources::ResourceConfig;
+pub use systemd::{CgroupsRsBus, RecordingBus, SystemdBus, SystemdManager};
 
 /// What a cgroup operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +49,8 @@ pub enum CgroupError {
 
 /// One cgroup hierarchy and driver (the kubelet's `CgroupManager`).
 pub trait CgroupManager: Send + Sync + std::fmt::Debug {
+    /// The cgroup driver this manager is.
+    fn driver(&self) -> Driver;
     /// The cgroup's path as the runtime is given it (`cgroup_parent`): the
     /// cgroupfs path, or the systemd slice path.
     fn name(&self, name: &CgroupName) -> String;

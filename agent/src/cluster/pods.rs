@@ -155,24 +155,37 @@ pub fn rejected_status(pod: &Pod, message: String) -> PodStatus {
     crate::status::rejected_status(pod, REASON_INVALID, message)
 }
 
-/// The admission refusal the API's status records for `pod`, if any: phase
-/// Failed, an admission reason, and the kubelet's "Pod was rejected: "
-/// message. Such a pod never runs again (a Failed pod is terminal), also after
-/// the agent restarts.
+/// The admission refusal or eviction the API's status records for `pod`, if
+/// any: phase Failed with an admission reason and the kubelet's "Pod was
+/// rejected: " message, or reason `Evicted` (an eviction of the running pod,
+/// its message without that prefix). Such a pod never runs again (a Failed
+/// pod is terminal), also after the agent restarts.
 pub fn earlier_rejection(pod: &Pod) -> Option<crate::admission::Rejection> {
     let status = pod.status.as_ref()?;
     if status.phase.as_deref() != Some(crate::status::phase::FAILED) {
         return None;
     }
     let reason = status.reason.as_deref()?;
-    let message = status
-        .message
-        .as_deref()?
-        .strip_prefix("Pod was rejected: ")?;
-    crate::admission::is_admission_reason(reason).then(|| crate::admission::Rejection {
-        reason: reason.to_string(),
-        message: message.to_string(),
-    })
+    let message = status.message.as_deref()?;
+    match message.strip_prefix("Pod was rejected: ") {
+        Some(message) => {
+            crate::admission::is_admission_reason(reason).then(|| crate::admission::Rejection {
+                reason: reason.to_string(),
+                message: message.to_string(),
+                evicted: None,
+            })
+        }
+        None => matches!(
+            reason,
+            crate::eviction::REASON_EVICTED | crate::admission::REASON_PREEMPTING
+        )
+        .then(|| crate::admission::Rejection {
+            reason: reason.to_string(),
+            message: message.to_string(),
+            // Stopped at once, if a restart left anything running.
+            evicted: Some(0),
+        }),
+    }
 }
 
 /// The api source's snapshot: every pod of `store` the agent admits (mirror
@@ -645,10 +658,26 @@ mod tests {
         let mut failed = pod("f", false);
         failed.status = Some(PodStatus {
             phase: Some("Failed".into()),
-            reason: Some("Evicted".into()),
-            message: Some("The node was low on resource: memory.".into()),
+            reason: Some("DeadlineExceeded".into()),
+            message: Some("Pod was active on the node longer than the specified deadline".into()),
             ..Default::default()
         });
+        let mut evicted = pod("e", false);
+        evicted.status = Some(PodStatus {
+            phase: Some("Failed".into()),
+            reason: Some("Evicted".into()),
+            message: Some("The node was low on resource: memory. ".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            earlier_rejection(&evicted),
+            Some(crate::admission::Rejection {
+                reason: "Evicted".into(),
+                message: "The node was low on resource: memory. ".into(),
+                evicted: Some(0),
+            }),
+            "an eviction reads back as one: the pod stays stopped"
+        );
         let store = BTreeMap::from([
             ("r".to_string(), refused.clone()),
             ("f".to_string(), failed),
@@ -665,6 +694,7 @@ mod tests {
             vec![crate::admission::Rejection {
                 reason: "OutOfcpu".into(),
                 message: "Node didn't have enough resource: cpu, requested: 9000, used: 0, capacity: 2000".into(),
+                evicted: None,
             }]
         );
         // Unchanged status, unchanged snapshot: no trigger storm.

@@ -1067,6 +1067,27 @@ impl RuntimeManager {
     }
 
     /// Stop a sandbox and the containers in it.
+    /// Stop an evicted pod within `grace` seconds: its containers and its
+    /// ready sandboxes. The containers stay (their statuses and logs are the
+    /// evicted pod's record), as the kubelet's killPod leaves them.
+    pub async fn stop_evicted(&self, uid: &str, grace: i64) -> Result<()> {
+        let observed = self.inspect_pod(uid).await?;
+        for sb in observed.sandboxes.iter().filter(|s| s.ready) {
+            tracing::info!(sandbox = %sb.id, grace, "pod evicted; stopping it");
+            self.kill_sandbox(&observed, sb, grace).await?;
+        }
+        // Anything still running outside a ready sandbox.
+        let running: Vec<&ObservedContainer> = observed
+            .containers
+            .iter()
+            .filter(|c| c.state == ContainerState::Running)
+            .collect();
+        if !running.is_empty() {
+            self.stop_pod_containers(&running, grace).await?;
+        }
+        Ok(())
+    }
+
     async fn kill_sandbox(
         &self,
         observed: &ObservedPod,

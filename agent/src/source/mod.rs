@@ -42,6 +42,10 @@ pub struct SourcedPod {
 pub struct Rejection {
     pub reason: String,
     pub message: String,
+    /// `Some(grace)`: the pod was admitted, ran, and was evicted (reason
+    /// `Evicted`, the message without the prefix); it is stopped within
+    /// `grace` seconds and keeps its containers' statuses.
+    pub evicted: Option<i64>,
 }
 
 /// A manifest that was rejected. The error names the file, the field and the reason.

@@ -264,6 +264,11 @@ pub async fn serve(
                 }
             },
         };
+        // Small TLS records (a stats answer, an exec frame) go out at once,
+        // not after the peer's delayed ACK (a ~40 ms Nagle stall otherwise).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
+        }
         let acceptor = acceptor.clone();
         let router = router.clone();
         let cancel = cancel.clone();

@@ -43,11 +43,17 @@ pub fn api_group_list() -> Value {
             json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
         })
         .collect();
+    // metrics.k8s.io last, where kube-apiserver lists aggregated groups.
+    let mut groups = groups;
+    groups.push(super::metrics::rest::api_group_entry());
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// `/apis/<group>` (`None` when the group is not served).
 pub fn api_group(group: &str) -> Option<Value> {
+    if group == super::metrics::GROUP {
+        return Some(super::metrics::rest::api_group());
+    }
     let (g, v) = groups().into_iter().find(|(g, _)| *g == group)?;
     let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
     Some(json!({"kind": "APIGroup", "apiVersion": "v1", "name": g,
@@ -60,6 +66,9 @@ fn verbs(r: &Resource) -> Vec<&'static str> {
 
 /// The APIResourceList of `group`/`version` (`None` when not served).
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    if (group, version) == (super::metrics::GROUP, super::metrics::rest::VERSION) {
+        return Some(super::metrics::rest::resource_list());
+    }
     let served: Vec<&Resource> = RESOURCES
         .iter()
         .filter(|r| r.group == group && r.version == version)
@@ -290,6 +299,10 @@ pub fn aggregated(legacy: bool) -> Value {
                 "versions": [{"version": v, "resources": resources, "freshness": "Current"}]})
         })
         .collect();
+    let mut items = items;
+    if !legacy {
+        items.push(super::metrics::rest::aggregated_item());
+    }
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2",
         "metadata": {}, "items": items})
 }

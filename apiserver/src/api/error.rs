@@ -195,7 +195,18 @@ impl ApiError {
             "code": self.code().as_u16(),
         });
         let details = match self {
-            ApiError::NotFound { name, kind, .. } => Some(json!({"name": name, "kind": kind})),
+            ApiError::NotFound {
+                resource,
+                name,
+                kind,
+            } => {
+                let mut d = json!({"name": name, "kind": kind});
+                // `NewNotFound(qualifiedResource, name)`: the group too.
+                if let (_, Some(g)) = split_group(resource) {
+                    d["group"] = json!(g);
+                }
+                Some(d)
+            }
             ApiError::AlreadyExists { resource, name }
             | ApiError::Conflict { resource, name, .. } => {
                 let (kind, group) = split_group(resource);

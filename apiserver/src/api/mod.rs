@@ -22,6 +22,7 @@ pub mod authz;
 pub mod discovery;
 pub mod error;
 pub mod handlers;
+pub mod metrics;
 pub mod noderestriction;
 pub mod objects;
 pub mod patch;
@@ -87,6 +88,9 @@ pub struct ApiState {
     /// The RBAC policy, cached; [`ApiState::storage`] is wrapped so that
     /// RBAC writes invalidate it ([`rbac::cache`]).
     pub rbac: rbac::cache::PolicyCache,
+    /// Node and pod usage for `metrics.k8s.io`, filled by
+    /// [`metrics::spawn`] (empty when no scraper runs).
+    pub metrics: metrics::Store,
 }
 
 /// The namespaces created at startup.
@@ -111,6 +115,7 @@ impl ApiState {
             config,
             kubelet,
             rbac,
+            metrics: metrics::Store::new(),
         })
     }
 

@@ -223,6 +223,130 @@ impl KubeletClient {
             )),
         }
     }
+
+    /// `GET path` from the agent at `host:port` on a connection of its own:
+    /// the whole body of a `200` answer, at most `limit` bytes. Dropping the
+    /// future (a caller's timeout) closes the connection.
+    pub async fn get(
+        &self,
+        host: &str,
+        port: u16,
+        path: &str,
+        limit: usize,
+    ) -> Result<Bytes, GetError> {
+        use http_body_util::BodyExt as _;
+        let authority = join_host_port(host, port);
+        let url = format!("https://{authority}{path}");
+        let tls = self
+            .connect(host, port)
+            .await
+            .map_err(|reason| GetError::Connect { reason })?;
+        let http = |source| GetError::Http {
+            url: url.clone(),
+            source,
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(http)?;
+        let conn_task = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "node agent connection ended");
+            }
+        });
+        let _abort = AbortOnDrop(conn_task.abort_handle());
+        let request = axum::http::Request::get(path)
+            .header(header::HOST, &authority)
+            .header(header::USER_AGENT, "berth-apiserver")
+            .body(Body::empty())
+            .map_err(|e| GetError::Request {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        let resp = sender.send_request(request).await.map_err(http)?;
+        let code = resp.status();
+        if code != StatusCode::OK {
+            let text = read_error_body(resp.into_body()).await;
+            let mut text = text.trim().to_string();
+            if let Some((cut, _)) = text.char_indices().nth(MAX_LOGGED_BODY) {
+                text.truncate(cut);
+            }
+            return Err(GetError::Status {
+                url,
+                code: code.as_u16(),
+                body: text,
+            });
+        }
+        let mut body = resp.into_body();
+        let mut out: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(http)?;
+            if let Ok(data) = frame.into_data() {
+                if out.len().saturating_add(data.len()) > limit {
+                    return Err(GetError::TooLarge { url, limit });
+                }
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok(Bytes::from(out))
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How much of an agent's error answer a [`GetError`] quotes.
+const MAX_LOGGED_BODY: usize = 200;
+
+/// Why [`KubeletClient::get`] got no body.
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    /// TCP connect or TLS handshake failed (or timed out).
+    #[error("{reason}")]
+    Connect {
+        /// What happened (names the address).
+        reason: String,
+    },
+    /// The request could not be built (an invalid path).
+    #[error("GET {url}: {reason}")]
+    Request {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// HTTP failed on the connection.
+    #[error("GET {url}: {source}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// The error.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The agent answered something other than 200.
+    #[error("GET {url}: HTTP {code}: {body}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The HTTP code.
+        code: u16,
+        /// The start of the answer's body.
+        body: String,
+    },
+    /// The body is larger than the caller's limit.
+    #[error("GET {url}: the answer is larger than {limit} bytes")]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// Accepts any server certificate (see [`KubeletClient`]); checks the
@@ -723,8 +847,32 @@ async fn node_endpoint(state: &ApiState, node: &str) -> Result<(String, u16), Fa
     node_address(&obj, node)
 }
 
-/// The preferred address and kubelet port of a Node object.
-pub fn node_address(node_obj: &Value, node: &str) -> Result<(String, u16), Failure> {
+/// Why a Node object gives no agent endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    /// None of [`PREFERRED_ADDRESS_TYPES`] in `status.addresses` (upstream's
+    /// `NoMatchError`, `%v` of the `[]NodeAddress`).
+    #[error("no preferred addresses found; known addresses: [{known}]")]
+    NoAddress {
+        /// The addresses it has, as `{Type address}`.
+        known: String,
+    },
+    /// No usable `status.daemonEndpoints.kubeletEndpoint.Port`.
+    #[error(
+        "node {node:?} has no kubelet endpoint port (status.daemonEndpoints.kubeletEndpoint.Port is {port})"
+    )]
+    NoPort {
+        /// The node.
+        node: String,
+        /// The port found (0 when none).
+        port: i64,
+    },
+}
+
+/// The preferred address (`InternalIP`, `ExternalIP`, `Hostname`) and the
+/// kubelet port of Node object `node_obj` (named `node`): where its agent's
+/// authenticated server is (`GetConnectionInfo`).
+pub fn kubelet_endpoint(node_obj: &Value, node: &str) -> Result<(String, u16), EndpointError> {
     let addresses: Vec<(&str, &str)> = node_obj
         .pointer("/status/addresses")
         .and_then(Value::as_array)
@@ -746,15 +894,13 @@ pub fn node_address(node_obj: &Value, node: &str) -> Result<(String, u16), Failu
             .map(|(_, a)| a.to_string())
     });
     let Some(host) = host else {
-        // Upstream's NoMatchError, %v of []NodeAddress.
         let known: Vec<String> = addresses
             .iter()
             .map(|(t, a)| format!("{{{t} {a}}}"))
             .collect();
-        return Err(unknown(&format!(
-            "no preferred addresses found; known addresses: [{}]",
-            known.join(" ")
-        )));
+        return Err(EndpointError::NoAddress {
+            known: known.join(" "),
+        });
     };
     // The JSON name is `Port` (DaemonEndpoint's odd tag); `port` accepted too.
     let endpoint = node_obj.pointer("/status/daemonEndpoints/kubeletEndpoint");
@@ -764,10 +910,17 @@ pub fn node_address(node_obj: &Value, node: &str) -> Result<(String, u16), Failu
         .unwrap_or(0);
     match u16::try_from(port) {
         Ok(p) if p > 0 => Ok((host, p)),
-        _ => Err(unknown(&format!(
-            "node {node:?} has no kubelet endpoint port (status.daemonEndpoints.kubeletEndpoint.Port is {port})"
-        ))),
+        _ => Err(EndpointError::NoPort {
+            node: node.to_string(),
+            port,
+        }),
     }
+}
+
+/// The preferred address and kubelet port of a Node object, or the `Status`
+/// kube-apiserver answers a proxied request with (reason Unknown).
+pub fn node_address(node_obj: &Value, node: &str) -> Result<(String, u16), Failure> {
+    kubelet_endpoint(node_obj, node).map_err(|e| unknown(&e.to_string()))
 }
 
 /// Read up to [`MAX_ERROR_BODY`] bytes of an agent's error answer.
@@ -812,11 +965,21 @@ async fn locate(
     Ok((container, Some(endpoint)))
 }
 
-fn kubelet_client(state: &ApiState) -> Result<KubeletClient, Failure> {
-    match &state.kubelet {
-        Some(c) => Ok(c.clone()),
-        None => KubeletClient::anonymous().map_err(|e| ApiError::Internal(e.to_string()).into()),
+impl ApiState {
+    /// The client to node agents: the configured one, else an anonymous one
+    /// (which agents answer 401).
+    pub fn kubelet_client(&self) -> Result<KubeletClient, ClientError> {
+        match &self.kubelet {
+            Some(c) => Ok(c.clone()),
+            None => KubeletClient::anonymous(),
+        }
     }
+}
+
+fn kubelet_client(state: &ApiState) -> Result<KubeletClient, Failure> {
+    state
+        .kubelet_client()
+        .map_err(|e| ApiError::Internal(e.to_string()).into())
 }
 
 async fn logs(state: &ApiState, namespace: &str, name: &str, req: Request) -> Outcome {

@@ -17,8 +17,11 @@
 //! - Taints follow `Ready` (upstream `TaintNodesByCondition` plus the
 //!   `NoExecute` taints of taint-based eviction): `False` →
 //!   `node.kubernetes.io/not-ready`, `Unknown` → `node.kubernetes.io/unreachable`,
-//!   each with effects `NoSchedule` and `NoExecute`; `True` removes them. The
-//!   scheduler's TaintToleration filter then keeps new pods off the node.
+//!   each with effects `NoSchedule` and `NoExecute`; `True` removes them.
+//!   `MemoryPressure`/`DiskPressure`/`PIDPressure`/`NetworkUnavailable`
+//!   `True` → the matching `NoSchedule` taint (`node.kubernetes.io/memory-pressure`,
+//!   ...), removed when the condition goes. The scheduler's TaintToleration
+//!   filter then keeps new pods off the node.
 //! - When a node stops being Ready, its pods get `Ready=False`
 //!   (upstream `MarkPodsNotReady`), so nothing reads them as serving.
 //!
@@ -290,29 +293,52 @@ fn mark_unknown(node: &mut Node, now: Timestamp) -> bool {
     changed
 }
 
-/// Make the node's `not-ready`/`unreachable` taints match its `Ready`
-/// condition; whether they changed.
+/// The `NoSchedule` taints of a node under pressure (upstream
+/// `nodeConditionToTaintKeyStatusMap`: the condition `True` → the taint).
+pub const PRESSURE_TAINTS: &[(&str, &str)] = &[
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+    (
+        "NetworkUnavailable",
+        "node.kubernetes.io/network-unavailable",
+    ),
+];
+
+/// Make the node's condition taints match its conditions (upstream
+/// `doNoScheduleTaintingPass` and the `NoExecute` pass): `Ready` `False` or
+/// `Unknown` → `not-ready`/`unreachable` with `NoSchedule` and `NoExecute`;
+/// each pressure condition `True` → its `NoSchedule` taint. Whether they changed.
 fn reconcile_taints(node: &mut Node, now: Timestamp) -> bool {
-    let wanted: Option<&str> = match condition_status(node, "Ready") {
-        "False" => Some(TAINT_NOT_READY),
-        "Unknown" => Some(TAINT_UNREACHABLE),
+    let mut wanted: Vec<(&str, &[&str])> = Vec::new();
+    match condition_status(node, "Ready") {
+        "False" => wanted.push((TAINT_NOT_READY, &["NoSchedule", "NoExecute"])),
+        "Unknown" => wanted.push((TAINT_UNREACHABLE, &["NoSchedule", "NoExecute"])),
         // True, or not posted yet (a node that just registered).
-        _ => None,
-    };
+        _ => {}
+    }
+    for (kind, key) in PRESSURE_TAINTS {
+        if condition_status(node, kind) == "True" {
+            wanted.push((key, &["NoSchedule"]));
+        }
+    }
     let spec = node.spec.get_or_insert_with(NodeSpec::default);
     let current: Vec<Taint> = spec.taints.clone().unwrap_or_default();
-    let ours = |t: &Taint| matches!(t.key.as_str(), TAINT_NOT_READY | TAINT_UNREACHABLE);
+    let ours = |t: &Taint| {
+        matches!(t.key.as_str(), TAINT_NOT_READY | TAINT_UNREACHABLE)
+            || PRESSURE_TAINTS.iter().any(|(_, k)| *k == t.key)
+    };
     let mut next: Vec<Taint> = current.iter().filter(|t| !ours(t)).cloned().collect();
-    if let Some(key) = wanted {
-        for effect in ["NoSchedule", "NoExecute"] {
+    for (key, effects) in wanted {
+        for effect in effects {
             // Keep an existing taint as it is (its timeAdded).
-            let existing = current.iter().find(|t| t.key == key && t.effect == effect);
+            let existing = current.iter().find(|t| t.key == key && t.effect == *effect);
             next.push(match existing {
                 Some(t) => t.clone(),
                 None => Taint {
                     key: key.to_string(),
                     effect: effect.to_string(),
-                    time_added: (effect == "NoExecute").then_some(Time(now)),
+                    time_added: (*effect == "NoExecute").then_some(Time(now)),
                     value: None,
                 },
             });
@@ -473,6 +499,34 @@ mod tests {
             n["spec"]["taints"],
             json!([{"key": "dedicated", "value": "x", "effect": "NoSchedule"}])
         );
+    }
+
+    #[test]
+    fn pressure_conditions_get_their_no_schedule_taints_and_lose_them_after() {
+        let mut n = node_with_ready("n1", "True", "2026-01-01T00:01:00Z");
+        n["status"]["conditions"]
+            .as_array_mut()
+            .unwrap()
+            .extend([
+                json!({"type": "MemoryPressure", "status": "True", "reason": "KubeletHasInsufficientMemory"}),
+                json!({"type": "DiskPressure", "status": "False"}),
+                json!({"type": "PIDPressure", "status": "True"}),
+            ]);
+        let now = t("2026-01-01T00:01:05Z");
+        assert!(reconcile_json(&mut n, None, &cfg(), now));
+        assert_eq!(
+            n["spec"]["taints"],
+            json!([
+                {"key": "node.kubernetes.io/memory-pressure", "effect": "NoSchedule"},
+                {"key": "node.kubernetes.io/pid-pressure", "effect": "NoSchedule"},
+            ])
+        );
+        // The same again: nothing to write.
+        assert!(!reconcile_json(&mut n, None, &cfg(), now));
+        n["status"]["conditions"][1]["status"] = json!("False");
+        n["status"]["conditions"][3]["status"] = json!("False");
+        assert!(reconcile_json(&mut n, None, &cfg(), now));
+        assert!(n["spec"]["taints"].is_null(), "{}", n["spec"]);
     }
 
     #[test]

@@ -302,6 +302,18 @@ runtime_service! {
             }
         }
 
+        async fn runtime_config(
+            &self,
+            _request: Request<api::RuntimeConfigRequest>,
+        ) -> Result<Response<api::RuntimeConfigResponse>, Status> {
+            self.0.enter("RuntimeConfig").await?;
+            match self.0.lock().runtime_config {
+                Some(config) => Ok(Response::new(config)),
+                // containerd 1.6 and 1.7 have no RuntimeConfig (2.0 added it).
+                None => Err(unimplemented("RuntimeConfig")),
+            }
+        }
+
         async fn get_container_events(
             &self,
             _request: Request<api::GetEventsRequest>,
@@ -330,7 +342,6 @@ runtime_service! {
         checkpoint_container "CheckpointContainer" (CheckpointContainerRequest) -> CheckpointContainerResponse;
         list_metric_descriptors "ListMetricDescriptors" (ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse;
         list_pod_sandbox_metrics "ListPodSandboxMetrics" (ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse;
-        runtime_config "RuntimeConfig" (RuntimeConfigRequest) -> RuntimeConfigResponse;
     }
 }
 

@@ -174,6 +174,8 @@ pub(crate) struct State {
     pub container_stats: Option<HashMap<String, api::ContainerStats>>,
     /// `None`: ImageFsInfo answers Unimplemented.
     pub image_fs_info: Option<api::ImageFsInfoResponse>,
+    /// `None`: RuntimeConfig answers Unimplemented (containerd 1.6, 1.7).
+    pub runtime_config: Option<api::RuntimeConfigResponse>,
     next_ip: u32,
     next_id: u64,
 }

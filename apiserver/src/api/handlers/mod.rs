@@ -149,6 +149,16 @@ async fn dispatch_inner(state: Arc<ApiState>, req: Request) -> ApiResult<Respons
         let doc = discovery::resource_list(group, version).ok_or_else(not_found_path)?;
         return Ok(respond(StatusCode::OK, &doc, &[]));
     }
+    // metrics.k8s.io is computed, not stored: its own handlers.
+    if group == super::metrics::GROUP {
+        let call = super::metrics::rest::Call {
+            user: parts.extensions.get::<super::auth::User>(),
+            method: &parts.method,
+            accept: accept_header,
+            params: &params,
+        };
+        return super::metrics::rest::serve(&state, &call, version, rest).await;
+    }
     let (mut rest, watch_path) = match rest {
         ["watch", r @ ..] => (r, true),
         r => (r, false),

@@ -56,6 +56,7 @@ const STORAGE: &str = "storage.k8s.io";
 const NETWORKING: &str = "networking.k8s.io";
 const EVENTS: &str = "events.k8s.io";
 const CERTIFICATES: &str = "certificates.k8s.io";
+const METRICS: &str = "metrics.k8s.io";
 
 const WRITE: &[&str] = &["create", "update", "patch", "delete", "deletecollection"];
 const READ_WRITE: &[&str] = &[
@@ -263,6 +264,17 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
         aggregated("admin", &[], AGGREGATE_TO_ADMIN),
         aggregated("edit", &[(AGGREGATE_TO_ADMIN, "true")], AGGREGATE_TO_EDIT),
         aggregated("view", &[(AGGREGATE_TO_EDIT, "true")], AGGREGATE_TO_VIEW),
+        // metrics-server's manifest (components.yaml): `kubectl top` for
+        // whoever may view.
+        role(
+            "system:aggregated-metrics-reader",
+            &[
+                (AGGREGATE_TO_ADMIN, "true"),
+                (AGGREGATE_TO_EDIT, "true"),
+                (AGGREGATE_TO_VIEW, "true"),
+            ],
+            vec![rule(READ, &[METRICS], &["pods", "nodes"])],
+        ),
         role(
             "system:aggregate-to-admin",
             &[(AGGREGATE_TO_ADMIN, "true")],
