@@ -229,6 +229,9 @@ fn pod_cgroups_hold_the_kubelets_values_and_go_with_their_pods() -> Result<()> {
     Ok(())
 }
 
+/// A container past its memory limit is OOM-killed (OOMKilled, 137) and,
+/// per its restart policy, left (Never) or restarted (Always, the OOM kill
+/// its lastState); its neighbour is untouched.
 /// Orphans: a pod cgroup no pod owns (left by a `kill -9` of an agent
 /// between removing a pod and its cgroup) is removed after a restart; one
 /// with a process still in it is never forced, only reported (once); and a
@@ -327,6 +330,12 @@ fn a_container_over_its_memory_limit_is_oom_killed() -> Result<()> {
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: hog}}\nspec:\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {IMAGE}\n    command: [sh, -c, 'sleep 1; x=$(head -c 100000000 /dev/zero | tr \"\\\\000\" a); echo survived; sleep 3600']\n    resources: {{limits: {{memory: 24Mi}}}}\n"
         ),
     )?;
+    agent.write_manifest(
+        "again.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: again}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {IMAGE}\n    command: [sh, -c, 'x=$(head -c 100000000 /dev/zero | tr \"\\\\000\" a); sleep 3600']\n    resources: {{limits: {{memory: 24Mi}}}}\n"
+        ),
+    )?;
     agent.write_manifest("calm.yaml", &pod("calm", "{limits: {memory: 24Mi}}"))?;
     let calm = running(&agent, "calm")?;
     let hog = agent.static_pod_name("hog");
@@ -349,5 +358,17 @@ fn a_container_over_its_memory_limit_is_oom_killed() -> Result<()> {
         calm_now["status"]["containerStatuses"][0]["restartCount"],
         0
     );
+    // restartPolicy Always: restarted, the OOM kill in lastState.
+    let again = agent.static_pod_name("again");
+    let p = agent.poll(T, "again restarted after its OOM kill", || {
+        Ok(agent.pod("default", &again)?.filter(|p| {
+            p["status"]["containerStatuses"][0]["restartCount"]
+                .as_u64()
+                .is_some_and(|n| n >= 1)
+        }))
+    })?;
+    let last = &p["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    assert_eq!(last["reason"], "OOMKilled", "{p}");
+    assert_eq!(last["exitCode"], 137, "{p}");
     Ok(())
 }

@@ -185,3 +185,79 @@ fn the_summary_api_reports_node_pod_container_and_volume() -> Result<()> {
     })?;
     Ok(())
 }
+
+/// Issue 10's figures, printed as JSON (nothing timed is asserted): with 30
+/// pods (an emptyDir each), the latency of `/stats/summary` and
+/// `/metrics/resource`, the agent's RSS, and its CPU while idle.
+#[test]
+fn the_summary_at_30_pods_is_measured() -> Result<()> {
+    let test = "the_summary_at_30_pods_is_measured";
+    let Some(_env) = require_runtime(test) else {
+        return Ok(());
+    };
+    const PODS: usize = 30;
+    let cd = Containerd::start()?;
+    let agent = Agent::start(&cd, &[])?;
+    agent.wait_healthy(T)?;
+    for i in 0..PODS {
+        agent.write_manifest(
+            &format!("p{i}.yaml"),
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  volumes: [{{name: scratch, emptyDir: {{}}}}]\n  containers:\n  - name: main\n    image: {BUSYBOX_IMAGE}\n    volumeMounts: [{{name: scratch, mountPath: /scratch}}]\n    command: [sh, -c, 'while true; do sleep 1; done']\n"
+            ),
+        )?;
+    }
+    agent.poll(Duration::from_secs(300), "30 pods running", || {
+        let s = agent.get_json("/stats/summary")?;
+        let n = s["pods"].as_array().map_or(0, |p| {
+            p.iter()
+                .filter(|p| p["containers"][0]["cpu"]["usageNanoCores"].is_u64())
+                .count()
+        });
+        if n < PODS {
+            std::thread::sleep(Duration::from_millis(1000));
+        }
+        Ok((n >= PODS).then_some(()))
+    })?;
+    let time = |path: &str| -> Result<Vec<f64>> {
+        let mut out = Vec::new();
+        for _ in 0..20 {
+            let start = std::time::Instant::now();
+            let (code, _) = agent.get_text(path)?;
+            out.push(start.elapsed().as_secs_f64() * 1000.0);
+            anyhow::ensure!(code == 200, "{path}: {code}");
+        }
+        out.sort_by(f64::total_cmp);
+        Ok(out)
+    };
+    let summary = time("/stats/summary")?;
+    let resource = time("/metrics/resource")?;
+    let pid = agent.pid().context("the agent's pid")?;
+    let ticks = || -> Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let after = stat.rsplit(')').next().unwrap_or_default();
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        // Fields 14 and 15 (utime, stime) are the 12th and 13th after ')'.
+        Ok(n(11) + n(12))
+    };
+    let idle = Duration::from_secs(20);
+    let before = ticks()?;
+    std::thread::sleep(idle);
+    let used = ticks()?.saturating_sub(before);
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let figures = serde_json::json!({
+        "benchmark": "issue 10: the node's stats at 30 pods",
+        "build_profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+        "pods": PODS,
+        "stats_summary_ms": {"p50": summary[summary.len() / 2], "max": summary[summary.len() - 1]},
+        "metrics_resource_ms": {"p50": resource[resource.len() / 2], "max": resource[resource.len() - 1]},
+        "agent_rss_kib": berth_integration::rss_kib(pid)?,
+        "agent_idle_cpu_percent_of_a_core": used as f64 / hz / idle.as_secs_f64() * 100.0,
+    });
+    println!("{}", serde_json::to_string_pretty(&figures)?);
+    Ok(())
+}
