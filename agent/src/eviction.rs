@@ -918,8 +918,13 @@ impl Reclaimer {
                 return;
             }
         };
-        // Dead containers: keep the newest of each (pod, name).
-        let mut sorted: Vec<&api::Container> = containers.iter().collect();
+        // Dead containers: keep the newest dead one of each (pod, name) — a
+        // running container's `lastState`, `logs --previous` — as the pod
+        // workers' own clean-up does; running ones are never touched.
+        let mut sorted: Vec<&api::Container> = containers
+            .iter()
+            .filter(|c| c.state() == api::ContainerState::ContainerExited)
+            .collect();
         sorted.sort_by_key(|c| std::cmp::Reverse(c.created_at));
         let mut seen = BTreeSet::new();
         let mut removed = 0usize;
@@ -934,8 +939,7 @@ impl Reclaimer {
                 .as_ref()
                 .map(|m| m.name.clone())
                 .unwrap_or_default();
-            let newest = seen.insert((pod, name));
-            if newest || c.state() != api::ContainerState::ContainerExited {
+            if seen.insert((pod, name)) {
                 continue;
             }
             match self

@@ -91,6 +91,10 @@ struct Serving {
 
 /// A fake CRI runtime served on a unix socket; see the [module docs](self).
 ///
+/// The sandbox image the fake names in a verbose `Status` (containerd's
+/// `config.sandboxImage`).
+pub const SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.9";
+
 /// Dropping it stops the server and deletes its directory.
 pub struct FakeRuntime {
     dir: tempfile::TempDir,

@@ -148,12 +148,22 @@ runtime_service! {
 
         async fn status(
             &self,
-            _request: Request<api::StatusRequest>,
+            request: Request<api::StatusRequest>,
         ) -> Result<Response<api::StatusResponse>, Status> {
             self.0.enter("Status").await?;
             let status = self.0.lock().runtime_status();
+            // Verbose, as containerd: its CRI config, naming the sandbox image.
+            let info = if request.get_ref().verbose {
+                std::collections::HashMap::from([(
+                    "config".to_string(),
+                    format!("{{\"sandboxImage\":\"{}\"}}", crate::fake::SANDBOX_IMAGE),
+                )])
+            } else {
+                Default::default()
+            };
             Ok(Response::new(api::StatusResponse {
                 status: Some(status),
+                info,
                 ..Default::default()
             }))
         }
