@@ -115,6 +115,10 @@ impl PodWorkers {
         let mut transient = self.transient.get(&uid);
         let mut delay = self.sync_frequency;
         let mut error_backoff = ERROR_BACKOFF_INITIAL;
+        // An evicted pod stopped by this worker: nothing starts it again, so
+        // later syncs need not read the runtime for it (a new worker, after a
+        // restart of the agent, stops it once more).
+        let mut evicted_stopped = false;
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
@@ -141,7 +145,7 @@ impl PodWorkers {
                         r.message.clone(),
                     );
                 }
-                if let Some(grace) = r.evicted {
+                if let Some(grace) = r.evicted.filter(|_| !evicted_stopped) {
                     // Evicted after it ran: stopped (idempotent; the runtime is
                     // read afresh), its containers kept as its record.
                     if let Err(e) = self
@@ -156,6 +160,7 @@ impl PodWorkers {
                         continue;
                     }
                     error_backoff = ERROR_BACKOFF_INITIAL;
+                    evicted_stopped = true;
                     if let Some(prober) = self.prober.get() {
                         prober.remove_pod(&uid);
                     }

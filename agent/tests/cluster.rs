@@ -258,6 +258,9 @@ async fn node_lease_pods_status_deletion_and_outage() {
         kubeconfig: Some(node_kubeconfig),
         port: Some(kubelet_port),
         address: Some([127, 0, 0, 1].into()),
+        // Memory only: how full this host's disk is must not put the node
+        // under DiskPressure (which refuses pods and reclaims images).
+        eviction_hard: Some("memory.available<100Mi".into()),
         ..Default::default()
     })
     .unwrap();
@@ -660,6 +663,9 @@ impl Cluster {
             port: Some(free_port()),
             address: Some([127, 0, 0, 1].into()),
             kubeconfig: Some(node_kubeconfig),
+            // Memory only: how full this host's disk is must not put the node
+            // under DiskPressure (which refuses pods and reclaims images).
+            eviction_hard: Some("memory.available<100Mi".into()),
             ..Default::default()
         })
         .unwrap();

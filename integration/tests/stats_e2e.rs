@@ -134,22 +134,35 @@ fn the_summary_api_reports_node_pod_container_and_volume() -> Result<()> {
                 .unwrap_or(0);
             Ok(usage.saturating_sub(inactive))
         };
-        let before = cpu()?;
-        let s = agent.get_json("/stats/summary")?;
-        let after = cpu()?;
-        let ws_cgroup = working_set()?;
-        let p = pod_stats(&s, &name).context("the pod")?;
-        let p = &p["containers"][0];
-        let used = num(&p["cpu"]["usageCoreNanoSeconds"]);
+        // The working set of a container this small moves by whole pages
+        // between two reads (its loop forks `sleep`): each attempt brackets
+        // the summary with a reading before and after it, and one of five
+        // must agree within 10%. A summary off the cgroup's own counters
+        // (another cgroup, usage without inactive_file) fails all five.
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let (cpu_before, ws_before) = (cpu()?, working_set()?);
+            let s = agent.get_json("/stats/summary")?;
+            let (cpu_after, ws_after) = (cpu()?, working_set()?);
+            let p = pod_stats(&s, &name).context("the pod")?;
+            let p = &p["containers"][0];
+            let used = num(&p["cpu"]["usageCoreNanoSeconds"]);
+            assert!(
+                cpu_before <= used && used <= cpu_after,
+                "cpu {used} ns within the cgroup's {cpu_before}..={cpu_after}"
+            );
+            let ws = num(&p["memory"]["workingSetBytes"]);
+            let (low, high) = (ws_before.min(ws_after), ws_before.max(ws_after));
+            if ws * 10 >= low * 9 && ws * 10 <= high * 11 {
+                seen.clear();
+                break;
+            }
+            seen.push((ws, low, high));
+            std::thread::sleep(Duration::from_millis(200));
+        }
         assert!(
-            before <= used && used <= after,
-            "cpu {used} ns within the cgroup's {before}..={after}"
-        );
-        let ws = num(&p["memory"]["workingSetBytes"]);
-        let diff = ws.abs_diff(ws_cgroup);
-        assert!(
-            diff * 10 <= ws_cgroup,
-            "working set {ws} within 10% of the cgroup's {ws_cgroup}"
+            seen.is_empty(),
+            "working set (summary, cgroup low, cgroup high) never within 10%: {seen:?}"
         );
     }
 
