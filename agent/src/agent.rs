@@ -493,32 +493,42 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         cancel.clone(),
     ));
 
+    // The first relist adopts what is running (including pods whose manifest
+    // went away while the agent was down: their workers remove them). It runs
+    // before the manifests are read, so a running static pod keeps its name
+    // against a newcomer manifest even right after a restart.
+    let mut pleg = Pleg::new(client.clone(), cache.clone(), metrics.clone());
+    let adopted = match pleg.relist().await {
+        Ok(changed) => changed,
+        Err(e) => {
+            cache.set_error(e.to_string());
+            Vec::new()
+        }
+    };
     let source = crate::source::file::spawn(
         config.pod_manifest_path.clone(),
         config.node_name.clone(),
         config.file_check_frequency,
         pod_config.clone(),
+        crate::source::file::Neighbours {
+            runtime_uids: Some({
+                let cache = cache.clone();
+                Arc::new(move || cache.uids())
+            }),
+            events: Some(events.clone()),
+        },
         cancel.clone(),
     );
     pod_config.wait_loaded().await;
     tracing::info!(pods = pod_config.uids().len(), errors = pod_config.errors().len(), dir = %config.pod_manifest_path.display(), "manifests loaded");
-
-    // The first relist adopts what is running (including pods whose manifest
-    // went away while the agent was down: their workers remove them).
-    let mut pleg = Pleg::new(client.clone(), cache.clone(), metrics.clone());
-    match pleg.relist().await {
-        Ok(changed) => {
-            tracing::info!(
-                pods = changed.len(),
-                "first relist done; adopting what runs"
-            );
-            for uid in changed {
-                if sources_ready(&uid) {
-                    workers.trigger(uid);
-                }
-            }
+    tracing::info!(
+        pods = adopted.len(),
+        "first relist done; adopting what runs"
+    );
+    for uid in adopted {
+        if sources_ready(&uid) {
+            workers.trigger(uid);
         }
-        Err(e) => cache.set_error(e.to_string()),
     }
     let pleg_task = {
         let workers = workers.clone();

@@ -609,7 +609,10 @@ fn kubectl_sees_running(kubeconfig: &Path, home: &Path) {
             .map(|d| d.join("kubectl"))
             .find(|p| p.is_file())
     }) else {
-        eprintln!("kubectl not on PATH: skipping the kubectl check");
+        if required() {
+            panic!("kubectl is required (CI=true or BERTH_REQUIRE_RUNTIME=1) but not on PATH");
+        }
+        eprintln!("SKIPPED: kubectl not on PATH: skipping the kubectl check");
         return;
     };
     let out = Command::new(kubectl)

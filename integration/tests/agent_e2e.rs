@@ -368,6 +368,118 @@ fn broken_manifest_is_reported_and_good_pods_run() -> Result<()> {
     Ok(())
 }
 
+/// A second manifest that repeats a running pod's name never replaces it:
+/// the running pod wins (upstream keeps the first file by name, which can be
+/// the newcomer), the newcomer is the error on `/status` with a
+/// `FailedValidation` event; so after a `kill -9` too. Once the running
+/// pod's manifest goes, the newcomer runs.
+#[test]
+fn a_duplicate_manifest_never_replaces_the_running_pod() -> Result<()> {
+    let Some(_env) = require_runtime("a_duplicate_manifest_never_replaces_the_running_pod") else {
+        return Ok(());
+    };
+    let cd = Containerd::start()?;
+    let mut agent = Agent::start(&cd, &[])?;
+    agent.write_manifest(
+        "web.yaml",
+        &pod_yaml("web", "Always", "while true; do sleep 1; done"),
+    )?;
+    let first = wait_pod(&agent, "web", "Running", running)?;
+    let (first_uid, first_id) = (uid(&first), container_id(&first));
+
+    // The newcomer sorts before the running pod's file.
+    let newcomer = pod_yaml(
+        "web",
+        "Always",
+        "echo newcomer; while true; do sleep 1; done",
+    );
+    agent.write_manifest("a-web.yaml", &newcomer)?;
+    let duplicate_error = |agent: &Agent| -> Result<Option<Value>> {
+        let status = agent.get_json("/status")?;
+        Ok(status["manifestErrors"]
+            .as_array()
+            .and_then(|errors| {
+                errors
+                    .iter()
+                    .find(|e| e["file"].as_str().unwrap_or("").ends_with("/a-web.yaml"))
+            })
+            .cloned())
+    };
+    let error = agent.poll(T, "the newcomer reported on /status", || {
+        duplicate_error(&agent)
+    })?;
+    assert_eq!(error["field"], "metadata.name", "{error}");
+    let reason = error["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("Duplicate value")
+            && reason.contains("/web.yaml, whose pod the agent already has"),
+        "{reason}"
+    );
+    agent.poll(T, "a FailedValidation event for the newcomer", || {
+        Ok(agent
+            .log()
+            .lines()
+            .any(|l| l.contains("FailedValidation") && l.contains("duplicate pod name"))
+            .then_some(()))
+    })?;
+
+    let same = |agent: &Agent, what: &str| -> Result<()> {
+        let pods = agent.pods()?;
+        assert_eq!(pods.len(), 1, "{what}: {pods:?}");
+        let now = &pods[0];
+        assert_eq!(
+            uid(now),
+            first_uid,
+            "{what}: the newcomer replaced the running pod"
+        );
+        assert_eq!(
+            container_id(now),
+            first_id,
+            "{what}: the container was restarted"
+        );
+        assert_eq!(main_status(now)["restartCount"], 0, "{what}");
+        assert_eq!(
+            cd.sandboxes_labeled("io.kubernetes.pod.uid", &first_uid)?
+                .len(),
+            1,
+            "{what}"
+        );
+        Ok(())
+    };
+    // Across rescans (the same input again, every file-check period).
+    std::thread::sleep(Duration::from_secs(3));
+    same(&agent, "after rescans")?;
+    // The newcomer edited: still the error.
+    agent.write_manifest("a-web.yaml", &newcomer.replace("newcomer", "newcomer2"))?;
+    std::thread::sleep(Duration::from_secs(2));
+    same(&agent, "after the newcomer changed")?;
+
+    // kill -9: the restarted agent knows the running pod from the runtime.
+    agent.kill9()?;
+    agent.restart()?;
+    agent.wait_healthy(T)?;
+    agent.poll(T, "the newcomer reported again after the restart", || {
+        duplicate_error(&agent)
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    same(&agent, "after kill -9")?;
+
+    // The running pod's manifest goes: the newcomer takes the name.
+    agent.remove_manifest("web.yaml")?;
+    let next = wait_pod(&agent, "web", "the newcomer running", |p| {
+        running(p) && uid(p) != first_uid
+    })?;
+    assert_ne!(container_id(&next), first_id);
+    agent.poll(T, "the old pod removed", || {
+        Ok(cd
+            .sandboxes_labeled("io.kubernetes.pod.uid", &first_uid)?
+            .is_empty()
+            .then_some(()))
+    })?;
+    assert!(duplicate_error(&agent)?.is_none(), "no error left");
+    Ok(())
+}
+
 #[test]
 fn kill9_and_restart_adopts_containers_and_cleans_removed_pods() -> Result<()> {
     let Some(_env) = require_runtime("kill9_and_restart_adopts_containers_and_cleans_removed_pods")

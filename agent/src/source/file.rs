@@ -137,22 +137,73 @@ fn read_manifest(path: &Path) -> Result<Option<Vec<u8>>, ManifestError> {
     Ok(Some(bytes))
 }
 
+/// The pods the agent already has, which keep their names when a second
+/// manifest claims one of them.
+#[derive(Debug, Clone, Default)]
+pub struct Incumbents {
+    /// UIDs the agent already runs or holds: the runtime's pods and the last
+    /// reading's.
+    pub uids: HashSet<Uid>,
+    /// The file that held each `namespace/name` in the last reading (so an
+    /// incumbent edited at the same moment as a duplicate appears still wins).
+    pub files: HashMap<String, PathBuf>,
+}
+
+/// A manifest whose pod is valid but is not run because another manifest's
+/// pod holds its name (upstream's `FailedValidation`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IgnoredPod {
+    pub pod: k8s_openapi::api::core::v1::Pod,
+    pub file: PathBuf,
+    /// The manifest that keeps the name.
+    pub winner: PathBuf,
+}
+
+impl IgnoredPod {
+    /// The event upstream's `filterInvalidPods` records for it.
+    pub fn event_message(&self) -> String {
+        let meta = &self.pod.metadata;
+        let name = meta.name.as_deref().unwrap_or_default();
+        format!(
+            "Error validating pod {name}_{}({}) from file due to duplicate pod name {name:?}, ignoring",
+            meta.namespace.as_deref().unwrap_or("default"),
+            meta.uid.as_deref().unwrap_or_default(),
+        )
+    }
+}
+
+/// Read every manifest directly in `dir` (not recursively) into pods and
+/// errors, as [`scan_preferring`] does with no incumbents: when two files
+/// define the same name, the lexically first wins.
+pub fn scan(dir: &Path, node_name: &str, seen: &mut SeenMemory) -> Snapshot {
+    scan_preferring(dir, node_name, seen, &Incumbents::default()).0
+}
+
 /// Read every manifest directly in `dir` (not recursively) into pods and errors.
 ///
 /// Each rejected file becomes a [`ManifestError`]; the scan never stops at one.
 /// A missing directory yields one error for the directory and no pods. When two
-/// files define the same `namespace/name` (after the node suffix) or the same
-/// explicit UID, the lexically first file wins and the other is rejected. Pods
+/// files define the same `namespace/name` (after the node suffix), the pod the
+/// agent already has keeps it ([`Incumbents`]: a running pod is never replaced
+/// by a newcomer that repeats its name); among newcomers the lexically first
+/// file wins (upstream's order). The others are rejected and returned as
+/// [`IgnoredPod`]s. Two files with the same explicit UID: the first wins. Pods
 /// come out sorted by file, errors by file and field. `seen` supplies stable
 /// `kubernetes.io/config.seen` annotations.
-pub fn scan(dir: &Path, node_name: &str, seen: &mut SeenMemory) -> Snapshot {
+pub fn scan_preferring(
+    dir: &Path,
+    node_name: &str,
+    seen: &mut SeenMemory,
+    incumbents: &Incumbents,
+) -> (Snapshot, Vec<IgnoredPod>) {
     let mut snapshot = Snapshot::default();
+    let mut ignored = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
             snapshot.errors.push(dir_error(dir, &e));
             seen.retain(&HashSet::new());
-            return snapshot;
+            return (snapshot, ignored);
         }
     };
     let mut files = Vec::new();
@@ -176,8 +227,7 @@ pub fn scan(dir: &Path, node_name: &str, seen: &mut SeenMemory) -> Snapshot {
     }
     files.sort();
 
-    let mut by_name: HashMap<String, PathBuf> = HashMap::new();
-    let mut by_uid: HashMap<Uid, PathBuf> = HashMap::new();
+    let mut parsed = Vec::new();
     for path in files {
         let bytes = match read_manifest(&path) {
             Ok(Some(bytes)) => bytes,
@@ -187,30 +237,65 @@ pub fn scan(dir: &Path, node_name: &str, seen: &mut SeenMemory) -> Snapshot {
                 continue;
             }
         };
-        let sp = match parse_manifest(&path, &bytes, node_name) {
-            Ok(sp) => sp,
-            Err(e) => {
-                snapshot.errors.push(e);
-                continue;
-            }
-        };
+        match parse_manifest(&path, &bytes, node_name) {
+            Ok(sp) => parsed.push(sp),
+            Err(e) => snapshot.errors.push(e),
+        }
+    }
+
+    // Who keeps each name: the incumbent by UID, then by file, then the
+    // lexically first (`parsed` is in file order; ties keep the first).
+    let rank = |sp: &SourcedPod| {
+        if incumbents.uids.contains(&uid_of(&sp.pod)) {
+            0
+        } else if incumbents.files.get(&pod_key(&sp.pod)) == Some(&sp.file) {
+            1
+        } else {
+            2
+        }
+    };
+    let mut winners: HashMap<String, (usize, u8)> = HashMap::new();
+    for (i, sp) in parsed.iter().enumerate() {
+        let r = rank(sp);
+        let best = winners.entry(pod_key(&sp.pod)).or_insert((i, r));
+        if r < best.1 {
+            *best = (i, r);
+        }
+    }
+
+    let mut by_uid: HashMap<Uid, PathBuf> = HashMap::new();
+    let files: Vec<PathBuf> = parsed.iter().map(|sp| sp.file.clone()).collect();
+    for (i, sp) in parsed.into_iter().enumerate() {
         let key = pod_key(&sp.pod);
         let uid = uid_of(&sp.pod);
-        if let Some(first) = by_name.get(&key) {
+        if let Some(&(w, r)) = winners.get(&key)
+            && w != i
+        {
             let name = sp.pod.metadata.name.as_deref().unwrap_or_default();
+            let winner = files[w].clone();
+            let held = if r < 2 {
+                ", whose pod the agent already has: that pod keeps the name and this manifest is ignored"
+            } else {
+                ""
+            };
             snapshot.errors.push(ManifestError {
-                file: path.clone(),
+                file: sp.file.clone(),
                 field: Some("metadata.name".to_string()),
                 reason: format!(
-                    "Duplicate value: {name:?}: already defined in {}",
-                    first.display()
+                    "Duplicate value: {name:?}: already defined in {}{held}",
+                    winner.display()
                 ),
+            });
+            ignored.push(IgnoredPod {
+                pod: sp.pod,
+                file: sp.file,
+                winner,
             });
             continue;
         }
         if let Some(first) = by_uid.get(&uid) {
             snapshot.errors.push(ManifestError {
-                file: path.clone(),
+                file: sp.file.clone(),
                 field: Some("metadata.uid".to_string()),
                 reason: format!(
                     "Duplicate value: {uid:?}: already defined in {}",
@@ -219,8 +304,7 @@ pub fn scan(dir: &Path, node_name: &str, seen: &mut SeenMemory) -> Snapshot {
             });
             continue;
         }
-        by_name.insert(key, path.clone());
-        by_uid.insert(uid, path);
+        by_uid.insert(uid, sp.file.clone());
         snapshot.pods.push(sp);
     }
 
@@ -241,7 +325,7 @@ pub fn scan(dir: &Path, node_name: &str, seen: &mut SeenMemory) -> Snapshot {
     snapshot
         .errors
         .sort_by(|a, b| (&a.file, &a.field).cmp(&(&b.file, &b.field)));
-    snapshot
+    (snapshot, ignored)
 }
 
 /// Watch the manifest directory and keep `config` up to date until `cancel`.
@@ -258,9 +342,44 @@ pub fn spawn(
     node_name: String,
     period: Duration,
     config: Arc<PodConfig>,
+    neighbours: Neighbours,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(dir, node_name, period, config, cancel))
+    tokio::spawn(run(dir, node_name, period, config, neighbours, cancel))
+}
+
+/// What the directory source asks of the rest of the agent.
+#[derive(Clone, Default)]
+pub struct Neighbours {
+    /// The UIDs of the pods the runtime holds: with the last reading's, they
+    /// keep their names against a newcomer (also right after a restart).
+    pub runtime_uids: Option<Arc<dyn Fn() -> Vec<Uid> + Send + Sync>>,
+    /// Where the `FailedValidation` events of ignored duplicates go.
+    pub events: Option<crate::events::EventRecorder>,
+}
+
+impl std::fmt::Debug for Neighbours {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Neighbours")
+            .field("runtime_uids", &self.runtime_uids.is_some())
+            .field("events", &self.events.is_some())
+            .finish()
+    }
+}
+
+impl Neighbours {
+    /// The incumbents now: the runtime's pods and the file source's last reading.
+    fn incumbents(&self, config: &PodConfig) -> Incumbents {
+        let mut incumbents = Incumbents::default();
+        if let Some(runtime_uids) = &self.runtime_uids {
+            incumbents.uids.extend(runtime_uids());
+        }
+        for sp in config.source_pods(super::FILE_SOURCE) {
+            incumbents.uids.insert(uid_of(&sp.pod));
+            incumbents.files.insert(pod_key(&sp.pod), sp.file);
+        }
+        incumbents
+    }
 }
 
 /// An inotify watch on the directory, and which directory (device, inode) it is on.
@@ -390,9 +509,34 @@ impl DirWatcher {
 struct Logged {
     errors: HashSet<(PathBuf, Option<String>, String)>,
     pods: HashSet<Uid>,
+    ignored: HashSet<Uid>,
 }
 
 impl Logged {
+    /// Record a `FailedValidation` event once per ignored duplicate (by UID).
+    fn report_ignored(
+        &mut self,
+        ignored: &[IgnoredPod],
+        events: Option<&crate::events::EventRecorder>,
+    ) {
+        let mut now = HashSet::new();
+        for ig in ignored {
+            let uid = uid_of(&ig.pod);
+            if !self.ignored.contains(&uid)
+                && let Some(events) = events
+            {
+                events.record(
+                    &crate::events::ObjectRef::pod(&ig.pod),
+                    crate::events::EventType::Warning,
+                    "FailedValidation",
+                    ig.event_message(),
+                );
+            }
+            now.insert(uid);
+        }
+        self.ignored = now;
+    }
+
     fn report(&mut self, snapshot: &Snapshot) {
         let mut errors = HashSet::new();
         for e in &snapshot.errors {
@@ -438,13 +582,14 @@ async fn scan_blocking(
     dir: &Path,
     node_name: &str,
     seen: &Arc<Mutex<SeenMemory>>,
-) -> Option<Snapshot> {
+    incumbents: Incumbents,
+) -> Option<(Snapshot, Vec<IgnoredPod>)> {
     let dir = dir.to_path_buf();
     let node_name = node_name.to_string();
     let seen = Arc::clone(seen);
     let result = tokio::task::spawn_blocking(move || {
         let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-        scan(&dir, &node_name, &mut seen)
+        scan_preferring(&dir, &node_name, &mut seen, &incumbents)
     })
     .await;
     match result {
@@ -461,6 +606,7 @@ async fn run(
     node_name: String,
     period: Duration,
     config: Arc<PodConfig>,
+    neighbours: Neighbours,
     cancel: CancellationToken,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
@@ -483,8 +629,12 @@ async fn run(
         }
         if rescan {
             rescan = false;
-            if let Some(snapshot) = scan_blocking(&dir, &node_name, &seen).await {
+            let incumbents = neighbours.incumbents(&config);
+            if let Some((snapshot, ignored)) =
+                scan_blocking(&dir, &node_name, &seen, incumbents).await
+            {
                 logged.report(&snapshot);
+                logged.report_ignored(&ignored, neighbours.events.as_ref());
                 let (pods, errors) = (snapshot.pods.len(), snapshot.errors.len());
                 let changed = config.apply(snapshot);
                 if !changed.is_empty() {
@@ -626,6 +776,74 @@ mod tests {
     }
 
     #[test]
+    fn the_pod_the_agent_has_keeps_its_name_against_a_newcomer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "web.yaml", &pod_yaml("web", "busybox:1.36"));
+        let mut seen = SeenMemory::new();
+        let (first, ignored) = scan_preferring(dir.path(), NODE, &mut seen, &Incumbents::default());
+        assert!(ignored.is_empty());
+        let running = uid_of(&first.pods[0].pod);
+
+        // A newcomer that sorts first repeats the name: upstream would keep
+        // it (first in the source's order); berth keeps the running pod.
+        write(dir.path(), "a-web.yaml", &pod_yaml("web", "busybox:1.37"));
+        let by_uid = Incumbents {
+            uids: HashSet::from([running.clone()]),
+            files: HashMap::new(),
+        };
+        for _ in 0..2 {
+            // The same reading twice gives the same answer.
+            let (snap, ignored) = scan_preferring(dir.path(), NODE, &mut seen, &by_uid);
+            assert_eq!(snap.pods.len(), 1);
+            assert_eq!(uid_of(&snap.pods[0].pod), running);
+            assert_eq!(snap.errors.len(), 1);
+            let e = &snap.errors[0];
+            assert_eq!(e.file, dir.path().join("a-web.yaml"));
+            assert_eq!(e.field.as_deref(), Some("metadata.name"));
+            assert!(
+                e.reason.starts_with(&format!(
+                    "Duplicate value: \"web-node1\": already defined in {}, whose pod the agent already has",
+                    dir.path().join("web.yaml").display()
+                )),
+                "{}",
+                e.reason
+            );
+            assert_eq!(ignored.len(), 1);
+            assert_eq!(ignored[0].file, dir.path().join("a-web.yaml"));
+            assert_eq!(ignored[0].winner, dir.path().join("web.yaml"));
+            let message = ignored[0].event_message();
+            assert!(
+                message.starts_with("Error validating pod web-node1_default(")
+                    && message
+                        .ends_with(") from file due to duplicate pod name \"web-node1\", ignoring"),
+                "{message}"
+            );
+        }
+
+        // The incumbent edited at the same moment (a new UID): its file still
+        // holds the name.
+        write(dir.path(), "web.yaml", &pod_yaml("web", "busybox:1.38"));
+        let by_file = Incumbents {
+            uids: HashSet::from([running.clone()]),
+            files: HashMap::from([("default/web-node1".to_string(), dir.path().join("web.yaml"))]),
+        };
+        let (snap, _) = scan_preferring(dir.path(), NODE, &mut seen, &by_file);
+        assert_eq!(snap.pods[0].file, dir.path().join("web.yaml"));
+        assert_eq!(snap.errors[0].file, dir.path().join("a-web.yaml"));
+
+        // Two newcomers and no incumbent: the lexically first, as upstream.
+        let (snap, _) = scan_preferring(dir.path(), NODE, &mut seen, &Incumbents::default());
+        assert_eq!(snap.pods[0].file, dir.path().join("a-web.yaml"));
+        assert!(!snap.errors[0].reason.contains("already has"));
+
+        // The incumbent's manifest goes: the newcomer runs.
+        fs::remove_file(dir.path().join("web.yaml")).expect("remove");
+        let (snap, ignored) = scan_preferring(dir.path(), NODE, &mut seen, &by_file);
+        assert_eq!(snap.pods[0].file, dir.path().join("a-web.yaml"));
+        assert!(snap.errors.is_empty() && ignored.is_empty());
+    }
+
+    #[test]
     fn rejects_duplicate_uids() {
         let dir = tempfile::tempdir().expect("tempdir");
         let with_uid = |name: &str| {
@@ -748,6 +966,7 @@ mod tests {
             NODE.to_string(),
             Duration::from_secs(60),
             Arc::clone(&config),
+            Neighbours::default(),
             cancel.clone(),
         );
         tokio::time::timeout(Duration::from_secs(5), config.wait_loaded())
@@ -808,6 +1027,7 @@ mod tests {
             NODE.to_string(),
             Duration::from_secs(60),
             Arc::clone(&config),
+            Neighbours::default(),
             cancel.clone(),
         );
         tokio::time::timeout(Duration::from_secs(5), config.wait_loaded())

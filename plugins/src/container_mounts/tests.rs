@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{Container, HostAlias, SecurityContext, VolumeMo
 
 use super::*;
 use crate::mount::MountCall;
-use crate::volume::tests::{empty_dir, fake_manager, host_path, is_root, pod};
+use crate::volume::tests::{empty_dir, fake_manager, host_path, pod, require_root};
 
 fn vm(name: &str, path: &str) -> VolumeMount {
     VolumeMount {
@@ -299,8 +299,7 @@ fn sub_path_rejects_backsteps_absolute_and_escapes() {
 
 #[test]
 fn sub_path_real_bind_mount() {
-    if !is_root() {
-        eprintln!("skipping sub_path_real_bind_mount: needs root to bind mount");
+    if !require_root("sub_path_real_bind_mount") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -204,8 +204,7 @@ fn memory_medium_size_limit_and_kernel_default() {
 
 #[test]
 fn memory_medium_real_tmpfs() {
-    if !is_root() {
-        eprintln!("skipping memory_medium_real_tmpfs: needs root to mount tmpfs");
+    if !require_root("memory_medium_real_tmpfs") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -236,8 +235,7 @@ fn memory_medium_real_tmpfs() {
 
 #[test]
 fn tear_down_pod_refuses_while_real_tmpfs_is_busy() {
-    if !is_root() {
-        eprintln!("skipping tear_down_pod_refuses_while_real_tmpfs_is_busy: needs root");
+    if !require_root("tear_down_pod_refuses_while_real_tmpfs_is_busy") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
