@@ -20,6 +20,11 @@
 #   same tcpSocket/httpGet connections made by a minimal blocking client, its
 #   thread's CPU beside the agent's prober thread.
 #
+# - berth-detect-bench: how fast a SIGKILLed container shows on /pods (p50/p99/
+#   max over K kills at 10 and 100 pods; --quick: 10 pods, 20 kills) with
+#   containerd's event service followed and relist-only, side by side, plus
+#   the agent's idle CPU and RSS.
+#
 #   sudo integration/bench.sh [--iterations N] [--quick]
 # --quick: short scheduler, storage, API server and probe runs (what CI uses).
 set -euo pipefail
@@ -43,7 +48,7 @@ echo "bench: building" >&2
 cargo build --locked --workspace --all-targets >&2
 mkdir -p target
 echo "bench: agent vs raw CRI" >&2
-BERTH_REQUIRE_RUNTIME=1 ./target/debug/berth-bench --iterations "$iterations" | tee target/bench-agent.json
+BERTH_REQUIRE_RUNTIME=1 ./target/debug/berth-bench "${quick[@]}" --iterations "$iterations" | tee target/bench-agent.json
 echo "bench: scheduler" >&2
 ./target/debug/berth-scheduler-bench "${quick[@]}" | tee target/bench-scheduler.json
 echo "bench: scheduler through the API server" >&2
@@ -54,3 +59,5 @@ echo "bench: API server over HTTPS (SQLite and etcd)" >&2
 ./target/debug/berth-apiserver-bench "${quick[@]}" | tee target/bench-apiserver.json
 echo "bench: probe cost (agent and runtime CPU with httpGet/tcpSocket/gRPC and exec probes)" >&2
 BERTH_REQUIRE_RUNTIME=1 ./target/debug/berth-probe-bench "${quick[@]}" | tee target/bench-probes.json
+echo "bench: failure detection (containerd task events vs relist only)" >&2
+BERTH_REQUIRE_RUNTIME=1 ./target/debug/berth-detect-bench "${quick[@]}" | tee target/bench-detect.json

@@ -355,6 +355,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     .with_cgroups(pod_cgroups)
     .with_cgroup_limits(config.cpu_cfs_quota, config.pod_max_pids, node_cgroup)
     .with_transient_store(transient.clone())
+    .with_runtime_cache(cache.clone())
     .with_runtime_classes(config.runtime_classes.clone());
     let manager = Arc::new(match api_client_for_runtime {
         Some(c) => manager.with_api_client(c),
@@ -383,15 +384,13 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     spawn_qos_cgroups(
         manager.cgroups().clone(),
         pod_config.clone(),
-        cache.clone(),
         transient.clone(),
-        api_source,
         &config.cgroup_root,
         cancel.clone(),
     );
     let relist_poke = Arc::new(Notify::new());
     let workers = PodWorkers::new(
-        manager,
+        manager.clone(),
         pod_config.clone(),
         transient.clone(),
         metrics.clone(),
@@ -515,7 +514,17 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
                 let cache = cache.clone();
                 Arc::new(move || cache.uids())
             }),
-            events: Some(events.clone()),
+            on_ignored: Some({
+                let events = events.clone();
+                Arc::new(move |ig: &crate::source::file::IgnoredPod| {
+                    events.record(
+                        &crate::events::ObjectRef::pod(&ig.pod),
+                        crate::events::EventType::Warning,
+                        "FailedValidation",
+                        ig.event_message(),
+                    )
+                })
+            }),
         },
         cancel.clone(),
     );
@@ -530,6 +539,22 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
             workers.trigger(uid);
         }
     }
+    // containerd 1.6 has no CRI GetContainerEvents; its own event service, on
+    // the same socket, reports task exits in milliseconds: each wakes the
+    // relist (the relist stays the truth; see `runtime_events`).
+    let runtime_events_task = config.runtime_events.then(|| {
+        match crate::runtime_events::Subscriber::new(
+            &config.container_runtime_endpoint,
+            relist_poke.clone(),
+            metrics.runtime_events.clone(),
+        ) {
+            Ok(sub) => Some(tokio::spawn(sub.with_cri(client.clone()).run(cancel.clone()))),
+            Err(error) => {
+                tracing::warn!(%error, "not following containerd's task events; relist alone notices exits");
+                None
+            }
+        }
+    });
     let pleg_task = {
         let workers = workers.clone();
         let cancel = cancel.clone();
@@ -544,6 +569,17 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
             .await
         })
     };
+    crate::housekeeping::spawn(
+        workers.clone(),
+        manager.clone(),
+        pod_config.clone(),
+        cache.clone(),
+        {
+            let pod_config = pod_config.clone();
+            move || !api_source || pod_config.has_source(crate::cluster::API_SOURCE)
+        },
+        cancel.clone(),
+    );
     if api_source {
         // Once the api source has listed, sync every pod the runtime holds
         // (those left over are removed then).
@@ -597,6 +633,9 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         let _ = source.await;
         let _ = pleg_task.await;
         let _ = events_task.await;
+        if let Some(Some(task)) = runtime_events_task {
+            let _ = task.await;
+        }
         let _ = server.await;
         if let Some(streaming) = streaming {
             let _ = streaming.task.await;
@@ -616,16 +655,13 @@ const QOS_CGROUP_UPDATE_INTERVAL: Duration = Duration::from_secs(60);
 /// Make the cgroup root and QoS tiers, and keep the Burstable tier's CPU
 /// shares at the sum of its pods' requests (the kubelet's QoS container
 /// manager). A failure is logged once (a host without writable cgroups),
-/// then at debug level. Also removes orphaned pod cgroups (the kubelet's
-/// `cleanupOrphanedPodCgroups`): those of pods neither desired nor in the
-/// runtime, once the runtime has been relisted and the pod sources have
-/// listed; one with processes still in it is never forced, only reported.
+/// then at debug level. Orphaned pod cgroups (the kubelet's
+/// `cleanupOrphanedPodCgroups`) are the orphan sweep's
+/// ([`crate::housekeeping`]).
 fn spawn_qos_cgroups(
     cgroups: crate::cgroups::PodCgroups,
     pod_config: Arc<crate::source::PodConfig>,
-    cache: Arc<RuntimeCache>,
     transient: Arc<TransientStore>,
-    api_source: bool,
     cgroup_root: &str,
     cancel: CancellationToken,
 ) {
@@ -637,45 +673,7 @@ fn spawn_qos_cgroups(
     );
     tokio::spawn(async move {
         let mut warned = false;
-        let mut orphans_checked = false;
-        let mut reported = std::collections::HashSet::new();
         loop {
-            let ready = cache.health().is_ok()
-                && (!api_source || pod_config.has_source(crate::cluster::API_SOURCE));
-            if ready {
-                orphans_checked = true;
-                let (c, desired, observed) = (cgroups.clone(), pod_config.clone(), cache.clone());
-                let removed = tokio::task::spawn_blocking(move || {
-                    // The cgroups first, then the pods: a pod cgroup is only
-                    // made for a pod already desired.
-                    let candidates = c.pod_uids();
-                    let keep: std::collections::HashSet<String> =
-                        desired.uids().into_iter().chain(observed.uids()).collect();
-                    candidates
-                        .into_iter()
-                        .filter(|uid| !keep.contains(uid))
-                        .map(|uid| {
-                            let result = c.remove_orphan(&uid, |u| desired.get(u).is_none());
-                            (uid, result)
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .await
-                .unwrap_or_default();
-                for (uid, result) in removed {
-                    match result {
-                        Ok(()) => tracing::info!(pod_uid = %uid, "removed orphaned pod cgroup"),
-                        Err(e) if reported.insert(uid.clone()) => tracing::warn!(
-                            pod_uid = %uid,
-                            error = %e,
-                            "orphaned pod cgroup left in place"
-                        ),
-                        Err(e) => {
-                            tracing::debug!(pod_uid = %uid, error = %e, "orphaned pod cgroup left in place")
-                        }
-                    }
-                }
-            }
             // Pods admission refused run nowhere: their requests count for nothing.
             let pods: Vec<Pod> = pod_config
                 .pods()
@@ -698,15 +696,9 @@ fn spawn_qos_cgroups(
                 Ok(Err(e)) => tracing::debug!(error = %e, "setting the QoS cgroups failed"),
                 Err(e) => tracing::warn!(error = %e, "QoS cgroup task failed"),
             }
-            // Soon again until orphans have been looked for once.
-            let next = if orphans_checked {
-                QOS_CGROUP_UPDATE_INTERVAL
-            } else {
-                Duration::from_secs(2)
-            };
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(next) => {}
+                _ = tokio::time::sleep(QOS_CGROUP_UPDATE_INTERVAL) => {}
             }
         }
     });

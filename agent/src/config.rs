@@ -125,6 +125,10 @@ pub struct Flags {
     /// {"available": 1, "capacity": 2}}`) replace the host's readings.
     #[arg(long, hide = true)]
     pub eviction_signals_file: Option<PathBuf>,
+    /// Benchmarks only: false turns off following containerd's own event
+    /// service (`/tasks/exit`), leaving the relist alone to notice exits [default: true].
+    #[arg(long, hide = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub runtime_events: Option<bool>,
     /// Make CPU limits a CFS quota (on containers and pod cgroups); false
     /// leaves only CPU shares [default: true].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
@@ -264,6 +268,8 @@ pub struct Config {
     pub eviction_max_pod_grace_period: i64,
     /// Test only: signals read from this file instead of the host.
     pub eviction_signals_file: Option<PathBuf>,
+    /// `--runtime-events`: follow containerd's event service for task exits.
+    pub runtime_events: bool,
     /// `--cpu-cfs-quota`.
     pub cpu_cfs_quota: bool,
     /// `--pod-max-pids` (-1: unlimited).
@@ -452,6 +458,7 @@ impl Config {
                 .or(file.eviction_max_pod_grace_period)
                 .unwrap_or(0),
             eviction_signals_file: flags.eviction_signals_file.clone(),
+            runtime_events: flags.runtime_events.unwrap_or(true),
             cpu_cfs_quota: flags.cpu_cfs_quota.or(file.cpu_cfs_quota).unwrap_or(true),
             pod_max_pids: flags.pod_max_pids.or(file.pod_pids_limit).unwrap_or(-1),
             enforce_node_allocatable_pods: crate::allocatable::parse_enforce(

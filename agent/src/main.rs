@@ -5,6 +5,12 @@ use berth_agent::config::{Config, Flags, LogFormat};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+/// The blocking pool's bound: its work (file system, cgroups, mounts) is
+/// short, and every idle thread there is kept alive by the periodic work
+/// that wakes one now and then, so the pool would stay at its high-water
+/// mark (tokio's default bound is 512).
+const MAX_BLOCKING_THREADS: usize = 8;
+
 fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     let config = Config::load(flags)?;
@@ -18,6 +24,7 @@ fn main() -> anyhow::Result<()> {
     // Two worker threads are plenty for a node agent and keep memory small.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

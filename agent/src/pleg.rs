@@ -39,11 +39,46 @@ pub struct ProbeView {
     pub pod_ip: String,
 }
 
-/// The observed state of every pod, as of the last relist.
+/// The observed state of every pod, as of the last relist, overlaid with
+/// what the pod workers' own successful calls made since that relist began.
 #[derive(Debug, Default)]
 pub struct RuntimeCache {
     pods: RwLock<HashMap<Uid, ObservedPod>>,
+    /// What a worker's own RunPodSandbox or StartContainer just did, shown at
+    /// once instead of after the next relist. The relist stays the truth: each
+    /// entry goes when a relist that began after it is stored (see
+    /// [`Pleg::relist`]), so it never outlives the runtime's own answer.
+    reflected: RwLock<HashMap<Uid, Vec<Reflected>>>,
     health: RwLock<Health>,
+}
+
+/// A sandbox or container as a worker's own call left it, and when.
+#[derive(Debug, Clone)]
+struct Reflected {
+    at: Instant,
+    item: ReflectedItem,
+}
+
+#[derive(Debug, Clone)]
+enum ReflectedItem {
+    Sandbox(observed::ObservedSandbox),
+    Container(observed::ObservedContainer),
+}
+
+impl Reflected {
+    /// Put this over `pod`: it replaces the entry with its id, or is added.
+    fn apply(&self, pod: &mut ObservedPod) {
+        match &self.item {
+            ReflectedItem::Sandbox(s) => match pod.sandboxes.iter_mut().find(|o| o.id == s.id) {
+                Some(o) => *o = s.clone(),
+                None => pod.sandboxes.push(s.clone()),
+            },
+            ReflectedItem::Container(c) => match pod.containers.iter_mut().find(|o| o.id == c.id) {
+                Some(o) => *o = c.clone(),
+                None => pod.containers.push(c.clone()),
+            },
+        }
+    }
 }
 
 impl RuntimeCache {
@@ -55,18 +90,78 @@ impl RuntimeCache {
     /// The observed state of pod `uid` (empty if the runtime holds nothing of it).
     pub fn get(&self, uid: &str) -> ObservedPod {
         let pods = self.pods.read().unwrap_or_else(|e| e.into_inner());
-        pods.get(uid).cloned().unwrap_or_else(|| ObservedPod {
+        let mut pod = pods.get(uid).cloned().unwrap_or_else(|| ObservedPod {
             uid: uid.to_string(),
             ..Default::default()
-        })
+        });
+        let reflected = self.reflected.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(items) = reflected.get(uid) {
+            items.iter().for_each(|r| r.apply(&mut pod));
+            pod.sort_newest_first();
+        }
+        pod
+    }
+
+    /// Show sandbox `s` as a worker's own RunPodSandbox (and PodSandboxStatus)
+    /// left it, until the next relist that begins after now.
+    pub fn reflect_sandbox(&self, s: observed::ObservedSandbox) {
+        self.reflect(s.uid.clone(), ReflectedItem::Sandbox(s));
+    }
+
+    /// Show container `c` of pod `uid` as a worker's own CreateContainer and
+    /// StartContainer left it, until the next relist that begins after now.
+    pub fn reflect_container(&self, uid: &str, c: observed::ObservedContainer) {
+        self.reflect(uid.to_string(), ReflectedItem::Container(c));
+    }
+
+    fn reflect(&self, uid: Uid, item: ReflectedItem) {
+        let mut reflected = self.reflected.write().unwrap_or_else(|e| e.into_inner());
+        let items = reflected.entry(uid).or_default();
+        let id = |i: &ReflectedItem| match i {
+            ReflectedItem::Sandbox(s) => s.id.clone(),
+            ReflectedItem::Container(c) => c.id.clone(),
+        };
+        // The newest word on an object replaces an older one.
+        let new_id = id(&item);
+        items.retain(|r| id(&r.item) != new_id);
+        items.push(Reflected {
+            at: Instant::now(),
+            item,
+        });
+    }
+
+    /// Store a relist that began at `began`: it replaces the pods, and drops
+    /// every reflection it supersedes (those made before it began; a later one
+    /// may be newer than what the relist read, so it stays until the next).
+    fn store_relist(&self, pods: HashMap<Uid, ObservedPod>, began: Instant) {
+        let mut cached = self.pods.write().unwrap_or_else(|e| e.into_inner());
+        let mut reflected = self.reflected.write().unwrap_or_else(|e| e.into_inner());
+        reflected.retain(|_, items| {
+            items.retain(|r| r.at > began);
+            !items.is_empty()
+        });
+        *cached = pods;
     }
 
     /// What a probe worker needs of the newest container `name` of pod `uid`
     /// (and the pod's IP), without copying the whole pod: probes ask every
     /// second, for every container.
     pub fn probe_view(&self, uid: &str, name: &str, init: bool) -> Option<ProbeView> {
+        let reflected = self
+            .reflected
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(uid);
+        if reflected {
+            // Rare and short-lived: the merged copy.
+            let pod = self.get(uid);
+            return Self::view(&pod, name, init);
+        }
         let pods = self.pods.read().unwrap_or_else(|e| e.into_inner());
-        let pod = pods.get(uid)?;
+        Self::view(pods.get(uid)?, name, init)
+    }
+
+    fn view(pod: &ObservedPod, name: &str, init: bool) -> Option<ProbeView> {
         let c = pod.latest_container(name, init)?;
         Some(ProbeView {
             id: c.id.clone(),
@@ -82,7 +177,10 @@ impl RuntimeCache {
     /// UIDs of every pod the runtime holds something of.
     pub fn uids(&self) -> Vec<Uid> {
         let pods = self.pods.read().unwrap_or_else(|e| e.into_inner());
-        pods.keys().cloned().collect()
+        let reflected = self.reflected.read().unwrap_or_else(|e| e.into_inner());
+        let mut uids: Vec<Uid> = pods.keys().cloned().collect();
+        uids.extend(reflected.keys().filter(|u| !pods.contains_key(*u)).cloned());
+        uids
     }
 
     /// `Ok` when the runtime answered the last relist and relists keep coming;
@@ -203,7 +301,7 @@ impl Pleg {
             .count();
         self.metrics.set_running_pods(running as i64);
         let changed = {
-            let mut cached = self.cache.pods.write().unwrap_or_else(|e| e.into_inner());
+            let cached = self.cache.pods.read().unwrap_or_else(|e| e.into_inner());
             let mut changed: Vec<Uid> = pods
                 .iter()
                 .filter(|(uid, pod)| cached.get(*uid) != Some(*pod))
@@ -215,7 +313,8 @@ impl Pleg {
                     .filter(|uid| !pods.contains_key(*uid))
                     .cloned(),
             );
-            *cached = pods;
+            drop(cached);
+            self.cache.store_relist(pods, started);
             changed
         };
         {
@@ -326,7 +425,9 @@ impl Pleg {
 
 /// Follow the runtime's container event stream, where it has one, calling
 /// `on_event` with the pod UID of every event. Returns when the runtime does
-/// not implement it (relist alone then drives) or on cancel.
+/// not implement it or on cancel. containerd 1.6 does not; there
+/// the `runtime_events` module follows containerd's own `/tasks/exit` events and
+/// wakes `Pleg::run` through its poke.
 pub async fn watch_container_events(
     client: RuntimeClient,
     cancel: CancellationToken,

@@ -111,6 +111,12 @@ impl PodWorkers {
         self.len() == 0
     }
 
+    /// The UIDs of the pods with a worker.
+    pub fn uids(&self) -> Vec<Uid> {
+        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        workers.keys().cloned().collect()
+    }
+
     async fn run(self: Arc<Self>, uid: Uid, mut rx: mpsc::Receiver<()>) {
         let mut transient = self.transient.get(&uid);
         let mut delay = self.sync_frequency;

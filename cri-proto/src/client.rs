@@ -83,6 +83,21 @@ pub fn parse_endpoint(endpoint: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(path))
 }
 
+/// A lazy tonic channel to the unix socket of `endpoint` (`unix:///path` or a
+/// bare absolute path): it dials on first use and redials after the peer
+/// restarts. Other services on the runtime's socket (containerd's own event
+/// service) share this way of dialling.
+pub fn unix_channel(endpoint: &str, connect_timeout: Duration) -> Result<Channel> {
+    let path = parse_endpoint(endpoint)?;
+    // The URI is a placeholder: the connector below ignores it and dials the socket.
+    Ok(Endpoint::from_static("http://[::1]:50051")
+        .connect_timeout(connect_timeout)
+        .connect_with_connector_lazy(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        })))
+}
+
 impl RuntimeClient {
     /// Dial the runtime at `endpoint`, check that it serves CRI v1, and return a client.
     ///
@@ -97,17 +112,7 @@ impl RuntimeClient {
     /// A client that dials on first use and redials after the runtime restarts.
     /// Nothing is checked until the first call; see [`RuntimeClient::check_version`].
     pub fn lazy(endpoint: &str, opts: ConnectOptions) -> Result<Self> {
-        let path = parse_endpoint(endpoint)?;
-        // The URI is a placeholder: the connector below ignores it and dials the socket.
-        let channel =
-            Endpoint::from_static("http://[::1]:50051")
-                .connect_timeout(opts.connect_timeout)
-                .connect_with_connector_lazy(tower::service_fn(move |_| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
-                    }
-                }));
+        let channel = unix_channel(endpoint, opts.connect_timeout)?;
         let endpoint = if endpoint.starts_with("unix://") {
             endpoint.to_string()
         } else {

@@ -13,7 +13,7 @@ pub mod error;
 #[cfg(feature = "fake")]
 pub mod fake;
 
-pub use client::{CallObserver, ConnectOptions, RuntimeClient, parse_endpoint};
+pub use client::{CallObserver, ConnectOptions, RuntimeClient, parse_endpoint, unix_channel};
 pub use error::{Error, Result};
 
 /// The generated CRI v1 types, clients and servers.

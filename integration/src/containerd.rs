@@ -545,6 +545,21 @@ impl Containerd {
         block_on(async move { remove_all_pods(&endpoint).await })
     }
 
+    /// Stop and remove one pod sandbox (what an agent does last before its
+    /// own clean-up of the pod's directories and cgroup).
+    pub fn remove_sandbox(&self, id: &str) -> anyhow::Result<()> {
+        let id = id.to_string();
+        self.with_client(|c| async move {
+            c.stop_pod_sandbox(api::StopPodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await?;
+            c.remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: id })
+                .await?;
+            Ok(())
+        })
+    }
+
     /// Mounts at or below this instance's directory.
     pub fn mounts(&self) -> anyhow::Result<Vec<host::Mount>> {
         host::mounts_under(&self.dir.path)

@@ -217,17 +217,18 @@ impl PodCgroups {
     /// the lock pod cgroups are made under, so a pod that has just come back
     /// (a static pod's UID repeats) keeps the cgroup it was given. Nothing is
     /// killed: a cgroup that still has processes stays, and the error says so.
+    /// `Ok(false)`: left alone (its pod's own removal is still retrying, or
+    /// the pod is back).
     pub fn remove_orphan(
         &self,
         uid: &str,
         still_orphan: impl Fn(&str) -> bool,
-    ) -> Result<(), CgroupError> {
+    ) -> Result<bool, CgroupError> {
         let removing = self.removing();
         if removing.contains(uid) || !still_orphan(uid) {
-            // Its pod's own removal is still retrying, or the pod is back.
-            return Ok(());
+            return Ok(false);
         }
-        self.destroy_tiers(uid, false)
+        self.destroy_tiers(uid, false).map(|()| true)
     }
 
     /// Give up removing pod `uid`'s cgroup.

@@ -21,6 +21,7 @@ use prometheus_client::registry::Registry;
 use crate::status::phase;
 
 pub mod probes;
+pub mod runtime_events;
 
 /// The content type of [`Metrics::encode`]'s output (OpenMetrics text, which
 /// prometheus-client produces and Prometheus scrapes).
@@ -80,6 +81,8 @@ pub struct Metrics {
     scrape: Mutex<()>,
     /// The prober's metrics, served apart at `/metrics/probes` as the kubelet's.
     pub probes: std::sync::Arc<probes::ProbeMetrics>,
+    /// containerd's event stream (`berth_runtime_events_total{kind}`).
+    pub runtime_events: runtime_events::RuntimeEventMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -167,6 +170,7 @@ impl Metrics {
             "Cumulative number of Events, by outcome (created, patched, or dropped: queue_full, spam, api_error)",
             events.clone(),
         );
+        let runtime_events = runtime_events::RuntimeEventMetrics::register(&mut registry);
         // Series that exist from the start, so dashboards see zeros, not gaps.
         for ok in [true, false] {
             drop(pod_sync_duration.get_or_create(&result_label(ok)));
@@ -186,6 +190,7 @@ impl Metrics {
             events,
             scrape: Mutex::new(()),
             probes: Default::default(),
+            runtime_events,
         }
     }
 

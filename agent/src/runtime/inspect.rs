@@ -39,9 +39,24 @@ impl RuntimeManager {
             uid: uid.to_string(),
             ..Default::default()
         };
+        // The lists above are the truth of what exists and in which state. A
+        // status adds nothing new to an object the relist (or this manager's
+        // own call) already read in that same state: a sandbox's network is
+        // fixed for its life, a container's times and exit change only with
+        // its state. So status calls go only to what is new or changed.
+        let known = self.runtime_cache.as_ref().map(|c| c.get(uid));
+        let known = known.as_ref();
         for sb in &sandboxes {
+            let ready = sb.state == api::PodSandboxState::SandboxReady as i32;
+            if let Some(o) = known
+                .and_then(|k| k.sandboxes.iter().find(|o| o.id == sb.id))
+                .filter(|o| o.ready == ready)
+            {
+                pod.sandboxes.push(o.clone());
+                continue;
+            }
             // Only a ready sandbox has a network worth asking about.
-            let status = if sb.state == api::PodSandboxState::SandboxReady as i32 {
+            let status = if ready {
                 self.sandbox_status(&sb.id).await?
             } else {
                 None
@@ -51,6 +66,14 @@ impl RuntimeManager {
             }
         }
         for c in &containers {
+            let state = observed::ContainerState::from(c.state);
+            if let Some(o) = known
+                .and_then(|k| k.containers.iter().find(|o| o.id == c.id))
+                .filter(|o| o.state == state && state != observed::ContainerState::Unknown)
+            {
+                pod.containers.push(o.clone());
+                continue;
+            }
             let status = self.container_status(&c.id).await?;
             if let Some(c) = observed::container_from_cri(c, status.as_ref()) {
                 pod.containers.push(c);

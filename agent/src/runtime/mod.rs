@@ -57,6 +57,9 @@ pub struct RuntimeManager {
     pub(crate) apparmor_enabled: bool,
     /// Pod and QoS cgroups (see [`with_cgroups`](Self::with_cgroups)).
     pub(crate) cgroups: crate::cgroups::PodCgroups,
+    /// Where a sandbox this manager ran, or a container it started, is shown
+    /// at once, before the next relist (see [`with_runtime_cache`](Self::with_runtime_cache)).
+    pub(crate) runtime_cache: Option<Arc<crate::pleg::RuntimeCache>>,
 }
 
 impl RuntimeManager {
@@ -82,12 +85,21 @@ impl RuntimeManager {
             runtime_classes: runtimeclass::RuntimeClasses::default(),
             apparmor_enabled: security::host_apparmor_enabled(),
             cgroups: default_cgroups(&settings_root),
+            runtime_cache: None,
         }
     }
 
     /// As if the host did (or did not) enforce AppArmor (tests).
     pub fn with_apparmor_enabled(mut self, enabled: bool) -> Self {
         self.apparmor_enabled = enabled;
+        self
+    }
+
+    /// Reflect this manager's own successful RunPodSandbox and StartContainer
+    /// calls in `cache` (the one the status reads) at once; the next relist
+    /// supersedes them. Without it, the status waits for that relist.
+    pub fn with_runtime_cache(mut self, cache: Arc<crate::pleg::RuntimeCache>) -> Self {
+        self.runtime_cache = Some(cache);
         self
     }
 
@@ -163,6 +175,29 @@ impl RuntimeManager {
             .pod_logs_dir
             .join(format!("{namespace}_{name}_{uid}"))
     }
+}
+
+/// The UID of a pod log directory `<namespace>_<name>_<uid>` (names and
+/// namespaces are DNS labels or subdomains, never with `_`).
+pub fn log_dir_uid(dir_name: &str) -> Option<&str> {
+    let mut parts = dir_name.splitn(3, '_');
+    let (Some(ns), Some(name), Some(uid)) = (parts.next(), parts.next(), parts.next()) else {
+        return None;
+    };
+    (!ns.is_empty() && !name.is_empty() && !uid.is_empty() && !uid.contains('_')).then_some(uid)
+}
+
+/// The pod log directories under `dir` whose UID is `uid`.
+pub fn log_dirs_of(dir: &std::path::Path, uid: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| e.file_name().to_str().and_then(log_dir_uid) == Some(uid))
+        .map(|e| e.path())
+        .collect()
 }
 
 /// The cgroupfs driver on this host's hierarchies, under `root` (validated

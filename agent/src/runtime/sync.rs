@@ -82,6 +82,11 @@ fn instant_of(unix_nanos: i64) -> Instant {
         .unwrap_or_else(Instant::now)
 }
 
+/// Milliseconds since `start`, for the step timings logged at debug level.
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
 fn min_requeue(current: &mut Option<Duration>, d: Duration) {
     *current = Some(current.map_or(d, |c| c.min(d)));
 }
@@ -168,7 +173,9 @@ impl RuntimeManager {
         desired: Option<&SourcedPod>,
         transient: &mut Transient,
     ) -> Result<SyncOutcome> {
+        let started = Instant::now();
         let observed = self.inspect_pod(uid).await?;
+        tracing::debug!(took_ms = ms_since(started), "inspected the pod");
         let Some(sourced) = desired else {
             return self.remove_pod(&observed, None).await;
         };
@@ -397,6 +404,7 @@ impl RuntimeManager {
             .unwrap_or(0);
         // The pod's cgroup with its values, before the runtime puts the
         // sandbox in it (the kubelet's EnsureExists, after UpdateQOSCgroups).
+        let started = Instant::now();
         let cgroups = self.cgroups.clone();
         let owned = pod.clone();
         tokio::task::spawn_blocking(move || cgroups.ensure_pod(&owned))
@@ -425,7 +433,12 @@ impl RuntimeManager {
                 .map_err(|message| SyncError::RuntimeClass { message })?,
             None => String::new(),
         };
+        tracing::debug!(
+            took_ms = ms_since(started),
+            "pod cgroup and log directory made"
+        );
         tracing::info!(attempt, runtime_handler, "creating pod sandbox");
+        let started = Instant::now();
         let id = self
             .client
             .run_pod_sandbox(api::RunPodSandboxRequest {
@@ -435,10 +448,12 @@ impl RuntimeManager {
             .await
             .map_err(cri("RunPodSandbox"))?
             .pod_sandbox_id;
-        let ips = self
-            .sandbox_status(&id)
-            .await?
-            .and_then(|s| s.network)
+        tracing::debug!(took_ms = ms_since(started), "RunPodSandbox answered");
+        let started = Instant::now();
+        let status = self.sandbox_status(&id).await?;
+        let ips = status
+            .as_ref()
+            .and_then(|s| s.network.clone())
             .map(|n| {
                 let mut ips = vec![n.ip];
                 ips.extend(n.additional_ips.into_iter().map(|i| i.ip));
@@ -446,8 +461,59 @@ impl RuntimeManager {
                 ips
             })
             .unwrap_or_default();
+        tracing::debug!(took_ms = ms_since(started), "PodSandboxStatus answered");
+        if let Some(status) = &status {
+            self.reflect_sandbox(&id, status);
+        }
         tracing::info!(sandbox = %id, ips = ?ips, "pod sandbox running");
         Ok((id, config, ips))
+    }
+
+    /// Show the sandbox this worker just ran in the status at once (see
+    /// [`crate::pleg::RuntimeCache::reflect_sandbox`]): what its
+    /// PodSandboxStatus said, as a relist would read it.
+    fn reflect_sandbox(&self, id: &str, status: &api::PodSandboxStatus) {
+        let Some(cache) = &self.runtime_cache else {
+            return;
+        };
+        let listed = api::PodSandbox {
+            id: id.to_string(),
+            metadata: status.metadata.clone(),
+            state: status.state,
+            created_at: status.created_at,
+            labels: status.labels.clone(),
+            annotations: status.annotations.clone(),
+            runtime_handler: status.runtime_handler.clone(),
+        };
+        if let Some(o) = crate::observed::sandbox_from_cri(&listed, Some(status)) {
+            cache.reflect_sandbox(o);
+        }
+    }
+
+    /// Show container `id`, which this worker just created and started, as
+    /// running at once (see [`crate::pleg::RuntimeCache::reflect_container`]),
+    /// from the config it was created with; the next relist brings the
+    /// runtime's own record.
+    fn reflect_started(&self, uid: &str, id: &str, mut listed: api::Container) {
+        let Some(cache) = &self.runtime_cache else {
+            return;
+        };
+        let running = api::ContainerState::ContainerRunning as i32;
+        listed.id = id.to_string();
+        listed.state = running;
+        let status = api::ContainerStatus {
+            id: id.to_string(),
+            metadata: listed.metadata.clone(),
+            state: running,
+            created_at: listed.created_at,
+            started_at: crate::util::unix_nanos_now(),
+            image: listed.image.clone(),
+            image_ref: listed.image_ref.clone(),
+            ..Default::default()
+        };
+        if let Some(o) = crate::observed::container_from_cri(&listed, Some(&status)) {
+            cache.reflect_container(uid, o);
+        }
     }
 
     /// Run init containers in order (the kubelet's `computeInitContainerActions`).
@@ -707,6 +773,7 @@ impl RuntimeManager {
         transient: &mut Transient,
     ) -> Result<()> {
         let obj = ObjectRef::pod(ps.pod).container(&c.name, init);
+        let started = Instant::now();
         let image_ref = match self.ensure_image(ps.uid, c, &ps.sandbox_config, &obj).await {
             Ok(r) => r,
             Err(ImageError::Runtime(e)) => return Err(cri(format!("image of {}", c.name))(e)),
@@ -752,6 +819,8 @@ impl RuntimeManager {
                 return Ok(());
             }
         };
+        tracing::debug!(container = %c.name, took_ms = ms_since(started), "image, mounts and env ready");
+        let started = Instant::now();
         let log_dir = std::path::Path::new(&ps.sandbox_config.log_directory).join(&c.name);
         std::fs::create_dir_all(&log_dir).map_err(|source| SyncError::Io {
             op: "create container log directory",
@@ -771,6 +840,17 @@ impl RuntimeManager {
                 env,
             },
         );
+        // What the status shows of the container once started, before a relist has seen it.
+        let shown = api::Container {
+            pod_sandbox_id: ps.sandbox_id.clone(),
+            metadata: config.metadata.clone(),
+            image: config.image.clone(),
+            image_ref: image_ref.clone(),
+            created_at: crate::util::unix_nanos_now(),
+            labels: config.labels.clone(),
+            annotations: config.annotations.clone(),
+            ..Default::default()
+        };
         let created = self
             .client
             .create_container(api::CreateContainerRequest {
@@ -781,6 +861,7 @@ impl RuntimeManager {
             .await;
         let id = match created {
             Ok(resp) => {
+                tracing::debug!(container = %c.name, took_ms = ms_since(started), "CreateContainer answered");
                 self.events.record(
                     &obj,
                     EventType::Normal,
@@ -803,6 +884,7 @@ impl RuntimeManager {
                 return Ok(());
             }
         };
+        let started = Instant::now();
         if let Err(e) = self
             .client
             .start_container(api::StartContainerRequest {
@@ -824,6 +906,8 @@ impl RuntimeManager {
             );
             return Ok(());
         }
+        tracing::debug!(container = %c.name, took_ms = ms_since(started), "StartContainer answered");
+        self.reflect_started(ps.uid, &id, shown);
         tracing::info!(container = %c.name, id = %id, restart_count, init, "container started");
         self.events.record(
             &obj,
@@ -1205,7 +1289,10 @@ impl RuntimeManager {
                 })
                 .await;
             ignore_not_found(removed).map_err(cri(format!("RemovePodSandbox {}", sb.id)))?;
-            let log_dir = self.pod_log_dir(&sb.namespace, &sb.name, &observed.uid);
+        }
+        // Every log directory of the UID, also one whose sandbox is already
+        // gone (an agent killed after RemovePodSandbox; the orphan sweep).
+        for log_dir in super::log_dirs_of(&self.settings.pod_logs_dir, &observed.uid) {
             if let Err(e) = std::fs::remove_dir_all(&log_dir)
                 && e.kind() != std::io::ErrorKind::NotFound
             {

@@ -27,7 +27,8 @@ use super::manifest::{
 use super::{ManifestError, PodConfig, Snapshot, SourcedPod, pod_key, uid_of};
 use crate::Uid;
 
-/// How long a burst of file events must be quiet before the directory is rescanned.
+/// How long a burst of file events must be quiet before the directory is
+/// rescanned (the first event after a quiet spell is read at once).
 const DEBOUNCE: Duration = Duration::from_millis(100);
 /// A burst never delays a rescan longer than this.
 const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
@@ -348,21 +349,27 @@ pub fn spawn(
     tokio::spawn(run(dir, node_name, period, config, neighbours, cancel))
 }
 
+/// Told of each ignored duplicate manifest.
+pub type OnIgnored = Arc<dyn Fn(&IgnoredPod) + Send + Sync>;
+
 /// What the directory source asks of the rest of the agent.
 #[derive(Clone, Default)]
 pub struct Neighbours {
     /// The UIDs of the pods the runtime holds: with the last reading's, they
     /// keep their names against a newcomer (also right after a restart).
     pub runtime_uids: Option<Arc<dyn Fn() -> Vec<Uid> + Send + Sync>>,
-    /// Where the `FailedValidation` events of ignored duplicates go.
-    pub events: Option<crate::events::EventRecorder>,
+    /// Called once per ignored duplicate (per UID) while it stays ignored:
+    /// the agent records upstream's `FailedValidation` event with
+    /// [`IgnoredPod::event_message`]. (A callback: the sources sit below
+    /// the event recorder.)
+    pub on_ignored: Option<OnIgnored>,
 }
 
 impl std::fmt::Debug for Neighbours {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Neighbours")
             .field("runtime_uids", &self.runtime_uids.is_some())
-            .field("events", &self.events.is_some())
+            .field("on_ignored", &self.on_ignored.is_some())
             .finish()
     }
 }
@@ -513,24 +520,15 @@ struct Logged {
 }
 
 impl Logged {
-    /// Record a `FailedValidation` event once per ignored duplicate (by UID).
-    fn report_ignored(
-        &mut self,
-        ignored: &[IgnoredPod],
-        events: Option<&crate::events::EventRecorder>,
-    ) {
+    /// Report each ignored duplicate once (by UID) while it stays ignored.
+    fn report_ignored(&mut self, ignored: &[IgnoredPod], on_ignored: Option<&OnIgnored>) {
         let mut now = HashSet::new();
         for ig in ignored {
             let uid = uid_of(&ig.pod);
             if !self.ignored.contains(&uid)
-                && let Some(events) = events
+                && let Some(report) = on_ignored
             {
-                events.record(
-                    &crate::events::ObjectRef::pod(&ig.pod),
-                    crate::events::EventType::Warning,
-                    "FailedValidation",
-                    ig.event_message(),
-                );
+                report(ig);
             }
             now.insert(uid);
         }
@@ -622,6 +620,10 @@ async fn run(
 
     info!(dir = %dir.display(), period_secs = period.as_secs_f64(), "watching the manifest directory");
     let mut rescan = true;
+    // When the last scan began: a change after a quiet spell is read at
+    // once (the leading edge; the kubelet reads each event as it comes),
+    // the rest of a burst once it has been quiet for DEBOUNCE.
+    let mut last_scan = Instant::now();
     loop {
         // Watch before scanning, so a change right after the scan is not missed.
         if watcher.ensure() {
@@ -629,12 +631,13 @@ async fn run(
         }
         if rescan {
             rescan = false;
+            last_scan = Instant::now();
             let incumbents = neighbours.incumbents(&config);
             if let Some((snapshot, ignored)) =
                 scan_blocking(&dir, &node_name, &seen, incumbents).await
             {
                 logged.report(&snapshot);
-                logged.report_ignored(&ignored, neighbours.events.as_ref());
+                logged.report_ignored(&ignored, neighbours.on_ignored.as_ref());
                 let (pods, errors) = (snapshot.pods.len(), snapshot.errors.len());
                 let changed = config.apply(snapshot);
                 if !changed.is_empty() {
@@ -655,7 +658,11 @@ async fn run(
             }
             _ = missing_poll.tick(), if watcher.waiting_for_dir() => {}
             Some(()) = rx.recv() => {
-                // Debounce: wait until the burst has been quiet for DEBOUNCE.
+                if last_scan.elapsed() >= DEBOUNCE {
+                    rescan = true;
+                    continue;
+                }
+                // Within a burst: wait until it has been quiet for DEBOUNCE.
                 let deadline = Instant::now() + DEBOUNCE_MAX;
                 loop {
                     tokio::select! {
