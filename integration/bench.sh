@@ -61,3 +61,11 @@ echo "bench: probe cost (agent and runtime CPU with httpGet/tcpSocket/gRPC and e
 BERTH_REQUIRE_RUNTIME=1 ./target/debug/berth-probe-bench "${quick[@]}" | tee target/bench-probes.json
 echo "bench: failure detection (containerd task events vs relist only)" >&2
 BERTH_REQUIRE_RUNTIME=1 ./target/debug/berth-detect-bench "${quick[@]}" | tee target/bench-detect.json
+# The report: regenerated from the JSON above, never edited by hand. Full mode
+# writes the repository's BENCHMARKS.md and docs/bench/*.svg; --quick (CI)
+# writes beside the JSON in target/.
+if [[ ${#quick[@]} -eq 0 ]]; then
+  ./target/debug/berth-bench-report --input target --output BENCHMARKS.md --plots docs/bench
+else
+  ./target/debug/berth-bench-report --input target --output target/BENCHMARKS.md --plots target/bench-plots
+fi

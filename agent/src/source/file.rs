@@ -115,8 +115,11 @@ fn read_manifest(path: &Path) -> Result<Option<Vec<u8>>, ManifestError> {
         return Ok(None);
     }
     if !meta.is_file() {
-        debug!(path = %path.display(), "manifest path is not a regular file, skipped");
-        return Ok(None);
+        // A FIFO, socket or device named like a manifest: never opened (a
+        // FIFO would block the scan), reported as upstream's file source does.
+        return Err(error(
+            "not a regular file (a FIFO, socket or device); not read".to_string(),
+        ));
     }
     if meta.len() > MAX_MANIFEST_BYTES {
         return Err(error(too_large_reason(meta.len())));

@@ -336,6 +336,28 @@ fn unknown_fields(input: &Value, read: &Value, at: &str, out: &mut Vec<String>) 
 // Decoding
 // ---------------------------------------------------------------------------
 
+/// The longest reason kept whole: a reason echoes the offending value, which
+/// a hostile manifest can make megabytes long (it goes to `/status`, the log
+/// and events).
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// `reason` cut to [`MAX_REASON_BYTES`] (at a character boundary), saying
+/// how much was left out.
+pub fn shorten_reason(reason: String) -> String {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason;
+    }
+    let mut cut = MAX_REASON_BYTES;
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}… ({} more bytes not shown)",
+        &reason[..cut],
+        reason.len() - cut
+    )
+}
+
 /// The reason a file of `n` bytes is rejected.
 pub fn too_large_reason(n: u64) -> String {
     format!("file is {n} bytes, larger than the 10 MiB limit")
@@ -597,7 +619,7 @@ pub fn parse_manifest(
     let error = |field: Option<String>, reason: String| ManifestError {
         file: path.to_path_buf(),
         field,
-        reason,
+        reason: shorten_reason(reason),
     };
     let field_error = |e: FieldError| error(Some(e.field), e.reason);
 
@@ -1173,6 +1195,22 @@ spec:
             e.reason,
             "file is 10485761 bytes, larger than the 10 MiB limit"
         );
+    }
+
+    #[test]
+    fn long_reasons_are_cut_at_a_character_boundary() {
+        let long = format!("Invalid value: \"{}\"", "é".repeat(2000));
+        let short = shorten_reason(long.clone());
+        assert!(short.len() < MAX_REASON_BYTES + 64, "{}", short.len());
+        assert!(short.ends_with("more bytes not shown)"), "{short}");
+        assert_eq!(shorten_reason("fine".into()), "fine");
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {}}}\nspec: {{containers: [{{name: c, image: i}}]}}\n",
+            "x".repeat(100_000)
+        );
+        let e = parse_manifest(Path::new("/m/long.yaml"), yaml.as_bytes(), NODE).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("metadata.name"));
+        assert!(e.reason.len() < 1200, "{}", e.reason.len());
     }
 
     #[test]

@@ -346,6 +346,8 @@ fn measure(mode: Mode, counts: &[usize], kills: usize, args: &Args) -> anyhow::R
                     "p99": ms(0.99),
                     "max": took.last().copied().map(round2),
                     "mean": (!took.is_empty()).then(|| round2(took.iter().sum::<f64>() / took.len() as f64)),
+                    // Every detection, sorted: BENCHMARKS.md's CDF.
+                    "samples_ms": took.iter().copied().map(round2).collect::<Vec<_>>(),
                 },
                 "agent_idle_cpu_percent_of_one_core": idle,
                 "agent_rss_kib": rss,
