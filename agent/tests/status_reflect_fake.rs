@@ -30,7 +30,8 @@ impl Env {
         }
     }
 
-    async fn manager(&self) -> RuntimeManager {
+    /// A manager as a newly started agent has, before it is given the cache.
+    async fn bare_manager(&self) -> RuntimeManager {
         RuntimeManager::new(
             self.fake.client().await,
             Settings {
@@ -49,7 +50,12 @@ impl Env {
             )
             .expect("a valid cgroup root"),
         )
-        .with_runtime_cache(self.cache.clone())
+    }
+
+    async fn manager(&self) -> RuntimeManager {
+        self.bare_manager()
+            .await
+            .with_runtime_cache(self.cache.clone())
     }
 
     async fn pleg(&self) -> Pleg {
@@ -119,24 +125,7 @@ async fn own_start_shows_running_at_once_and_the_next_relist_supersedes_it() {
 #[tokio::test]
 async fn without_a_runtime_cache_the_status_waits_for_the_relist() {
     let env = Env::new().await;
-    let m = RuntimeManager::new(
-        env.fake.client().await,
-        Settings {
-            node_name: "node-a".into(),
-            node_ip: "192.0.2.10".into(),
-            root_dir: env.dir.path().join("root"),
-            pod_logs_dir: env.dir.path().join("logs"),
-            cgroup_root: "/berth-test-kubepods".into(),
-        },
-        Arc::new(Metrics::new()),
-    )
-    .with_cgroups(
-        berth_agent::cgroups::PodCgroups::new(
-            Arc::new(berth_agent::cgroups::RecordingManager::default()),
-            "/berth-test-kubepods",
-        )
-        .unwrap(),
-    );
+    let m = env.bare_manager().await;
     let p = env.pod();
     m.sync_pod(&uid(&p), Some(&p), &mut Transient::default())
         .await
