@@ -78,6 +78,7 @@ REQUIRED=(
   "test  etcd                    etcd-server          the API server's etcd backend tests; up.sh with BERTH_STORAGE=etcd"
   "test  etcdctl                 etcd-client          the same"
   "test  python3                 python3              the official Python client's tests"
+  "test  /usr/lib/*/faketime/libfaketime.so.1 libfaketime  the wall clock jumping under the agent (host_faults_e2e)"
   "test  /usr/lib/python3*/ensurepip python3-venv     the venv of the Python client (python3 -m venv)"
 )
 GROUPS_WANTED=" build run test "

@@ -31,6 +31,7 @@ struct View {
     endpoint: String,
     node: Arc<crate::admission::NodeState>,
     pressure: crate::eviction::SharedPressure,
+    host: Arc<crate::hostcheck::HostHealth>,
 }
 
 impl NodeView for View {
@@ -72,7 +73,7 @@ impl NodeView for View {
     }
 
     fn health(&self) -> Result<(), String> {
-        self.cache.health()
+        crate::hostcheck::node_health(&self.cache, &self.host)
     }
 
     fn runtime_info(&self) -> serde_json::Value {
@@ -159,6 +160,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
     let pod_config = PodConfig::new(trigger_tx.clone());
     let cache = RuntimeCache::new();
     let transient = Arc::new(TransientStore::default());
+    let host_health = Arc::new(crate::hostcheck::HostHealth::default());
 
     // Capacity and allocatable, as the Node reports them and admission uses them.
     let resources = {
@@ -213,6 +215,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         endpoint: config.container_runtime_endpoint.clone(),
         node: node_state.clone(),
         pressure: pressure.clone(),
+        host: host_health.clone(),
     });
     // The Summary API: ready once the runtime manager (and its pod cgroups) is.
     let stats_provider: Arc<std::sync::OnceLock<Arc<crate::stats::StatsProvider>>> = Arc::default();
@@ -285,6 +288,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
                 transient: transient.clone(),
                 node: node_state.clone(),
                 pressure: pressure.clone(),
+                host: host_health.clone(),
                 cancel: cancel.clone(),
             }))
         }
@@ -569,6 +573,20 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
             .await
         })
     };
+    // Disk, runtime conditions, CNI plugins, the sandbox image: reasons on
+    // /healthz and the Node's Ready condition.
+    crate::hostcheck::spawn(
+        crate::hostcheck::Context {
+            client: client.clone(),
+            cache: cache.clone(),
+            health: host_health.clone(),
+            root_dir: config.root_dir.clone(),
+            pod_logs_dir: config.pod_logs_dir.clone(),
+            node_name: config.node_name.clone(),
+            events: events.clone(),
+        },
+        cancel.clone(),
+    );
     crate::housekeeping::spawn(
         workers.clone(),
         manager.clone(),

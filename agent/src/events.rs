@@ -69,9 +69,12 @@ impl EventType {
     }
 }
 
-/// The object an event is about: a pod, or one container of it (`fieldPath`).
+/// The object an event is about: a pod, or one container of it (`fieldPath`),
+/// or the node.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct ObjectRef {
+    /// The involved object's kind: `Pod` (empty) or `Node`.
+    pub kind: ObjectKind,
     pub namespace: String,
     pub name: String,
     pub uid: String,
@@ -79,10 +82,31 @@ pub struct ObjectRef {
     pub field_path: Option<String>,
 }
 
+/// What an [`ObjectRef`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ObjectKind {
+    #[default]
+    Pod,
+    Node,
+}
+
 impl ObjectRef {
+    /// The node, as the kubelet refers to it: kind Node, the node's name as
+    /// its UID, its events in namespace `default`.
+    pub fn node(name: &str) -> Self {
+        Self {
+            kind: ObjectKind::Node,
+            namespace: "default".to_string(),
+            name: name.to_string(),
+            uid: name.to_string(),
+            field_path: None,
+        }
+    }
+
     /// The pod itself. For a static pod this is the static pod (its UID), as upstream.
     pub fn pod(pod: &Pod) -> Self {
         Self {
+            kind: ObjectKind::Pod,
             namespace: pod
                 .metadata
                 .namespace
@@ -98,6 +122,7 @@ impl ObjectRef {
     /// A pod by its parts (e.g. from runtime labels once the spec is gone).
     pub fn from_parts(namespace: &str, name: &str, uid: &str) -> Self {
         Self {
+            kind: ObjectKind::Pod,
             namespace: namespace.to_string(),
             name: name.to_string(),
             uid: uid.to_string(),
@@ -176,7 +201,10 @@ impl EventRecorder {
         message: impl Into<String>,
     ) {
         let message = message.into();
-        let pod = format!("{}/{}", object.namespace, object.name);
+        let pod = match object.kind {
+            ObjectKind::Pod => format!("{}/{}", object.namespace, object.name),
+            ObjectKind::Node => format!("node/{}", object.name),
+        };
         let field_path = object.field_path.as_deref().unwrap_or("");
         match type_ {
             EventType::Warning => {
@@ -312,9 +340,16 @@ impl Correlator {
             },
             involved_object: ObjectReference {
                 api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
+                kind: Some(
+                    match o.kind {
+                        ObjectKind::Pod => "Pod",
+                        ObjectKind::Node => "Node",
+                    }
+                    .into(),
+                ),
                 name: Some(o.name.clone()),
-                namespace: Some(o.namespace.clone()),
+                // A node is cluster-scoped: its reference has no namespace.
+                namespace: Some(o.namespace.clone()).filter(|_| o.kind == ObjectKind::Pod),
                 uid: Some(o.uid.clone()).filter(|u| !u.is_empty()),
                 field_path: o.field_path.clone(),
                 ..Default::default()

@@ -17,6 +17,7 @@ pub mod config;
 pub mod crilog;
 pub mod events;
 pub mod eviction;
+pub mod hostcheck;
 pub mod housekeeping;
 pub mod metrics;
 pub mod notify;

@@ -154,6 +154,11 @@ pub struct Transient {
     /// Admission refused the pod (`OutOfcpu`, `NodeAffinity`, ...): it never
     /// runs and its status is Failed with this reason.
     pub rejected: Option<crate::source::Rejection>,
+    /// The attempt of the last RunPodSandbox this agent tried for the pod. A
+    /// failed RunPodSandbox can leave a NotReady sandbox that holds its name
+    /// (containerd keeps it for clean-up) before any relist has seen it; the
+    /// next attempt counts from here too, not from the relist alone.
+    pub last_sandbox_attempt: Option<u32>,
 }
 
 /// Pod phases (`status.phase`).
@@ -1107,6 +1112,7 @@ mod tests {
             probes: BTreeMap::new(),
             post_start_running: BTreeSet::new(),
             rejected: None,
+            last_sandbox_attempt: None,
         }
     }
 

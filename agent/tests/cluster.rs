@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use berth_agent::config::{Config, Flags};
 use berth_cri::fake::FakeRuntime;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 use tokio_util::sync::CancellationToken;
 
@@ -314,6 +314,56 @@ async fn node_lease_pods_status_deletion_and_outage() {
     for t in ["MemoryPressure", "DiskPressure", "PIDPressure"] {
         assert!(conds.iter().any(|c| c.type_ == t && c.status == "False"));
     }
+
+    // 1b. A host fault (the runtime's network not ready) makes the node
+    // NotReady with upstream's message and a NodeNotReady event on the Node;
+    // fixed, Ready again with NodeReady.
+    fake.set_network_ready(false);
+    let ready_condition = |want: &'static str, part: &'static str| {
+        let nodes = nodes.clone();
+        async move {
+            let n = nodes.get_opt(NODE).await.ok().flatten()?;
+            n.status?.conditions?.into_iter().find(|c| {
+                c.type_ == "Ready"
+                    && c.status == want
+                    && c.message.as_deref().is_some_and(|m| m.contains(part))
+            })
+        }
+    };
+    let not_ready = eventually(Duration::from_secs(45), "node NotReady (network)", || {
+        ready_condition(
+            "False",
+            "container runtime network not ready: NetworkReady=false reason:FakeNotReady",
+        )
+    })
+    .await;
+    assert_eq!(not_ready.reason.as_deref(), Some("KubeletNotReady"));
+    let events: Api<Event> = Api::namespaced(admin.clone(), "default");
+    let node_event = |reason: &'static str| {
+        let events = events.clone();
+        async move {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.involved_object.kind.as_deref() == Some("Node")
+                    && e.involved_object.name.as_deref() == Some(NODE)
+                    && e.message.as_deref() == Some(&format!("Node {NODE} status is now: {reason}"))
+            })
+        }
+    };
+    eventually(Duration::from_secs(30), "a NodeNotReady event", || {
+        node_event("NodeNotReady")
+    })
+    .await;
+    fake.set_network_ready(true);
+    eventually(Duration::from_secs(45), "node Ready again", || {
+        ready_condition("True", "kubelet is posting ready status")
+    })
+    .await;
+    eventually(Duration::from_secs(30), "a NodeReady event", || {
+        node_event("NodeReady")
+    })
+    .await;
 
     // 6. The static pod's mirror pod: annotated with its config hash, Running.
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");

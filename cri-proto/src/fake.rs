@@ -20,7 +20,8 @@
 //!   image`); the log path is `sandbox_config.log_directory` + `config.log_path`;
 //! - image references are normalized (`nginx` → `docker.io/library/nginx:latest`);
 //!   a pull of an image not made pullable fails NotFound `failed to pull and
-//!   unpack image …: not found`; ContainerStatus reports the image's repo tag
+//!   unpack image …: not found` (the sandbox image [`SANDBOX_IMAGE`] is
+//!   pullable from the start); ContainerStatus reports the image's repo tag
 //!   and repo digest;
 //! - GetContainerEvents is Unimplemented unless enabled; ExecSync answers
 //!   from a script per container name ([`FakeRuntime::script_exec`]: exit

@@ -89,6 +89,8 @@ pub struct Context {
     pub node: Arc<crate::admission::NodeState>,
     /// The eviction manager's pressure conditions.
     pub pressure: crate::eviction::SharedPressure,
+    /// The host checks' reasons, beside the runtime's, for the Ready condition.
+    pub host: Arc<crate::hostcheck::HostHealth>,
     pub cancel: CancellationToken,
 }
 

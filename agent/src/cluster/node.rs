@@ -233,7 +233,7 @@ pub fn compute(ctx: &Context) -> NodeStatus {
         message: Some(message.to_string()),
         ..Default::default()
     };
-    let ready = match ctx.cache.health() {
+    let ready = match crate::hostcheck::node_health(&ctx.cache, &ctx.host) {
         Ok(()) => condition(
             "Ready",
             "True",

@@ -215,8 +215,9 @@ fn default_cgroups(root: &str) -> crate::cgroups::PodCgroups {
 /// Errors of one pod sync.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    /// A CRI call failed.
-    #[error("{op}: {source}")]
+    /// A CRI call failed (the CRI error names its method already: `op` is
+    /// not said twice).
+    #[error("{}", runtime_message(op, source))]
     Runtime {
         op: String,
         #[source]
@@ -247,6 +248,14 @@ pub enum SyncError {
         #[source]
         source: std::io::Error,
     },
+}
+
+fn runtime_message(op: &str, source: &berth_cri::Error) -> String {
+    let message = source.to_string();
+    match message.strip_prefix(op) {
+        Some(rest) if rest.starts_with(':') => message,
+        _ => format!("{op}: {message}"),
+    }
 }
 
 impl SyncError {

@@ -332,7 +332,7 @@ impl RuntimeManager {
                         "Pod sandbox changed, it will be killed and re-created.",
                     );
                 }
-                match self.create_sandbox(pod, &observed, grace).await {
+                match self.create_sandbox(pod, &observed, transient, grace).await {
                     Ok(created) => created,
                     Err(e) => {
                         if !e.is_unreachable() {
@@ -394,6 +394,7 @@ impl RuntimeManager {
         &self,
         pod: &Pod,
         observed: &ObservedPod,
+        transient: &mut Transient,
         grace: i64,
     ) -> Result<(String, api::PodSandboxConfig, Vec<String>)> {
         self.stop_running(&observed.containers.iter().collect::<Vec<_>>(), grace)
@@ -401,7 +402,9 @@ impl RuntimeManager {
         let attempt = observed
             .latest_sandbox()
             .map(|s| s.attempt + 1)
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(transient.last_sandbox_attempt.map_or(0, |a| a.saturating_add(1)));
+        transient.last_sandbox_attempt = Some(attempt);
         // The pod's cgroup with its values, before the runtime puts the
         // sandbox in it (the kubelet's EnsureExists, after UpdateQOSCgroups).
         let started = Instant::now();

@@ -58,8 +58,12 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn new() -> Self {
+        // The sandbox image can be pulled from the start, as a node's pause
+        // image can (the agent's host check pulls it when absent).
+        let mut state = State::default();
+        state.pullable.insert(crate::fake::SANDBOX_IMAGE.to_string());
         Self {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             up: watch::Sender::new(false),
         }
     }
