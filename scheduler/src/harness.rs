@@ -53,7 +53,15 @@ impl Apiserver {
     /// Starts `binary` and waits until the admin kubeconfig exists and the
     /// server answers a node list.
     pub async fn start(binary: &Path) -> anyhow::Result<(Apiserver, Client)> {
-        let dir = tempfile::tempdir()?;
+        Self::start_in(binary, tempfile::tempdir()?).await
+    }
+
+    /// As [`Apiserver::start`], with its data in `dir` (removed when the
+    /// server is dropped): tests keep their files under their own directory.
+    pub async fn start_in(
+        binary: &Path,
+        dir: tempfile::TempDir,
+    ) -> anyhow::Result<(Apiserver, Client)> {
         let port = free_port()?;
         let log = std::fs::File::create(dir.path().join("apiserver.log"))?;
         let child = Command::new(binary)

@@ -22,6 +22,7 @@ pub mod authz;
 pub mod discovery;
 pub mod error;
 pub mod handlers;
+pub mod healthz;
 pub mod metrics;
 pub mod noderestriction;
 pub mod objects;
@@ -159,15 +160,12 @@ impl ApiState {
 
 /// The API router: discovery, health, OpenAPI and every served resource.
 pub fn router(state: Arc<ApiState>) -> Router {
-    let ok = || async { "ok" };
     Router::new()
         .route(
             "/version",
             get(|| async { axum::Json(discovery::version()) }),
         )
-        .route("/healthz", get(ok))
-        .route("/readyz", get(ok))
-        .route("/livez", get(ok))
+        .merge(healthz::routes())
         .route(
             "/openapi/v3",
             get(|| async { axum::Json(discovery::openapi_v3_index()) }),

@@ -324,6 +324,9 @@ pub(super) async fn patch_handler(
     })
 }
 
+/// How often a binding reads the pod again after losing a write race.
+const BIND_ATTEMPTS: usize = 16;
+
 pub(super) async fn bind(
     state: &ApiState,
     target: &Target,
@@ -345,43 +348,47 @@ pub(super) async fn bind(
         detail,
     };
     let key = key_of(target, name)?;
-    let (mut pod, rev) = get_object(state, target, name).await?;
-    if pod
-        .pointer("/metadata/deletionTimestamp")
-        .is_some_and(|v| !v.is_null())
-    {
-        return Err(conflict(format!(
-            "pod {name} is being deleted, cannot be assigned to a host"
-        )));
-    }
-    let current = str_at(&pod, "/spec/nodeName");
-    if !current.is_empty() {
-        return Err(conflict(format!(
-            "pod {name} is already assigned to node \"{current}\""
-        )));
-    }
-    if let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) {
-        spec.insert("nodeName".into(), json!(node));
-    }
-    if let Some(status) = pod.get_mut("status").and_then(Value::as_object_mut) {
-        let conds = status.entry("conditions").or_insert_with(|| json!([]));
-        if let Some(list) = conds.as_array_mut() {
-            list.retain(|c| str_at(c, "/type") != "PodScheduled");
-            list.push(json!({"type": "PodScheduled", "status": "True",
-                "lastProbeTime": null, "lastTransitionTime": now_rfc3339()}));
+    // As upstream's `assignPod` (a GuaranteedUpdate): a write that lost a
+    // race reads the pod again and judges it again, so the loser of two
+    // bindings learns the pod "is already assigned", not merely "modified".
+    for _ in 0..BIND_ATTEMPTS {
+        let (mut pod, rev) = get_object(state, target, name).await?;
+        if pod
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|v| !v.is_null())
+        {
+            return Err(conflict(format!(
+                "pod {name} is being deleted, cannot be assigned to a host"
+            )));
+        }
+        let current = str_at(&pod, "/spec/nodeName");
+        if !current.is_empty() {
+            return Err(conflict(format!(
+                "pod {name} is already assigned to node \"{current}\""
+            )));
+        }
+        if let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.insert("nodeName".into(), json!(node));
+        }
+        if let Some(status) = pod.get_mut("status").and_then(Value::as_object_mut) {
+            let conds = status.entry("conditions").or_insert_with(|| json!([]));
+            if let Some(list) = conds.as_array_mut() {
+                list.retain(|c| str_at(c, "/type") != "PodScheduled");
+                list.push(json!({"type": "PodScheduled", "status": "True",
+                    "lastProbeTime": null, "lastTransitionTime": now_rfc3339()}));
+            }
+        }
+        match state.storage.update(&key, encode(&pod)?, Some(rev)).await {
+            Ok(_) => {
+                return Ok(respond(
+                    StatusCode::CREATED,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+                    &[],
+                ));
+            }
+            Err(storage::Error::Conflict { .. }) => continue,
+            Err(e) => return Err(ApiError::from_storage(e, "pods", name)),
         }
     }
-    state
-        .storage
-        .update(&key, encode(&pod)?, Some(rev))
-        .await
-        .map_err(|e| match e {
-            storage::Error::Conflict { .. } => conflict(MODIFIED.into()),
-            e => ApiError::from_storage(e, "pods", name),
-        })?;
-    Ok(respond(
-        StatusCode::CREATED,
-        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-        &[],
-    ))
+    Err(conflict(MODIFIED.into()))
 }
