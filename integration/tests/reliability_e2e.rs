@@ -232,6 +232,122 @@ impl Rng {
     }
 }
 
+/// The seed of a seeded test: `BERTH_SEED`, else the clock (printed by the caller).
+fn seed() -> u64 {
+    std::env::var("BERTH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
+        | 1
+}
+
+/// Churn's pod names: `churn0` … `churn{POOL-1}`.
+const POOL: usize = 6;
+
+/// What a churn wants: name → (shape, generation) of the manifest on disk.
+#[derive(Default)]
+struct Churn {
+    desired: BTreeMap<String, (usize, usize)>,
+    every_uid: BTreeSet<String>,
+    generation: usize,
+}
+
+impl Churn {
+    /// One to three changes: a pod removed, or written anew (new content, new UID).
+    fn step(&mut self, agent: &Agent, rng: &mut Rng) -> Result<()> {
+        for _ in 0..1 + rng.below(3) {
+            let name = format!("churn{}", rng.below(POOL as u64));
+            if self.desired.contains_key(&name) && rng.below(2) == 0 {
+                agent.remove_manifest(&format!("{name}.yaml"))?;
+                self.desired.remove(&name);
+            } else {
+                self.generation += 1;
+                let shape = rng.below(4) as usize;
+                agent.write_manifest(
+                    &format!("{name}.yaml"),
+                    &manifest(&name, shape, self.generation),
+                )?;
+                self.desired.insert(name, (shape, self.generation));
+            }
+        }
+        Ok(())
+    }
+
+    /// The running pods by UID (taken before a disruption).
+    fn running(agent: &Agent) -> Result<BTreeMap<String, Value>> {
+        Ok(agent
+            .pods()?
+            .into_iter()
+            .filter(running)
+            .map(|p| (uid(&p), p))
+            .collect())
+    }
+
+    /// Converged: exactly the desired pods, each Running once with one ready
+    /// sandbox; a pod in `before` still wanted kept its container; every
+    /// pod no longer wanted is gone entirely.
+    fn assert_converged(
+        &mut self,
+        cd: &Containerd,
+        agent: &Agent,
+        before: &BTreeMap<String, Value>,
+        step: &str,
+    ) -> Result<()> {
+        let names: BTreeSet<String> = self
+            .desired
+            .keys()
+            .map(|n| agent.static_pod_name(n))
+            .collect();
+        let pods = agent.poll(T, &format!("{step}: the desired pods running"), || {
+            let pods = agent.pods()?;
+            let now: BTreeSet<String> = pods
+                .iter()
+                .filter(|p| running(p))
+                .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+                .collect();
+            Ok((now == names && pods.len() == names.len()).then_some(pods))
+        })?;
+        let live: BTreeSet<String> = pods.iter().map(uid).collect();
+        for p in &pods {
+            let u = uid(p);
+            self.every_uid.insert(u.clone());
+            let ready = cd
+                .sandboxes_labeled("io.kubernetes.pod.uid", &u)?
+                .into_iter()
+                .filter(|s| s.state == 0)
+                .count();
+            assert_eq!(ready, 1, "{step}: pod {u}: one ready sandbox");
+            if let Some(b) = before.get(&u) {
+                assert_eq!(
+                    container_id(p),
+                    container_id(b),
+                    "{step}: pod {u} was restarted"
+                );
+            }
+        }
+        for u in self.every_uid.iter().filter(|u| !live.contains(*u)) {
+            wait_clean(cd, agent, u, &format!("{step}: a removed pod"))?;
+        }
+        Ok(())
+    }
+
+    /// Remove every manifest; nothing of any pod may be left.
+    fn finish(&self, cd: &Containerd, agent: &Agent) -> Result<()> {
+        for name in self.desired.keys() {
+            agent.remove_manifest(&format!("{name}.yaml"))?;
+        }
+        for u in &self.every_uid {
+            wait_clean(cd, agent, u, "the end")?;
+        }
+        assert_only_agent_dirs_left(agent)
+    }
+}
+
 /// Pod churn through manifests with the agent `kill -9`ed at seeded random
 /// moments (CI: 20 kills; `BERTH_SOAK=1`: 100). After each restart the agent
 /// converges: every desired pod runs exactly once (one sandbox per UID), a
@@ -244,107 +360,83 @@ fn churn_with_kill9_at_seeded_moments_converges() -> Result<()> {
         return Ok(());
     };
     let kills: usize = if soak() { 100 } else { 20 };
-    let seed: u64 = std::env::var("BERTH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        })
-        | 1;
+    let seed = seed();
     eprintln!("churn_with_kill9: BERTH_SEED={seed}, {kills} kills");
     let mut rng = Rng(seed);
     let cd = Containerd::start()?;
     let mut agent = Agent::start(&cd, &[])?;
     agent.wait_healthy(T)?;
-
-    const POOL: usize = 6;
-    // name → (shape, generation) of the manifest on disk.
-    let mut desired: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    let mut every_uid: BTreeSet<String> = BTreeSet::new();
-    let mut generation = 0;
+    let mut churn = Churn::default();
     for kill in 0..kills {
         // A few changes, then the kill at a random moment while they apply.
-        for _ in 0..1 + rng.below(3) {
-            let name = format!("churn{}", rng.below(POOL as u64));
-            if desired.contains_key(&name) && rng.below(2) == 0 {
-                agent.remove_manifest(&format!("{name}.yaml"))?;
-                desired.remove(&name);
-            } else {
-                generation += 1;
-                let shape = rng.below(4) as usize;
-                agent
-                    .write_manifest(&format!("{name}.yaml"), &manifest(&name, shape, generation))?;
-                desired.insert(name, (shape, generation));
-            }
-        }
+        churn.step(&agent, &mut rng)?;
         std::thread::sleep(Duration::from_millis(rng.below(1500)));
         // What runs now and is still wanted must survive the kill as it is.
-        let before: BTreeMap<String, Value> = agent
-            .pods()?
-            .into_iter()
-            .filter(running)
-            .map(|p| (uid(&p), p))
-            .collect();
+        let before = Churn::running(&agent)?;
         agent.kill9()?;
         if rng.below(3) == 0 {
             // Changes while the agent is down, too.
             let name = format!("churn{}", rng.below(POOL as u64));
-            if desired.remove(&name).is_some() {
+            if churn.desired.remove(&name).is_some() {
                 agent.remove_manifest(&format!("{name}.yaml"))?;
             }
         }
         agent.restart()?;
         agent.wait_healthy(T)?;
-
-        // Converged: exactly the desired pods, each Running once.
-        let names: BTreeSet<String> = desired.keys().map(|n| agent.static_pod_name(n)).collect();
-        let pods = agent.poll(T, &format!("kill {kill}: the desired pods running"), || {
-            let pods = agent.pods()?;
-            let now: BTreeSet<String> = pods
-                .iter()
-                .filter(|p| running(p))
-                .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
-                .collect();
-            Ok((now == names && pods.len() == names.len()).then_some(pods))
-        })?;
-        let live: BTreeSet<String> = pods.iter().map(uid).collect();
-        for p in &pods {
-            let u = uid(p);
-            every_uid.insert(u.clone());
-            let ready = cd
-                .sandboxes_labeled("io.kubernetes.pod.uid", &u)?
-                .into_iter()
-                .filter(|s| s.state == 0)
-                .count();
-            assert_eq!(ready, 1, "kill {kill}: pod {u}: one ready sandbox");
-            if let Some(b) = before.get(&u) {
-                assert_eq!(
-                    container_id(p),
-                    container_id(b),
-                    "kill {kill}: pod {u} was restarted across the kill"
-                );
-            }
-        }
-        for u in every_uid.iter().filter(|u| !live.contains(*u)) {
-            wait_clean(&cd, &agent, u, &format!("kill {kill}: a removed pod"))?;
-        }
+        churn.assert_converged(&cd, &agent, &before, &format!("kill {kill}"))?;
         eprintln!(
             "churn_with_kill9: kill {}/{kills}: {} pods desired, converged",
             kill + 1,
-            desired.len()
+            churn.desired.len()
         );
     }
-    for name in desired.keys() {
-        agent.remove_manifest(&format!("{name}.yaml"))?;
+    churn.finish(&cd, &agent)
+}
+
+/// Pod churn with containerd itself restarted at seeded random moments (CI:
+/// 4 restarts; `BERTH_SOAK=1`: 20), changes also made while it is down. The
+/// agent says so on /healthz meanwhile, never crashes, and converges once
+/// containerd is back: exactly the desired pods, once each, running
+/// containers not restarted (containerd's restart leaves the shims), removed
+/// pods gone entirely.
+#[test]
+fn churn_with_containerd_restarts_converges() -> Result<()> {
+    let Some(_env) = require_runtime("churn_with_containerd_restarts_converges") else {
+        return Ok(());
+    };
+    let restarts: usize = if soak() { 20 } else { 4 };
+    let seed = seed();
+    eprintln!("churn_with_containerd_restarts: BERTH_SEED={seed}, {restarts} restarts");
+    let mut rng = Rng(seed);
+    let mut cd = Containerd::start()?;
+    let mut agent = Agent::start(&cd, &[])?;
+    agent.wait_healthy(T)?;
+    let mut churn = Churn::default();
+    for round in 0..restarts {
+        churn.step(&agent, &mut rng)?;
+        std::thread::sleep(Duration::from_millis(rng.below(1500)));
+        let before = Churn::running(&agent)?;
+        cd.stop()?;
+        // The outage is on /healthz, and changes keep coming.
+        agent.poll(T, "/healthz to say the runtime is unreachable", || {
+            let (code, body) = agent.get_text("/healthz")?;
+            Ok((code == 503 && body.contains("container runtime is unreachable")).then_some(()))
+        })?;
+        churn.step(&agent, &mut rng)?;
+        std::thread::sleep(Duration::from_millis(rng.below(1500)));
+        cd.start_again()?;
+        agent.wait_healthy(T)?;
+        assert!(agent.is_running(), "round {round}: the agent exited");
+        // A pod written anew while containerd was down has a new UID: only
+        // those still the same pod must have kept their container.
+        churn.assert_converged(&cd, &agent, &before, &format!("containerd restart {round}"))?;
+        eprintln!(
+            "churn_with_containerd_restarts: restart {}/{restarts}: {} pods desired, converged",
+            round + 1,
+            churn.desired.len()
+        );
     }
-    for u in &every_uid {
-        wait_clean(&cd, &agent, u, "the end")?;
-    }
-    assert_only_agent_dirs_left(&agent)?;
-    Ok(())
+    churn.finish(&cd, &agent)
 }
 
 /// Nothing under the pods and pod-logs directories.
