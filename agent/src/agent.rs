@@ -34,29 +34,46 @@ struct View {
     host: Arc<crate::hostcheck::HostHealth>,
 }
 
-impl NodeView for View {
-    fn pods(&self) -> Vec<Pod> {
-        let runtime_name = self
-            .cache
+impl View {
+    /// `pod` with its status as of now.
+    fn with_status(&self, mut pod: Pod, runtime_name: &str) -> Pod {
+        let uid = uid_of(&pod);
+        pod.status = Some(crate::status::compute_pod_status(
+            &pod,
+            &self.cache.get(&uid),
+            &self.transient.get(&uid),
+            &self.node_ip,
+            runtime_name,
+        ));
+        pod
+    }
+
+    fn runtime_name(&self) -> String {
+        self.cache
             .runtime_version()
             .map(|v| v.runtime_name)
-            .unwrap_or_else(|| "containerd".into());
+            .unwrap_or_else(|| "containerd".into())
+    }
+}
+
+impl NodeView for View {
+    fn pods(&self) -> Vec<Pod> {
+        let runtime_name = self.runtime_name();
         self.config
             .pods()
             .into_iter()
-            .map(|sp| {
-                let uid = uid_of(&sp.pod);
-                let mut pod = sp.pod;
-                pod.status = Some(crate::status::compute_pod_status(
-                    &pod,
-                    &self.cache.get(&uid),
-                    &self.transient.get(&uid),
-                    &self.node_ip,
-                    &runtime_name,
-                ));
-                pod
-            })
+            .map(|sp| self.with_status(sp.pod, &runtime_name))
             .collect()
+    }
+
+    fn pod(&self, namespace: &str, name: &str) -> Option<Pod> {
+        // Only the asked-for pod's status is built (the status of every pod
+        // was, for each GET of one).
+        let sp = self.config.pods().into_iter().find(|sp| {
+            sp.pod.metadata.name.as_deref() == Some(name)
+                && sp.pod.metadata.namespace.as_deref().unwrap_or("default") == namespace
+        })?;
+        Some(self.with_status(sp.pod, &self.runtime_name()))
     }
 
     fn manifest_errors(&self) -> Vec<ManifestError> {
@@ -544,15 +561,16 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
         }
     }
     // containerd 1.6 has no CRI GetContainerEvents; its own event service, on
-    // the same socket, reports task exits in milliseconds: each wakes the
-    // relist (the relist stays the truth; see `runtime_events`).
+    // the same socket, reports task exits in milliseconds: each shows in the
+    // PLEG cache at once and wakes the relist (the relist stays the truth;
+    // see `runtime_events`).
     let runtime_events_task = config.runtime_events.then(|| {
         match crate::runtime_events::Subscriber::new(
             &config.container_runtime_endpoint,
             relist_poke.clone(),
             metrics.runtime_events.clone(),
         ) {
-            Ok(sub) => Some(tokio::spawn(sub.with_cri(client.clone()).run(cancel.clone()))),
+            Ok(sub) => Some(tokio::spawn(sub.run(cancel.clone()))),
             Err(error) => {
                 tracing::warn!(%error, "not following containerd's task events; relist alone notices exits");
                 None

@@ -4,10 +4,21 @@
 //! notices a killed container only at its next relist (`--relist-period`).
 //! containerd serves `containerd.services.events.v1.Events/Subscribe` on the
 //! same socket as CRI; we follow `/tasks/exit` (and `/tasks/oom`) of the CRI
-//! namespace (`k8s.io`) and, for every exit of a container's own task, wake
-//! the PLEG (`relist_poke`). The relist stays the truth: an event only says
-//! "look now", never what the state is, and nothing depends on the stream
-//! alone. A stream that ends or fails is counted, logged once per streak and
+//! namespace (`k8s.io`). Every exit of a container's own task goes at once to
+//! the [`ExitSink`](crate::metrics::runtime_events::ExitSink) the PLEG installed on the shared metrics handle (its
+//! cache: `/pods` shows the container terminated, with the event's exit
+//! status and time, reason `OOMKilled` after an OOM event, else `Completed`
+//! or `Error`) and wakes the relist (`relist_poke`).
+//!
+//! The relist stays the truth: containerd's CRI plugin reports the exit only
+//! after it has deleted the task, tens of milliseconds after the event, so
+//! the cache keeps the event's exit over a relist that still reads the
+//! container running, until one reads it exited or gone (or drops it after
+//! `pleg::EXIT_CONFIRM_BOUND`), and the PLEG relists often meanwhile. The
+//! pod worker acts only on what CRI reports. Nothing here polls or spawns per
+//! exit: a mass exit is as many cache writes and one relist loop.
+//!
+//! A stream that ends or fails is counted, logged once per streak and
 //! subscribed again with back-off (100 ms doubling to 5 s) while the periodic
 //! relist keeps converging; a runtime without the service (CRI-O, the fake
 //! CRI) gets one info line and the relist alone.
@@ -15,10 +26,10 @@
 //! Exec'd processes (every exec probe, `kubectl exec`) exit on the same topic
 //! with `id` (the exec id) different from `container_id`: those are ignored.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_cri::{RuntimeClient, api};
 use containerd_client::events::{TaskExit, TaskOom};
 use containerd_client::services::v1::SubscribeRequest;
 use containerd_client::services::v1::events_client::EventsClient;
@@ -27,7 +38,7 @@ use prost::Message;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::runtime_events::RuntimeEventMetrics;
+use crate::metrics::runtime_events::{ContainerExit, RuntimeEventMetrics};
 
 /// The containerd namespace the CRI plugin keeps its containers in.
 pub const CRI_NAMESPACE: &str = "k8s.io";
@@ -40,10 +51,10 @@ pub const TOPIC_OOM: &str = "/tasks/oom";
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait between subscribe attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How often, and how long at most, to ask CRI whether it has caught up with
-/// an exit before waking the relist anyway.
-const SETTLE_POLL: Duration = Duration::from_millis(5);
-const SETTLE_DEADLINE: Duration = Duration::from_secs(2);
+/// How many containers' OOM events are remembered until their exit (an
+/// exit after one is `OOMKilled`); past this the oldest is forgotten (its
+/// exit then shows `Error` until the relist brings CRI's reason).
+const OOM_MEMORY: usize = 1024;
 
 /// What one envelope means to the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +63,8 @@ pub enum Event {
     ContainerExit {
         container_id: String,
         exit_status: u32,
+        /// Nanoseconds since the epoch, when containerd said.
+        exited_at: Option<i64>,
     },
     /// A process exec'd in a container exited: not the container's exit.
     ExecExit {
@@ -79,6 +92,11 @@ pub fn classify(env: &Envelope, namespace: &str) -> Event {
             // An exec'd process carries its exec id; the container's init
             // process carries the container id (older shims leave `id` empty).
             Ok(e) if e.id.is_empty() || e.id == e.container_id => Event::ContainerExit {
+                exited_at: e.exited_at.map(|t| {
+                    t.seconds
+                        .saturating_mul(1_000_000_000)
+                        .saturating_add(i64::from(t.nanos))
+                }),
                 container_id: e.container_id,
                 exit_status: e.exit_status,
             },
@@ -107,12 +125,14 @@ pub fn filters(namespace: &str) -> Vec<String> {
         .collect()
 }
 
-/// Follows containerd's task events and wakes the relist on container exits.
+/// Follows containerd's task events: shows container exits at once and
+/// wakes the relist.
 pub struct Subscriber {
     client: EventsClient<tonic::transport::Channel>,
     namespace: String,
-    cri: Option<RuntimeClient>,
     poke: Arc<Notify>,
+    /// Containers that ran out of memory, until their exit.
+    oom: HashMap<String, Instant>,
     metrics: RuntimeEventMetrics,
     initial_backoff: Duration,
     max_backoff: Duration,
@@ -134,7 +154,9 @@ enum State {
 
 impl Subscriber {
     /// A subscriber to the event service on `endpoint`'s socket (the CRI
-    /// endpoint: containerd serves both there), poking `poke`.
+    /// endpoint: containerd serves both there), poking `poke` and handing
+    /// exits to the sink installed on `metrics` (see
+    /// [`ExitSink`](crate::metrics::runtime_events::ExitSink)).
     pub fn new(
         endpoint: &str,
         poke: Arc<Notify>,
@@ -144,21 +166,12 @@ impl Subscriber {
         Ok(Self {
             client: EventsClient::new(channel),
             namespace: CRI_NAMESPACE.to_string(),
-            cri: None,
             poke,
+            oom: HashMap::new(),
             metrics,
             initial_backoff: INITIAL_BACKOFF,
             max_backoff: MAX_BACKOFF,
         })
-    }
-
-    /// Before poking, wait (briefly) until CRI reports the exited container
-    /// as no longer running. containerd's CRI plugin learns of the exit from
-    /// the same event, then deletes the task before it updates its store, so
-    /// a relist right at the event would still see the container running.
-    pub fn with_cri(mut self, cri: RuntimeClient) -> Self {
-        self.cri = Some(cri);
-        self
     }
 
     /// Another back-off (tests).
@@ -261,24 +274,30 @@ impl Subscriber {
         }
     }
 
-    fn handle(&self, env: &Envelope) {
+    fn handle(&mut self, env: &Envelope) {
         match classify(env, &self.namespace) {
             Event::ContainerExit {
                 container_id,
                 exit_status,
+                exited_at,
             } => {
                 self.metrics.inc("task_exit");
-                tracing::debug!(container.id = %container_id, exit_status, "container task exited");
-                match &self.cri {
-                    None => self.poke.notify_one(),
-                    Some(cri) => {
-                        let (cri, poke) = (cri.clone(), self.poke.clone());
-                        tokio::spawn(async move {
-                            settle(&cri, &container_id).await;
-                            poke.notify_one();
-                        });
-                    }
+                let exit = ContainerExit {
+                    oom: self.oom.remove(&container_id).is_some(),
+                    // containerd's CRI plugin keeps the status as this int32.
+                    exit_code: exit_status as i32,
+                    finished_at: exited_at.unwrap_or_else(crate::util::unix_nanos_now),
+                    container_id,
+                };
+                tracing::debug!(container.id = %exit.container_id, exit_code = exit.exit_code, oom = exit.oom, "container task exited");
+                if self
+                    .metrics
+                    .exit_sink()
+                    .is_some_and(|sink| sink.container_exited(&exit))
+                {
+                    self.metrics.inc("exit_reflected");
                 }
+                self.poke.notify_one();
             }
             Event::ExecExit {
                 container_id,
@@ -290,6 +309,17 @@ impl Subscriber {
             Event::Oom { container_id } => {
                 self.metrics.inc("task_oom");
                 tracing::debug!(container.id = %container_id, "container ran out of memory");
+                if self.oom.len() >= OOM_MEMORY
+                    && !self.oom.contains_key(&container_id)
+                    && let Some(oldest) = self
+                        .oom
+                        .iter()
+                        .min_by_key(|(_, at)| **at)
+                        .map(|(id, _)| id.clone())
+                {
+                    self.oom.remove(&oldest);
+                }
+                self.oom.insert(container_id, Instant::now());
             }
             Event::Other => self.metrics.inc("other_ignored"),
         }
@@ -302,47 +332,13 @@ fn unsupported(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::Unimplemented || status.message().contains("unknown service")
 }
 
-/// Wait until CRI no longer reports `id` (a container, or a pod's sandbox) as
-/// running, at most [`SETTLE_DEADLINE`]. Any error ends the wait: the relist
-/// then judges.
-async fn settle(cri: &RuntimeClient, id: &str) {
-    let deadline = Instant::now() + SETTLE_DEADLINE;
-    while still_running(cri, id).await && Instant::now() < deadline {
-        tokio::time::sleep(SETTLE_POLL).await;
-    }
-}
-
-async fn still_running(cri: &RuntimeClient, id: &str) -> bool {
-    let container = cri
-        .container_status(api::ContainerStatusRequest {
-            container_id: id.to_string(),
-            verbose: false,
-        })
-        .await;
-    match container {
-        Ok(r) => r
-            .status
-            .is_some_and(|s| s.state == api::ContainerState::ContainerRunning as i32),
-        // Not a container: the exit may be a pod sandbox's (pause) task.
-        Err(e) if e.is_not_found() => cri
-            .pod_sandbox_status(api::PodSandboxStatusRequest {
-                pod_sandbox_id: id.to_string(),
-                verbose: false,
-            })
-            .await
-            .ok()
-            .and_then(|r| r.status)
-            .is_some_and(|s| s.state == api::PodSandboxState::SandboxReady as i32),
-        Err(_) => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use berth_cri::{RuntimeClient, api};
     use berth_cri::fake::FakeRuntime;
     use prometheus_client::registry::Registry;
     use tokio::sync::mpsc;
@@ -350,6 +346,8 @@ mod tests {
     use tonic::Status;
 
     use super::*;
+    use crate::observed::ContainerState;
+    use crate::pleg::{Pleg, RuntimeCache};
 
     type Sender = mpsc::UnboundedSender<Result<Envelope, Status>>;
 
@@ -479,18 +477,40 @@ mod tests {
     }
 
     fn task_exit(namespace: &str, container_id: &str, id: &str) -> Envelope {
+        task_exit_with(namespace, container_id, id, 137, None)
+    }
+
+    fn task_exit_with(
+        namespace: &str,
+        container_id: &str,
+        id: &str,
+        exit_status: u32,
+        exited_at: Option<prost_types::Timestamp>,
+    ) -> Envelope {
         let exit = TaskExit {
             container_id: container_id.to_string(),
             id: id.to_string(),
             pid: 42,
-            exit_status: 137,
-            exited_at: None,
+            exit_status,
+            exited_at,
         };
         envelope(
             namespace,
             TOPIC_EXIT,
             exit.encode_to_vec(),
             "containerd.events.TaskExit",
+        )
+    }
+
+    fn task_oom(container_id: &str) -> Envelope {
+        let oom = TaskOom {
+            container_id: container_id.to_string(),
+        };
+        envelope(
+            "k8s.io",
+            TOPIC_OOM,
+            oom.encode_to_vec(),
+            "containerd.events.TaskOOM",
         )
     }
 
@@ -506,15 +526,11 @@ mod tests {
     fn spawn(
         endpoint: &str,
         m: &RuntimeEventMetrics,
-        cri: Option<RuntimeClient>,
     ) -> (Arc<Notify>, CancellationToken, tokio::task::JoinHandle<()>) {
         let poke = Arc::new(Notify::new());
-        let mut sub = Subscriber::new(endpoint, poke.clone(), m.clone())
+        let sub = Subscriber::new(endpoint, poke.clone(), m.clone())
             .unwrap()
             .with_backoff(Duration::from_millis(10), Duration::from_millis(50));
-        if let Some(cri) = cri {
-            sub = sub.with_cri(cri);
-        }
         let cancel = CancellationToken::new();
         let task = tokio::spawn(sub.run(cancel.clone()));
         (poke, cancel, task)
@@ -526,14 +542,16 @@ mod tests {
             classify(&task_exit("k8s.io", "c1", "c1"), "k8s.io"),
             Event::ContainerExit {
                 container_id: "c1".into(),
-                exit_status: 137
+                exit_status: 137,
+                exited_at: None
             }
         );
         assert_eq!(
             classify(&task_exit("k8s.io", "c1", ""), "k8s.io"),
             Event::ContainerExit {
                 container_id: "c1".into(),
-                exit_status: 137
+                exit_status: 137,
+                exited_at: None
             }
         );
         assert_eq!(
@@ -547,19 +565,28 @@ mod tests {
             classify(&task_exit("moby", "c1", "c1"), "k8s.io"),
             Event::Other
         );
-        let oom = TaskOom {
-            container_id: "c1".into(),
-        };
         assert_eq!(
             classify(
-                &envelope(
+                &task_exit_with(
                     "k8s.io",
-                    TOPIC_OOM,
-                    oom.encode_to_vec(),
-                    "containerd.events.TaskOOM"
+                    "c1",
+                    "c1",
+                    0,
+                    Some(prost_types::Timestamp {
+                        seconds: 2,
+                        nanos: 5
+                    })
                 ),
                 "k8s.io"
             ),
+            Event::ContainerExit {
+                container_id: "c1".into(),
+                exit_status: 0,
+                exited_at: Some(2_000_000_005)
+            }
+        );
+        assert_eq!(
+            classify(&task_oom("c1"), "k8s.io"),
             Event::Oom {
                 container_id: "c1".into()
             }
@@ -583,7 +610,7 @@ mod tests {
     async fn a_container_exit_pokes_an_exec_exit_or_another_namespace_does_not() {
         let events = FakeEvents::start().await;
         let m = metrics();
-        let (poke, cancel, task) = spawn(&events.endpoint(), &m, None);
+        let (poke, cancel, task) = spawn(&events.endpoint(), &m);
         events.wait_subscribes(1).await;
         assert_eq!(
             *events.shared.filters.lock().unwrap(),
@@ -611,7 +638,7 @@ mod tests {
     async fn a_stream_that_ends_is_subscribed_again() {
         let events = FakeEvents::start().await;
         let m = metrics();
-        let (poke, cancel, task) = spawn(&events.endpoint(), &m, None);
+        let (poke, cancel, task) = spawn(&events.endpoint(), &m);
         events.wait_subscribes(1).await;
 
         events.end_streams();
@@ -634,7 +661,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("containerd.sock");
         let m = metrics();
-        let (_poke, cancel, task) = spawn(&format!("unix://{}", socket.display()), &m, None);
+        let (_poke, cancel, task) = spawn(&format!("unix://{}", socket.display()), &m);
         // No socket yet: failures are counted, the subscriber keeps trying.
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(m.get("stream_error") >= 2, "{}", m.get("stream_error"));
@@ -648,7 +675,7 @@ mod tests {
         // The fake CRI serves CRI only, as CRI-O: Subscribe is Unimplemented.
         let cri = FakeRuntime::start().await;
         let m = metrics();
-        let (poke, _cancel, task) = spawn(&cri.endpoint(), &m, None);
+        let (poke, _cancel, task) = spawn(&cri.endpoint(), &m);
         tokio::time::timeout(Duration::from_secs(5), task)
             .await
             .expect("gives up at once")
@@ -658,20 +685,25 @@ mod tests {
         assert!(!poked(&poke, Duration::from_millis(50)).await);
     }
 
-    #[tokio::test]
-    async fn the_poke_waits_until_cri_has_seen_the_exit() {
-        let cri = FakeRuntime::start().await;
-        let client = cri.client().await;
-        let image = cri.add_image("busybox");
+    /// A running container `name` in a new sandbox of pod `uid` on the fake.
+    async fn running_container(
+        client: &RuntimeClient,
+        image: &str,
+        uid: &str,
+        name: &str,
+    ) -> String {
+        let labels: HashMap<String, String> =
+            [(crate::observed::keys::POD_UID.to_string(), uid.to_string())].into();
         let sandbox = client
             .run_pod_sandbox(api::RunPodSandboxRequest {
                 config: Some(api::PodSandboxConfig {
                     metadata: Some(api::PodSandboxMetadata {
-                        name: "p".into(),
-                        uid: "u1".into(),
+                        name: format!("p-{name}"),
+                        uid: uid.into(),
                         namespace: "default".into(),
                         attempt: 0,
                     }),
+                    labels: labels.clone(),
                     ..Default::default()
                 }),
                 runtime_handler: String::new(),
@@ -684,13 +716,14 @@ mod tests {
                 pod_sandbox_id: sandbox,
                 config: Some(api::ContainerConfig {
                     metadata: Some(api::ContainerMetadata {
-                        name: "c".into(),
+                        name: name.into(),
                         attempt: 0,
                     }),
                     image: Some(api::ImageSpec {
-                        image,
+                        image: image.into(),
                         ..Default::default()
                     }),
+                    labels,
                     ..Default::default()
                 }),
                 sandbox_config: None,
@@ -704,18 +737,105 @@ mod tests {
             })
             .await
             .unwrap();
+        id
+    }
+
+    /// The newest state of container `id` of pod `uid` as `/pods` would show it.
+    fn shown(cache: &RuntimeCache, uid: &str, id: &str) -> crate::observed::ObservedContainer {
+        cache
+            .get(uid)
+            .containers
+            .into_iter()
+            .find(|c| c.id == id)
+            .expect("container in the cache")
+    }
+
+    async fn wait_shown_exited(cache: &RuntimeCache, uid: &str, id: &str) {
+        for _ in 0..200 {
+            if shown(cache, uid, id).state == ContainerState::Exited {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("container {id} not shown exited");
+    }
+
+    #[tokio::test]
+    async fn an_exit_is_shown_at_once_before_cri_reports_it_and_an_oom_makes_it_oom_killed() {
+        let cri = FakeRuntime::start().await;
+        let client = cri.client().await;
+        let image = cri.add_image("busybox");
+        let killed = running_container(&client, &image, "u1", "killed").await;
+        let oomed = running_container(&client, &image, "u2", "oomed").await;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let cache = RuntimeCache::new();
+        let mut pleg = Pleg::new(client.clone(), cache.clone(), metrics.clone());
+        pleg.relist().await.unwrap();
+        assert_eq!(shown(&cache, "u1", &killed).state, ContainerState::Running);
 
         let events = FakeEvents::start().await;
-        let m = metrics();
-        let (poke, cancel, task) = spawn(&events.endpoint(), &m, Some(client));
+        let m = metrics.runtime_events.clone();
+        let (poke, cancel, task) = spawn(&events.endpoint(), &m);
         events.wait_subscribes(1).await;
-        // The event comes before CRI has seen the exit: no poke yet…
-        events.publish(task_exit("k8s.io", &id, &id));
-        assert!(!poked(&poke, Duration::from_millis(200)).await);
-        // …then CRI reports it exited, and the relist is woken.
-        assert!(cri.exit_container(&id, 137));
-        assert!(poked(&poke, Duration::from_secs(2)).await);
 
+        // An exec'd process of the container exits: the container runs on.
+        events.publish(task_exit("k8s.io", &killed, "exec-1"));
+        assert!(!poked(&poke, Duration::from_millis(100)).await);
+        assert_eq!(shown(&cache, "u1", &killed).state, ContainerState::Running);
+
+        // Its own task exits: shown exited at once, CRI still says running.
+        let at = prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 7,
+        };
+        events.publish(task_exit_with("k8s.io", &killed, &killed, 137, Some(at)));
+        wait_shown_exited(&cache, "u1", &killed).await;
+        assert!(
+            poked(&poke, Duration::from_secs(1)).await,
+            "the relist is woken"
+        );
+        let c = shown(&cache, "u1", &killed);
+        assert_eq!(
+            (c.exit_code, c.finished_at, c.reason.as_str()),
+            (137, 1_700_000_000_000_000_007, "Error")
+        );
+        assert_eq!(
+            cri.container(&killed).map(|c| c.state),
+            Some(api::ContainerState::ContainerRunning)
+        );
+
+        // An OOM, then the exit: OOMKilled, as CRI will say.
+        events.publish(task_oom(&oomed));
+        events.publish(task_exit("k8s.io", &oomed, &oomed));
+        wait_shown_exited(&cache, "u2", &oomed).await;
+        assert_eq!(shown(&cache, "u2", &oomed).reason, "OOMKilled");
+
+        // An exit of a container the cache never listed: the relist judges.
+        events.publish(task_exit("k8s.io", "unknown", "unknown"));
+        for _ in 0..200 {
+            if m.get("task_exit") == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(m.get("task_exit"), 3);
+        assert_eq!(m.get("task_oom"), 1);
+        assert_eq!(m.get("exit_reflected"), 2);
+        assert_eq!(m.get("exec_exit_ignored"), 1);
+
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn without_a_pleg_an_exit_only_pokes() {
+        let events = FakeEvents::start().await;
+        let m = metrics();
+        let (poke, cancel, task) = spawn(&events.endpoint(), &m);
+        events.wait_subscribes(1).await;
+        events.publish(task_exit("k8s.io", "c1", "c1"));
+        assert!(poked(&poke, Duration::from_secs(5)).await);
+        assert_eq!(m.get("exit_reflected"), 0);
         cancel.cancel();
         task.await.unwrap();
     }

@@ -30,6 +30,14 @@ const TEXT: &str = "text/plain; charset=utf-8";
 pub trait NodeView: Send + Sync + 'static {
     /// Every pod the agent runs, with `status` filled in.
     fn pods(&self) -> Vec<Pod>;
+    /// One pod by namespace and name, with `status` filled in. Views whose
+    /// status is costly override this to build only that one.
+    fn pod(&self, namespace: &str, name: &str) -> Option<Pod> {
+        self.pods().into_iter().find(|p| {
+            p.metadata.name.as_deref() == Some(name)
+                && p.metadata.namespace.as_deref().unwrap_or("default") == namespace
+        })
+    }
     /// The manifests rejected in the latest reading.
     fn manifest_errors(&self) -> Vec<ManifestError>;
     /// Unsupported fields per pod, as (`namespace/name`, warnings).
@@ -184,11 +192,7 @@ async fn get_pod(
     State(state): State<AppState>,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Response {
-    let found = state.view.pods().into_iter().find(|p| {
-        p.metadata.name.as_deref() == Some(name.as_str())
-            && p.metadata.namespace.as_deref().unwrap_or("default") == namespace
-    });
-    match found {
+    match state.view.pod(&namespace, &name) {
         Some(pod) => json(StatusCode::OK, &pod),
         None => json(
             StatusCode::NOT_FOUND,

@@ -43,8 +43,10 @@ impl RuntimeManager {
         // status adds nothing new to an object the relist (or this manager's
         // own call) already read in that same state: a sandbox's network is
         // fixed for its life, a container's times and exit change only with
-        // its state. So status calls go only to what is new or changed.
-        let known = self.runtime_cache.as_ref().map(|c| c.get(uid));
+        // its state. So status calls go only to what is new or changed. An
+        // exit only containerd's event has reported is no such reading: it
+        // lacks CRI's termination message, so it is not reused.
+        let known = self.runtime_cache.as_ref().map(|c| c.confirmed(uid));
         let known = known.as_ref();
         for sb in &sandboxes {
             let ready = sb.state == api::PodSandboxState::SandboxReady as i32;

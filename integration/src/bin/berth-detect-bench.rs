@@ -20,7 +20,8 @@
 //! generation, so restart back-off never keeps a kill waiting: when every pod
 //! of a generation was killed, the pods are replaced by a new generation.
 //!
-//! Usage: `berth-detect-bench [--pods 10,100] [--kills K] [--idle-secs S] [--quick]`
+//! Usage: `berth-detect-bench [--pods 10,100] [--kills K] [--idle-secs S]
+//! [--modes events,relist_only] [--quick]`
 //! (as root, after integration/setup.sh and a workspace build). The agent is
 //! `$BERTH_AGENT_BIN` if set, else the workspace's dev build.
 
@@ -59,6 +60,9 @@ struct Args {
     /// Short run: 10 pods, 20 kills.
     #[arg(long)]
     quick: bool,
+    /// Modes to measure, in order (`events`, `relist_only`); default both.
+    #[arg(long, value_delimiter = ',')]
+    modes: Option<Vec<String>>,
     /// How long pods get to start (or go away), in seconds.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
@@ -385,7 +389,15 @@ fn main() -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let mut modes = serde_json::Map::new();
-    for mode in [Mode::Events, Mode::RelistOnly] {
+    let wanted = |m: Mode| {
+        args.modes
+            .as_ref()
+            .is_none_or(|w| w.iter().any(|x| x == m.name()))
+    };
+    for mode in [Mode::Events, Mode::RelistOnly]
+        .into_iter()
+        .filter(|&m| wanted(m))
+    {
         modes.insert(
             mode.name().to_string(),
             measure(mode, &counts, kills, &args)?,
