@@ -403,7 +403,11 @@ impl RuntimeManager {
             .latest_sandbox()
             .map(|s| s.attempt + 1)
             .unwrap_or(0)
-            .max(transient.last_sandbox_attempt.map_or(0, |a| a.saturating_add(1)));
+            .max(
+                transient
+                    .last_sandbox_attempt
+                    .map_or(0, |a| a.saturating_add(1)),
+            );
         transient.last_sandbox_attempt = Some(attempt);
         // The pod's cgroup with its values, before the runtime puts the
         // sandbox in it (the kubelet's EnsureExists, after UpdateQOSCgroups).
