@@ -9,7 +9,9 @@
 #    with BERTH_REQUIRE_RUNTIME=1 so runtime tests fail instead of skipping
 # 4. a leak check: no test containerd, shim, pod, bridge, mount or cluster
 #    network namespace may remain
-# 5. integration/bench.sh, a short run (figures as JSON); BERTH_BENCH=0 skips it
+# 5. fuzz/run.sh: every fuzz target for a bounded time (FUZZ_SECONDS, default
+#    15 s each) on a new, printed seed (FUZZ_SEED replays one)
+# 6. integration/bench.sh, a short run (figures as JSON); BERTH_BENCH=0 skips it
 #
 # Environment:
 #   BERTH_SOAK=1          run the long variants of tests (off by default)
@@ -93,6 +95,11 @@ if (( ${#leaks[@]} )); then
   printf '  %s\n' "${leaks[@]}" >&2
   failed+=("leak check")
 fi
+
+# The fuzz targets for a bounded time (their regression inputs already ran in
+# the suite). A slow input fails only past 3 s here: CI machines vary.
+echo "==> fuzz/run.sh"
+bash fuzz/run.sh --timeout-ms 3000 || failed+=("fuzz")
 
 # The benchmark prints figures (JSON), asserts nothing; a short run by default,
 # BERTH_BENCH=0 to skip it, BERTH_BENCH_ITERATIONS for more samples.

@@ -338,8 +338,8 @@ mod tests {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use berth_cri::{RuntimeClient, api};
     use berth_cri::fake::FakeRuntime;
+    use berth_cri::{RuntimeClient, api};
     use prometheus_client::registry::Registry;
     use tokio::sync::mpsc;
     use tokio_stream::wrappers::{UnboundedReceiverStream, UnixListenerStream};

@@ -616,9 +616,11 @@ pub fn parse_manifest(
     bytes: &[u8],
     node_name: &str,
 ) -> Result<SourcedPod, ManifestError> {
+    // The field path names map keys as written (a resource name, a label), so a
+    // hostile key makes it as long as a reason: both are cut the same way.
     let error = |field: Option<String>, reason: String| ManifestError {
         file: path.to_path_buf(),
-        field,
+        field: field.map(shorten_reason),
         reason: shorten_reason(reason),
     };
     let field_error = |e: FieldError| error(Some(e.field), e.reason);
@@ -1211,6 +1213,24 @@ spec:
         let e = parse_manifest(Path::new("/m/long.yaml"), yaml.as_bytes(), NODE).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("metadata.name"));
         assert!(e.reason.len() < 1200, "{}", e.reason.len());
+    }
+
+    #[test]
+    fn long_field_paths_are_cut_like_reasons() {
+        // The field names a map key as written: a 20 KB resource name made a
+        // 20 KB field (found by fuzzing: fuzz/regressions/manifest/long-field-path.json).
+        let json = format!(
+            r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "p"}}, "spec": {{"containers":
+                [{{"name": "c", "image": "i", "resources": {{"requests": {{"{}": "1"}}}}}}]}}}}"#,
+            "r".repeat(20_000)
+        );
+        let e = parse_manifest(Path::new("/m/key.json"), json.as_bytes(), NODE).unwrap_err();
+        let field = e.field.expect("a field");
+        assert!(field.len() < MAX_REASON_BYTES + 64, "{}", field.len());
+        assert!(
+            field.starts_with("spec.containers[0].resources.requests"),
+            "{field}"
+        );
     }
 
     #[test]

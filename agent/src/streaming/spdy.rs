@@ -301,7 +301,7 @@ impl Default for HeaderDecompressor {
 impl HeaderDecompressor {
     /// Decompress one header block (compressed in the peer's context).
     pub fn decompress(&mut self, input: &[u8]) -> Result<Vec<u8>, Error> {
-        let mut out = Vec::with_capacity(input.len() * 4 + 256);
+        let mut out = Vec::with_capacity((input.len() * 4 + 256).min(MAX_HEADER_BLOCK + 1));
         let mut pos = 0usize;
         loop {
             if out.len() == out.capacity() {
@@ -312,13 +312,22 @@ impl HeaderDecompressor {
                         max: MAX_HEADER_BLOCK,
                     });
                 }
-                out.reserve(out.len().max(256));
+                // Never beyond one byte over the limit, so the limit is exact
+                // whatever the input's size made the first allocation.
+                out.reserve_exact(out.len().max(256).min(MAX_HEADER_BLOCK + 1 - out.len()));
             }
             let (in_before, out_before) = (self.0.total_in(), out.len());
             let result = self
                 .0
                 .decompress_vec(&input[pos..], &mut out, FlushDecompress::Sync);
             pos += (self.0.total_in() - in_before) as usize;
+            if out.len() > MAX_HEADER_BLOCK {
+                return Err(Error::TooLarge {
+                    what: "header block",
+                    len: out.len(),
+                    max: MAX_HEADER_BLOCK,
+                });
+            }
             match result {
                 Ok(_) => {}
                 // The stream's header names the preset dictionary (first block).
@@ -1200,6 +1209,21 @@ mod tests {
             e.encode(&Frame::Ping { id: 2 }).unwrap(),
             [0x80, 3, 0, 6, 0, 0, 0, 4, 0, 0, 0, 2]
         );
+    }
+
+    #[test]
+    fn header_block_limit_is_exact_whatever_the_compressed_size() {
+        // A block of 270 KB compressed to ~300 bytes was accepted: the first
+        // allocation, sized by the input, decided where the limit fell
+        // (found by fuzzing: fuzz/regressions/spdy/header-block-over-limit).
+        for (n, ok) in [(MAX_HEADER_BLOCK, true), (MAX_HEADER_BLOCK + 1, false)] {
+            let value = "a".repeat(n - 13); // 4 + (4 + 1) + 4 bytes around it
+            let block = header_block(&vec![h("x", &value)]);
+            assert_eq!(block.len(), n);
+            let compressed = HeaderCompressor::new().unwrap().compress(&block).unwrap();
+            let got = HeaderDecompressor::default().decompress(&compressed);
+            assert_eq!(got.is_ok(), ok, "{n} bytes: {:?}", got.map(|b| b.len()));
+        }
     }
 
     #[test]

@@ -45,7 +45,11 @@ pub fn apply(kind: PatchType, target: &Value, patch: &[u8]) -> ApiResult<Value> 
             let p: json_patch::Patch = serde_json::from_slice(patch)
                 .map_err(|e| ApiError::BadRequest(format!("invalid JSON patch: {e}")))?;
             let mut out = target.clone();
-            json_patch::patch(&mut out, &p).map_err(|e| {
+            // `patch_unsafe`: on a failed operation `out` is dropped, so there is
+            // nothing to undo; json_patch's undo (in `patch`) panics on a `move`
+            // of a value into itself that an earlier operation made possible
+            // (fuzz/regressions/patch/json-move-into-itself).
+            json_patch::patch_unsafe(&mut out, &p).map_err(|e| {
                 ApiError::BadRequest(format!(
                     "the server rejected our request due to an error in our request: {e}"
                 ))
@@ -290,6 +294,14 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn failed_json_patch_after_a_move_over_the_parent_is_an_error_not_a_panic() {
+        let t = json!({"metadata": {"labels": {"a": "1"}}});
+        let p = br#"[{"op": "move", "from": "/metadata/labels/a", "path": "/metadata"},
+                     {"op": "test", "path": "/nope", "value": 1}]"#;
+        assert!(apply(PatchType::Json, &t, p).is_err());
     }
 
     #[test]

@@ -61,7 +61,9 @@ impl Shared {
         // The sandbox image can be pulled from the start, as a node's pause
         // image can (the agent's host check pulls it when absent).
         let mut state = State::default();
-        state.pullable.insert(crate::fake::SANDBOX_IMAGE.to_string());
+        state
+            .pullable
+            .insert(crate::fake::SANDBOX_IMAGE.to_string());
         Self {
             state: Mutex::new(state),
             up: watch::Sender::new(false),

@@ -316,6 +316,45 @@ fn parse_json(body: &[u8]) -> ApiResult<Value> {
     })
 }
 
+/// A create or update body of `res` in `namespace` decoded as the handlers
+/// decode it, without a connection: a protobuf body converted to JSON as
+/// [`read_body`] does, then `decode_body` (with `fieldValidation`). With `old`,
+/// the decoded object then goes through `prepare_update` (strategy defaults
+/// and validation) as an update of `old`. For the fuzz targets (`berth-fuzz`).
+#[doc(hidden)]
+pub fn decode_request_body(
+    res: &'static Resource,
+    namespace: Option<&str>,
+    field_validation: Option<&str>,
+    protobuf_body: bool,
+    body: &[u8],
+    old: Option<&Value>,
+) -> ApiResult<(Value, Vec<String>)> {
+    let converted;
+    let body = if protobuf_body {
+        converted = protobuf::decode(body)?.to_string();
+        converted.as_bytes()
+    } else {
+        body
+    };
+    let target = Target {
+        res,
+        namespace: namespace.map(str::to_string),
+        name: None,
+        sub: None,
+        user: None,
+    };
+    let mut params = Params::new();
+    if let Some(v) = field_validation {
+        params.insert("fieldValidation".into(), v.into());
+    }
+    let (obj, warnings) = write::decode_body(&target, &params, body)?;
+    match old {
+        Some(old) => Ok((write::prepare_update(&target, old, obj)?, warnings)),
+        None => Ok((obj, warnings)),
+    }
+}
+
 fn key_of(target: &Target, name: &str) -> ApiResult<String> {
     object_key(target.res.name, target.namespace.as_deref(), name)
         .map_err(|e| ApiError::BadRequest(e.to_string()))
