@@ -48,5 +48,8 @@ if [ -n "${FUZZ_SEED:-}" ]; then
     args+=(--seed "$FUZZ_SEED")
 fi
 
-cargo build -p berth-fuzz --bin berth-fuzz --locked || exit 2
+# The same build as integration/test.sh (whole workspace, all targets): a
+# narrower one (-p berth-fuzz) resolves features differently (berth-cri/fake)
+# and rebuilds half the workspace a second time.
+cargo build --workspace --all-targets --locked || exit 2
 exec "${CARGO_TARGET_DIR:-target}/debug/berth-fuzz" --seconds "$seconds" "${args[@]}"

@@ -570,7 +570,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()
             relist_poke.clone(),
             metrics.runtime_events.clone(),
         ) {
-            Ok(sub) => Some(tokio::spawn(sub.run(cancel.clone()))),
+            Ok(sub) => Some(tokio::spawn(sub.with_cri(client.clone()).run(cancel.clone()))),
             Err(error) => {
                 tracing::warn!(%error, "not following containerd's task events; relist alone notices exits");
                 None

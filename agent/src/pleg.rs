@@ -101,7 +101,7 @@ impl EventExit {
             c.exit_code = self.exit.exit_code;
             c.finished_at = self.exit.finished_at;
             c.reason = self.exit.reason().to_string();
-            c.message.clear();
+            c.message = self.exit.message.clone();
         }
     }
 }
@@ -814,6 +814,7 @@ mod tests {
 
     fn exit(id: &str, exit_code: i32, oom: bool) -> ContainerExit {
         ContainerExit {
+            message: String::new(),
             container_id: id.to_string(),
             exit_code,
             finished_at: 1_700_000_000_000_000_000,

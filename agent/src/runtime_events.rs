@@ -30,6 +30,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use berth_cri::{RuntimeClient, api};
 use containerd_client::events::{TaskExit, TaskOom};
 use containerd_client::services::v1::SubscribeRequest;
 use containerd_client::services::v1::events_client::EventsClient;
@@ -39,6 +40,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::runtime_events::{ContainerExit, RuntimeEventMetrics};
+use crate::observed;
 
 /// The containerd namespace the CRI plugin keeps its containers in.
 pub const CRI_NAMESPACE: &str = "k8s.io";
@@ -129,6 +131,9 @@ pub fn filters(namespace: &str) -> Vec<String> {
 /// wakes the relist.
 pub struct Subscriber {
     client: EventsClient<tonic::transport::Channel>,
+    /// CRI, to read an exited container's termination message before its
+    /// exit is shown; without it exits only wake the relist.
+    cri: Option<RuntimeClient>,
     namespace: String,
     poke: Arc<Notify>,
     /// Containers that ran out of memory, until their exit.
@@ -165,6 +170,7 @@ impl Subscriber {
         let channel = berth_cri::unix_channel(endpoint, Duration::from_secs(5))?;
         Ok(Self {
             client: EventsClient::new(channel),
+            cri: None,
             namespace: CRI_NAMESPACE.to_string(),
             poke,
             oom: HashMap::new(),
@@ -172,6 +178,13 @@ impl Subscriber {
             initial_backoff: INITIAL_BACKOFF,
             max_backoff: MAX_BACKOFF,
         })
+    }
+
+    /// Read exited containers' termination messages over CRI, so their exits
+    /// can be shown at once (see [`termination_message`]).
+    pub fn with_cri(mut self, cri: RuntimeClient) -> Self {
+        self.cri = Some(cri);
+        self
     }
 
     /// Another back-off (tests).
@@ -247,7 +260,7 @@ impl Subscriber {
                     };
                     match msg {
                         Ok(Some(env)) => {
-                            self.handle(&env);
+                            self.handle(&env).await;
                             State::Following { stream, delay }
                         }
                         ended => {
@@ -274,7 +287,7 @@ impl Subscriber {
         }
     }
 
-    fn handle(&mut self, env: &Envelope) {
+    async fn handle(&mut self, env: &Envelope) {
         match classify(env, &self.namespace) {
             Event::ContainerExit {
                 container_id,
@@ -282,7 +295,8 @@ impl Subscriber {
                 exited_at,
             } => {
                 self.metrics.inc("task_exit");
-                let exit = ContainerExit {
+                let mut exit = ContainerExit {
+                    message: String::new(),
                     oom: self.oom.remove(&container_id).is_some(),
                     // containerd's CRI plugin keeps the status as this int32.
                     exit_code: exit_status as i32,
@@ -290,11 +304,19 @@ impl Subscriber {
                     container_id,
                 };
                 tracing::debug!(container.id = %exit.container_id, exit_code = exit.exit_code, oom = exit.oom, "container task exited");
-                if self
-                    .metrics
-                    .exit_sink()
-                    .is_some_and(|sink| sink.container_exited(&exit))
-                {
+                // The exit is shown only with its termination message, as the
+                // kubelet never shows one without the other.
+                let message = match &self.cri {
+                    Some(cri) => termination_message(cri, &exit).await,
+                    None => None,
+                };
+                let shown = message.is_some_and(|m| {
+                    exit.message = m;
+                    self.metrics
+                        .exit_sink()
+                        .is_some_and(|sink| sink.container_exited(&exit))
+                });
+                if shown {
                     self.metrics.inc("exit_reflected");
                 }
                 self.poke.notify_one();
@@ -330,6 +352,40 @@ impl Subscriber {
 /// has no such service, and asking again will not change that.
 fn unsupported(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::Unimplemented || status.message().contains("unknown service")
+}
+
+/// The termination message of the container whose exit is `exit`, read as
+/// the relist will read it once CRI reports the exit
+/// ([`observed::fill_termination_message`]): the termination-message file is
+/// complete when the process has exited. `None` when it cannot be known yet:
+/// CRI cannot be asked, or `FallbackToLogsOnError` with a failure and no
+/// file message, whose log tail containerd may still be copying. Then only
+/// the relist shows the exit.
+async fn termination_message(cri: &RuntimeClient, exit: &ContainerExit) -> Option<String> {
+    let status = cri
+        .container_status(api::ContainerStatusRequest {
+            container_id: exit.container_id.clone(),
+            verbose: false,
+        })
+        .await
+        .ok()?
+        .status?;
+    let mut from_file = status.clone();
+    from_file.state = api::ContainerState::ContainerExited as i32;
+    from_file.exit_code = exit.exit_code;
+    from_file.message.clear();
+    from_file
+        .annotations
+        .remove(observed::keys::CONTAINER_TERMINATION_MESSAGE_POLICY);
+    observed::fill_termination_message(&mut from_file);
+    let fallback = status
+        .annotations
+        .get(observed::keys::CONTAINER_TERMINATION_MESSAGE_POLICY)
+        .is_some_and(|p| p == "FallbackToLogsOnError");
+    if fallback && exit.exit_code != 0 && from_file.message.is_empty() {
+        return None;
+    }
+    Some(from_file.message)
 }
 
 #[cfg(test)]
@@ -527,10 +583,22 @@ mod tests {
         endpoint: &str,
         m: &RuntimeEventMetrics,
     ) -> (Arc<Notify>, CancellationToken, tokio::task::JoinHandle<()>) {
+        spawn_with(endpoint, m, None)
+    }
+
+    /// [`spawn`], reading termination messages over `cri` when given.
+    fn spawn_with(
+        endpoint: &str,
+        m: &RuntimeEventMetrics,
+        cri: Option<RuntimeClient>,
+    ) -> (Arc<Notify>, CancellationToken, tokio::task::JoinHandle<()>) {
         let poke = Arc::new(Notify::new());
-        let sub = Subscriber::new(endpoint, poke.clone(), m.clone())
+        let mut sub = Subscriber::new(endpoint, poke.clone(), m.clone())
             .unwrap()
             .with_backoff(Duration::from_millis(10), Duration::from_millis(50));
+        if let Some(cri) = cri {
+            sub = sub.with_cri(cri);
+        }
         let cancel = CancellationToken::new();
         let task = tokio::spawn(sub.run(cancel.clone()));
         (poke, cancel, task)
@@ -775,7 +843,7 @@ mod tests {
 
         let events = FakeEvents::start().await;
         let m = metrics.runtime_events.clone();
-        let (poke, cancel, task) = spawn(&events.endpoint(), &m);
+        let (poke, cancel, task) = spawn_with(&events.endpoint(), &m, Some(client.clone()));
         events.wait_subscribes(1).await;
 
         // An exec'd process of the container exits: the container runs on.

@@ -141,6 +141,24 @@ fn wait_event(agent: &Agent, reason: &str, part: &str) -> Result<()> {
     })
 }
 
+/// Pod `name`'s status once it is `FailedCreatePodSandBox` with a message
+/// containing `part`.
+fn wait_sandbox_failure(agent: &Agent, name: &str, part: &str) -> Result<Value> {
+    let full = agent.static_pod_name(name);
+    let mut last = Value::Null;
+    let r = agent.poll(
+        T,
+        &format!("{full}: FailedCreatePodSandBox, {part:?}"),
+        || {
+            last = agent.pod("default", &full)?.unwrap_or_default()["status"].clone();
+            Ok((last["reason"] == "FailedCreatePodSandBox"
+                && last["message"].as_str().is_some_and(|m| m.contains(part)))
+            .then(|| last.clone()))
+        },
+    );
+    r.with_context(|| format!("last status: {last}"))
+}
+
 /// A full disk, then a read-only root dir: each named on /healthz and in the
 /// status of a pod that cannot start; the running pod is left alone; fixed,
 /// the waiting pod starts by itself. A `kill -9` while the root dir is
@@ -262,24 +280,7 @@ fn a_missing_cni_plugin_and_pause_image_are_named_and_outlived() -> Result<()> {
         &["CNI plugin \"bridge\"", &bin.display().to_string()],
     )?;
     agent.write_manifest("net.yaml", &manifest("net"))?;
-    let full = agent.static_pod_name("net");
-    let mut last = Value::Null;
-    agent
-        .poll(T, "the net pod to show FailedCreatePodSandBox", || {
-            let p = agent.pod("default", &full)?.unwrap_or_default();
-            last = p["status"].clone();
-            Ok(last
-                .to_string()
-                .contains("FailedCreatePodSandBox")
-                .then_some(()))
-        })
-        .with_context(|| format!("last status: {last}"))?;
-    assert!(
-        last["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("failed to find plugin \"bridge\"")),
-        "the pod's message names the plugin: {last}"
-    );
+    wait_sandbox_failure(&agent, "net", "failed to find plugin \"bridge\"")?;
     wait_event(&agent, "FailedCreatePodSandBox", "failed to find plugin")?;
     std::os::unix::fs::symlink(system.join("bridge"), bin.join("bridge"))?;
     agent.wait_healthy(Duration::from_secs(15))?;
@@ -292,23 +293,7 @@ fn a_missing_cni_plugin_and_pause_image_are_named_and_outlived() -> Result<()> {
         &["pod sandbox image", PAUSE_IMAGE, "could not be pulled"],
     )?;
     agent.write_manifest("pause.yaml", &manifest("pause"))?;
-    let full = agent.static_pod_name("pause");
-    agent
-        .poll(T, "the pause pod to show FailedCreatePodSandBox", || {
-            let p = agent.pod("default", &full)?.unwrap_or_default();
-            last = p["status"].clone();
-            Ok(last
-                .to_string()
-                .contains("FailedCreatePodSandBox")
-                .then_some(()))
-        })
-        .with_context(|| format!("last status: {last}"))?;
-    assert!(
-        last["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("failed to get sandbox image")),
-        "the pod's message names the sandbox image: {last}"
-    );
+    wait_sandbox_failure(&agent, "pause", "failed to get sandbox image")?;
     wait_event(
         &agent,
         "FailedCreatePodSandBox",

@@ -47,6 +47,9 @@ pub struct ContainerExit {
     pub finished_at: i64,
     /// The container's cgroup ran out of memory during its life.
     pub oom: bool,
+    /// The termination message, read as the relist would (the
+    /// termination-message file; see `runtime_events`).
+    pub message: String,
 }
 
 impl ContainerExit {
