@@ -43,6 +43,10 @@ pub const FAILING_PERIOD: Duration = Duration::from_secs(2);
 pub const MIN_AVAILABLE: u64 = 1 << 20;
 /// How long one pull of the sandbox image may take here.
 const PULL_TIMEOUT: Duration = Duration::from_secs(120);
+/// After a failed pull of the sandbox image, the next waits this long (its
+/// presence is still checked every pass, so an image put there by hand is
+/// seen at once).
+const PULL_RETRY: Duration = Duration::from_secs(30);
 /// The file a writability check writes and removes.
 pub const PROBE_FILE: &str = ".berth-write-check";
 
@@ -60,6 +64,8 @@ pub enum Check {
 #[derive(Debug, Default)]
 pub struct HostHealth {
     failing: RwLock<BTreeMap<Check, String>>,
+    /// The last failed pull of the sandbox image: when, and why.
+    failed_pull: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
 
 impl HostHealth {
@@ -189,7 +195,7 @@ pub async fn check_once(ctx: &Context) {
         if let Some(image) = image {
             results.push((
                 Check::SandboxImage,
-                ensure_sandbox_image(&ctx.client, &image).await,
+                ensure_sandbox_image(&ctx.client, &image, &ctx.health).await,
             ));
         }
     }
@@ -308,8 +314,15 @@ pub fn check_cni(conf_dir: &Path, bin_dirs: &[PathBuf]) -> Result<(), String> {
     Ok(())
 }
 
-/// The sandbox image is present, or pulled now.
-async fn ensure_sandbox_image(client: &RuntimeClient, image: &str) -> Result<(), String> {
+/// The sandbox image is present, or pulled now. After a failed pull its
+/// reason stands for [`PULL_RETRY`] before the next try; the image's presence
+/// is still checked every pass.
+async fn ensure_sandbox_image(
+    client: &RuntimeClient,
+    image: &str,
+    health: &HostHealth,
+) -> Result<(), String> {
+    let last_failure = || health.failed_pull.lock().unwrap_or_else(|e| e.into_inner());
     let spec = || {
         Some(api::ImageSpec {
             image: image.to_string(),
@@ -323,10 +336,18 @@ async fn ensure_sandbox_image(client: &RuntimeClient, image: &str) -> Result<(),
         })
         .await
     {
-        Ok(r) if r.image.is_some() => return Ok(()),
+        Ok(r) if r.image.is_some() => {
+            *last_failure() = None;
+            return Ok(());
+        }
         Ok(_) => {}
         // Unreachable: the PLEG says so; nothing to add here.
         Err(_) => return Ok(()),
+    }
+    if let Some((at, reason)) = last_failure().as_ref()
+        && at.elapsed() < PULL_RETRY
+    {
+        return Err(reason.clone());
     }
     tracing::info!(image, "pod sandbox image is not present; pulling it");
     let pull = client.pull_image(api::PullImageRequest {
@@ -334,7 +355,7 @@ async fn ensure_sandbox_image(client: &RuntimeClient, image: &str) -> Result<(),
         auth: None,
         sandbox_config: None,
     });
-    match tokio::time::timeout(PULL_TIMEOUT, pull).await {
+    let result = match tokio::time::timeout(PULL_TIMEOUT, pull).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(format!(
             "pod sandbox image \"{image}\" is not present and could not be pulled: {e}"
@@ -343,7 +364,12 @@ async fn ensure_sandbox_image(client: &RuntimeClient, image: &str) -> Result<(),
             "pod sandbox image \"{image}\" is not present and could not be pulled within {}s",
             PULL_TIMEOUT.as_secs()
         )),
-    }
+    };
+    *last_failure() = result
+        .as_ref()
+        .err()
+        .map(|e| (std::time::Instant::now(), e.clone()));
+    result
 }
 
 /// The directory's filesystem has room and takes a write.
@@ -405,6 +431,40 @@ mod tests {
                 .into())
         );
         assert!(runtime_condition(&[]).unwrap_err().contains("RuntimeReady"));
+    }
+
+    #[tokio::test]
+    async fn a_sandbox_image_that_cannot_be_pulled_is_retried_after_a_while() {
+        let fake = berth_cri::fake::FakeRuntime::start().await;
+        let client = fake.client().await;
+        let health = HostHealth::default();
+        let image = "registry.example/berth/pause:none";
+        let err = ensure_sandbox_image(&client, image, &health)
+            .await
+            .unwrap_err();
+        assert!(
+            err.starts_with(&format!(
+                "pod sandbox image \"{image}\" is not present and could not be pulled"
+            )),
+            "{err}"
+        );
+        // Within the retry period: the same reason, no second pull.
+        assert_eq!(
+            ensure_sandbox_image(&client, image, &health).await,
+            Err(err)
+        );
+        assert_eq!(fake.call_count("PullImage"), 1);
+        // Put there by hand: seen at once.
+        fake.add_image(image);
+        assert_eq!(ensure_sandbox_image(&client, image, &health).await, Ok(()));
+        assert!(health.failed_pull.lock().unwrap().is_none());
+        // The fake's own sandbox image is pulled when absent.
+        let sandbox = berth_cri::fake::SANDBOX_IMAGE;
+        assert_eq!(
+            ensure_sandbox_image(&client, sandbox, &health).await,
+            Ok(())
+        );
+        assert_eq!(fake.call_count("PullImage"), 2);
     }
 
     #[test]
