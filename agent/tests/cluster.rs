@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use berth_agent::config::{Config, Flags};
 use berth_cri::fake::FakeRuntime;
+use berth_test_support::{free_port, required};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
@@ -20,11 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 const NODE: &str = "node-a";
 const IMAGE: &str = "localhost/berth/busybox:1.36";
-
-fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("BERTH_REQUIRE_RUNTIME").is_ok_and(|v| v == "1")
-}
 
 fn apiserver_binary() -> Option<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -45,14 +41,6 @@ fn apiserver_binary() -> Option<PathBuf> {
         bin.display()
     );
     None
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Apiserver {

@@ -9,18 +9,11 @@ use std::time::{Duration, Instant};
 
 use berth_agent::config::{Config, Flags};
 use berth_cri::fake::FakeRuntime;
+use berth_test_support::free_port;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 const IMAGE: &str = "busybox:1.36";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn manifest(name: &str) -> String {
     format!(

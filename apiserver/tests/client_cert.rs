@@ -12,6 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_apiserver::api::tls::{self, ClientCertificate, PkiPaths};
+use berth_test_support::{free_port, required};
 use hyper::{Method, StatusCode};
 use tls_client::{Creds, start};
 
@@ -210,11 +211,6 @@ async fn refused_certificates_get_401_as_upstream() {
 
 // ---- The real binary, kubectl and the Python client. ----
 
-fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("BERTH_REQUIRE_RUNTIME").is_ok_and(|v| v == "1")
-}
-
 fn kubectl_binary() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
@@ -255,14 +251,6 @@ impl Drop for Binary {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn berth(args: &[&str]) -> Output {

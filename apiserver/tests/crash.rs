@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use berth_apiserver::api::tls::PkiPaths;
 use berth_apiserver::storage::etcd::EtcdProcess;
+use berth_test_support::{TestRng, free_port, skip_or_fail, soak};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
@@ -43,88 +44,20 @@ use tokio::sync::RwLock;
 // ---------------------------------------------------------------------------
 // Seeds, soak, skipping.
 
-/// A small deterministic generator (SplitMix64): one seed replays a run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.below(hi.saturating_sub(lo) + 1))
-    }
-
-    fn fork(&mut self) -> Rng {
-        Rng(self.next())
-    }
-}
-
-/// The run's seed: `$BERTH_SEED`, else the clock. Printed either way.
-fn seed(test: &str) -> u64 {
-    let seed = std::env::var("BERTH_SEED")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("{test}: seed {seed} (replay with BERTH_SEED={seed})");
-    seed
-}
-
-fn soak() -> bool {
-    std::env::var("BERTH_SOAK").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
-}
-
-fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("BERTH_REQUIRE_RUNTIME").is_ok_and(|v| v == "1")
-}
-
 /// The etcd binary, or `None` (skip, reason printed); a failure under CI.
 fn etcd_binary(test: &str) -> Option<PathBuf> {
-    match EtcdProcess::binary() {
-        Some(p) => Some(p),
-        None => {
-            let reason = "no etcd binary (/usr/bin/etcd, $BERTH_ETCD or PATH); install it with \
-                          `apt-get install etcd-server` or run integration/setup.sh";
-            assert!(
-                !required(),
-                "{test}: etcd is required (CI=true or BERTH_REQUIRE_RUNTIME=1) but: {reason}"
-            );
-            eprintln!("SKIPPED {test}: {reason}");
-            None
-        }
+    let binary = EtcdProcess::binary();
+    if binary.is_none() {
+        let reason = "no etcd binary (/usr/bin/etcd, $BERTH_ETCD or PATH); install it with \
+                      `apt-get install etcd-server` or run integration/setup.sh";
+        skip_or_fail(test, "etcd", reason);
     }
+    binary
 }
 
 /// A fresh directory for `test` under Cargo's per-target test directory.
 fn test_dir(test: &str) -> tempfile::TempDir {
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(root).unwrap();
-    tempfile::Builder::new()
-        .prefix(&format!("{test}-"))
-        .tempdir_in(root)
-        .unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    berth_test_support::test_dir(env!("CARGO_TARGET_TMPDIR"), test)
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -736,7 +669,7 @@ impl World {
 }
 
 /// One writer: its own names, creates, updates and deletes at random.
-async fn writer(world: Arc<World>, id: usize, mut rng: Rng) {
+async fn writer(world: Arc<World>, id: usize, mut rng: TestRng) {
     let mut live: Vec<(Kind, String, Value)> = Vec::new();
     let mut next = 0u64;
     while !world.stop.load(Ordering::Relaxed) {
@@ -988,7 +921,7 @@ impl Drop for Harness {
 impl Harness {
     /// The namespace and the sentinels, then `writers` writers and one
     /// reflector per kind.
-    async fn start(api: Arc<Https>, writers: usize, rng: &mut Rng) -> Harness {
+    async fn start(api: Arc<Https>, writers: usize, rng: &mut TestRng) -> Harness {
         let world = Arc::new(World {
             api,
             ledger: Mutex::new(BTreeMap::new()),
@@ -1183,7 +1116,7 @@ async fn kill_apiserver_repeatedly(
     test: &str,
     backend: &str,
     server: &mut Apiserver,
-    rng: &mut Rng,
+    rng: &mut TestRng,
 ) {
     let kills = if soak() { 40 } else { 5 };
     let harness = Harness::start(server.client(), 4, rng).await;
@@ -1232,7 +1165,7 @@ async fn kill_apiserver_repeatedly(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn apiserver_kill9_on_sqlite_keeps_every_acknowledged_write() {
     let test = "apiserver_kill9_on_sqlite";
-    let mut rng = Rng(seed(test));
+    let mut rng = TestRng::for_test(test);
     let dir = test_dir(test);
     let mut server = Apiserver::start(dir.path().join("data"), vec![]).await;
     assert_healthy(&server.client()).await;
@@ -1246,7 +1179,7 @@ async fn apiserver_kill9_on_etcd_keeps_every_acknowledged_write() {
     let Some(binary) = etcd_binary(test) else {
         return;
     };
-    let mut rng = Rng(seed(test));
+    let mut rng = TestRng::for_test(test);
     let dir = test_dir(test);
     let etcd = Etcd::start(binary, dir.path().join("etcd")).await;
     let mut server = Apiserver::start(
@@ -1266,33 +1199,21 @@ async fn apiserver_kill9_on_etcd_keeps_every_acknowledged_write() {
 /// `?verbose` one line per check; each check on its own path.
 async fn assert_healthy(api: &Https) {
     for endpoint in ["healthz", "livez", "readyz"] {
-        let r = api
-            .request(Method::GET, &format!("/{endpoint}"), None)
-            .await
-            .unwrap();
-        assert_eq!((r.status, r.text.as_str()), (200, "ok"), "/{endpoint}");
-        let r = api
-            .request(Method::GET, &format!("/{endpoint}?verbose"), None)
-            .await
-            .unwrap();
-        assert_eq!(
-            (r.status, r.text.as_str()),
-            (
-                200,
-                format!("[+]ping ok\n[+]etcd ok\n{endpoint} check passed\n").as_str()
-            ),
-            "/{endpoint}?verbose"
-        );
-        let r = api
-            .request(Method::GET, &format!("/{endpoint}/etcd"), None)
-            .await
-            .unwrap();
-        assert_eq!((r.status, r.text.as_str()), (200, "ok"), "/{endpoint}/etcd");
-        let r = api
-            .request(Method::GET, &format!("/{endpoint}/nope"), None)
-            .await
-            .unwrap();
-        assert_eq!(r.status, 404, "/{endpoint}/nope: {}", r.text);
+        let verbose = format!("[+]ping ok\n[+]etcd ok\n{endpoint} check passed\n");
+        // Path, status, and the exact body (`None`: any body).
+        let checks = [
+            (format!("/{endpoint}"), 200, Some("ok")),
+            (format!("/{endpoint}?verbose"), 200, Some(verbose.as_str())),
+            (format!("/{endpoint}/etcd"), 200, Some("ok")),
+            (format!("/{endpoint}/nope"), 404, None),
+        ];
+        for (path, status, body) in checks {
+            let r = api.request(Method::GET, &path, None).await.unwrap();
+            match body {
+                Some(body) => assert_eq!((r.status, r.text.as_str()), (status, body), "{path}"),
+                None => assert_eq!(r.status, status, "{path}: {}", r.text),
+            }
+        }
     }
 }
 
@@ -1346,7 +1267,7 @@ async fn etcd_kill9_under_a_running_apiserver_fails_fast_and_recovers() {
     let Some(binary) = etcd_binary(test) else {
         return;
     };
-    let mut rng = Rng(seed(test));
+    let mut rng = TestRng::for_test(test);
     let dir = test_dir(test);
     let mut etcd = Etcd::start(binary, dir.path().join("etcd")).await;
     let mut server = Apiserver::start(

@@ -21,6 +21,7 @@ use berth_apiserver::storage::encryption::EncryptedStorage;
 use berth_apiserver::storage::encryption::config::EncryptionConfiguration;
 use berth_apiserver::storage::etcd::{EtcdProcess, EtcdStorage};
 use berth_apiserver::storage::sqlite::{SqliteOptions, SqliteStorage};
+use berth_test_support::{free_port, required};
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
@@ -476,14 +477,6 @@ impl Binary {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Start the binary under `umask 022` (the umask is set in a shell that then
 /// execs the server: this test process's umask is never touched).
 fn spawn(root: &Path, data: &Path, extra: &[&str]) -> Binary {
@@ -683,10 +676,8 @@ fn kubectl_present() -> bool {
     let found = std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("kubectl").is_file()));
     if !found {
-        let required = std::env::var("CI").is_ok_and(|v| v == "true")
-            || std::env::var("BERTH_REQUIRE_RUNTIME").is_ok_and(|v| v == "1");
         assert!(
-            !required,
+            !required(),
             "kubectl is required (CI=true or BERTH_REQUIRE_RUNTIME=1) but not on PATH"
         );
         eprintln!("SKIPPED: kubectl not found on PATH");

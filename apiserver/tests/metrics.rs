@@ -219,11 +219,7 @@ async fn black_hole() -> u16 {
 
 /// A port nothing listens on.
 fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    berth_test_support::free_port()
 }
 
 // ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ use berth_apiserver::api::tls::{self, KUBELET_CLIENT_CN, PkiPaths};
 use berth_apiserver::api::{self, ApiConfig, ApiState, Authenticator};
 use berth_apiserver::storage::Storage;
 use berth_apiserver::storage::sqlite::{SqliteOptions, SqliteStorage};
+use berth_test_support::{free_port, required};
 use futures::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
@@ -377,14 +378,6 @@ fn fixtures(agent_port: u16) -> Vec<(&'static str, Value)> {
         (PODS, pod("gone", "n1", &["c"], &[])),
         (PODS, pod("waiting", "n1", &["c"], &[])),
     ]
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 // ---------------------------------------------------------------------------
@@ -929,11 +922,6 @@ fn kubectl_binary() -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join("kubectl"))
         .find(|p| p.is_file())
-}
-
-fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("BERTH_REQUIRE_RUNTIME").is_ok_and(|v| v == "1")
 }
 
 struct Binary {

@@ -14,6 +14,7 @@ use axum::body::Bytes;
 use berth_apiserver::api::{self, ApiConfig, ApiState, Authenticator};
 use berth_apiserver::storage::Storage;
 use berth_apiserver::storage::sqlite::{SqliteOptions, SqliteStorage};
+use berth_test_support::{free_port, required};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
@@ -587,11 +588,6 @@ fn kubectl_binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("BERTH_REQUIRE_RUNTIME").is_ok_and(|v| v == "1")
-}
-
 struct Apiserver {
     child: Child,
     kubeconfig: PathBuf,
@@ -617,11 +613,7 @@ impl Apiserver {
             return None;
         };
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_berth-apiserver"))
             .arg("--data-dir")
             .arg(dir.path())

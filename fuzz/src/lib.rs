@@ -16,7 +16,7 @@
 //! coverage), replayed by `tests/regressions.rs`, and called by the
 //! cargo-fuzz targets in `fuzz/libfuzzer/` for coverage-guided runs by hand.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use berth_agent::source::manifest::{MAX_REASON_BYTES, parse_manifest};
 use berth_agent::streaming::spdy::{self, Decoder, Encoder, Frame, RecvWindows, SendWindows};
@@ -78,6 +78,26 @@ pub const TARGETS: &[Target] = &[
 /// The target called `name`.
 pub fn find(name: &str) -> Option<&'static Target> {
     TARGETS.iter().find(|t| t.name == name)
+}
+
+/// The checked-in inputs of `target` under the fuzz directory `dir`: the
+/// files of `corpus/<target>/`, then of `regressions/<target>/`, each sorted
+/// by name (a missing directory has none). The driver starts from them and
+/// `tests/regressions.rs` replays them, in this order.
+pub fn input_files(dir: &Path, target: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for sub in ["corpus", "regressions"] {
+        let Ok(entries) = std::fs::read_dir(dir.join(sub).join(target)) else {
+            continue;
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        paths.sort();
+        out.extend(paths);
+    }
+    out
 }
 
 const YAML_JSON_TOKENS: &[&[u8]] = &[

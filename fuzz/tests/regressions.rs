@@ -14,20 +14,7 @@ use std::time::{Duration, Instant};
 const SLOW: Duration = Duration::from_secs(10);
 
 fn files(target: &str) -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut out = Vec::new();
-    for sub in ["corpus", "regressions"] {
-        let Ok(entries) = fs::read_dir(root.join(sub).join(target)) else {
-            continue;
-        };
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
-            .collect();
-        paths.sort();
-        out.extend(paths);
-    }
-    out
+    berth_fuzz::input_files(Path::new(env!("CARGO_MANIFEST_DIR")), target)
 }
 
 fn replay(target: &str) {

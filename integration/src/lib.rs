@@ -84,10 +84,9 @@ pub fn strict() -> bool {
     ci.eq_ignore_ascii_case("true") || ci == "1" || req == "1" || req.eq_ignore_ascii_case("true")
 }
 
-/// True when `BERTH_SOAK=1`: tests may run their long variants.
-pub fn soak() -> bool {
-    matches!(std::env::var("BERTH_SOAK").as_deref(), Ok("1") | Ok("true"))
-}
+/// True when `BERTH_SOAK=1` (or `true`): tests may run their long variants.
+/// The same switch as every other suite's ([`berth_test_support::soak`]).
+pub use berth_test_support::soak;
 
 /// What a runtime test needs from the host, found by [`require_runtime`].
 #[derive(Debug, Clone)]

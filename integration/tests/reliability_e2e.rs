@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use berth_integration::{Agent, Containerd, require_runtime, soak};
+use berth_test_support::TestRng;
 use serde_json::Value;
 
 const IMAGE: &str = "localhost/berth/busybox:1.36";
@@ -216,36 +217,6 @@ fn what_a_kill9_mid_removal_leaves_is_swept() -> Result<()> {
     Ok(())
 }
 
-/// xorshift64*: a seeded sequence, printed so a failure can be replayed with
-/// `BERTH_SEED`.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-/// The seed of a seeded test: `BERTH_SEED`, else the clock (printed by the caller).
-fn seed() -> u64 {
-    std::env::var("BERTH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        })
-        | 1
-}
-
 /// Churn's pod names: `churn0` … `churn{POOL-1}`.
 const POOL: usize = 6;
 
@@ -259,7 +230,7 @@ struct Churn {
 
 impl Churn {
     /// One to three changes: a pod removed, or written anew (new content, new UID).
-    fn step(&mut self, agent: &Agent, rng: &mut Rng) -> Result<()> {
+    fn step(&mut self, agent: &Agent, rng: &mut TestRng) -> Result<()> {
         for _ in 0..1 + rng.below(3) {
             let name = format!("churn{}", rng.below(POOL as u64));
             if self.desired.contains_key(&name) && rng.below(2) == 0 {
@@ -360,9 +331,8 @@ fn churn_with_kill9_at_seeded_moments_converges() -> Result<()> {
         return Ok(());
     };
     let kills: usize = if soak() { 100 } else { 20 };
-    let seed = seed();
-    eprintln!("churn_with_kill9: BERTH_SEED={seed}, {kills} kills");
-    let mut rng = Rng(seed);
+    let mut rng = TestRng::for_test("churn_with_kill9");
+    eprintln!("churn_with_kill9: {kills} kills");
     let cd = Containerd::start()?;
     let mut agent = Agent::start(&cd, &[])?;
     agent.wait_healthy(T)?;
@@ -405,9 +375,8 @@ fn churn_with_containerd_restarts_converges() -> Result<()> {
         return Ok(());
     };
     let restarts: usize = if soak() { 20 } else { 4 };
-    let seed = seed();
-    eprintln!("churn_with_containerd_restarts: BERTH_SEED={seed}, {restarts} restarts");
-    let mut rng = Rng(seed);
+    let mut rng = TestRng::for_test("churn_with_containerd_restarts");
+    eprintln!("churn_with_containerd_restarts: {restarts} restarts");
     let mut cd = Containerd::start()?;
     let mut agent = Agent::start(&cd, &[])?;
     agent.wait_healthy(T)?;

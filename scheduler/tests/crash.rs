@@ -19,52 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_scheduler::harness::{Apiserver, apiserver_binary};
+use berth_test_support::{TestRng, skip_or_fail, soak};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
-
-/// SplitMix64: one seed replays a run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn seed(test: &str) -> u64 {
-    let seed = std::env::var("BERTH_SEED")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("{test}: seed {seed} (replay with BERTH_SEED={seed})");
-    seed
-}
-
-fn soak() -> bool {
-    std::env::var("BERTH_SOAK").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
-}
-
-fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("BERTH_REQUIRE_RUNTIME").is_ok_and(|v| v == "1")
-}
 
 /// The API server binary, or `None` (skip, reason printed); a failure under CI.
 fn apiserver(test: &str) -> Option<PathBuf> {
@@ -73,11 +34,7 @@ fn apiserver(test: &str) -> Option<PathBuf> {
         _ => {
             let reason = "berth-apiserver binary not found (run `cargo build --workspace` or set \
                           BERTH_APISERVER_BIN)";
-            assert!(
-                !required(),
-                "{test}: berth-apiserver is required (CI=true or BERTH_REQUIRE_RUNTIME=1) but: {reason}"
-            );
-            eprintln!("SKIPPED {test}: {reason}");
+            skip_or_fail(test, "berth-apiserver", reason);
             None
         }
     }
@@ -85,12 +42,7 @@ fn apiserver(test: &str) -> Option<PathBuf> {
 
 /// A fresh directory for `test` under Cargo's per-target test directory.
 fn test_dir(test: &str) -> tempfile::TempDir {
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(root).unwrap();
-    tempfile::Builder::new()
-        .prefix(&format!("{test}-"))
-        .tempdir_in(root)
-        .unwrap()
+    berth_test_support::test_dir(env!("CARGO_TARGET_TMPDIR"), test)
 }
 
 /// A `berth-scheduler` process, SIGKILLed by PID when dropped.
@@ -273,7 +225,7 @@ fn already_assigned(pod: &str, node: &str) -> String {
 async fn scheduler_kill9_mid_scheduling_never_binds_a_pod_twice() {
     let test = "scheduler_kill9_mid_scheduling";
     let Some(bin) = apiserver(test) else { return };
-    let mut rng = Rng(seed(test));
+    let mut rng = TestRng::for_test(test);
     let started = Instant::now();
     let dir = test_dir(test);
     let logs = dir.path().join("logs");

@@ -10,16 +10,12 @@ use std::time::{Duration, Instant};
 
 use berth_scheduler::harness::{Apiserver, apiserver_binary};
 use berth_scheduler::{RunConfig, run};
+use berth_test_support::required;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-
-fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("BERTH_REQUIRE_RUNTIME").is_ok_and(|v| v == "1")
-}
 
 fn binary() -> Option<PathBuf> {
     match apiserver_binary() {

@@ -9,7 +9,8 @@
 //! deep nesting, huge numbers, and structure-aware changes to one node of a
 //! JSON document) until its time or run budget is spent. The
 //! input sequence depends only on `--seed` and the corpus, so a run with the
-//! same seed and `--runs` repeats exactly.
+//! same seed and `--runs` repeats exactly (with the same build: the generator
+//! is `berth_test_support::TestRng`, `rand`'s `StdRng` as `Cargo.lock` pins it).
 //!
 //! A panic is a failure: the input goes to
 //! `fuzz/artifacts/<target>/crash-<sha256 prefix>`, its path and the panic
@@ -38,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use berth_fuzz::{TARGETS, Target};
+use berth_test_support::TestRng;
 use clap::Parser;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -407,21 +409,10 @@ fn replay(target: &'static Target, files: &[PathBuf]) -> Result<ExitCode> {
 /// name, cut to the target's size cap. An empty corpus starts from one empty input.
 fn load_corpus(dir: &Path, target: &Target) -> Result<Vec<Vec<u8>>> {
     let mut seeds = Vec::new();
-    for sub in ["corpus", "regressions"] {
-        let d = dir.join(sub).join(target.name);
-        let Ok(entries) = fs::read_dir(&d) else {
-            continue;
-        };
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
-            .collect();
-        paths.sort();
-        for p in paths {
-            let mut bytes = fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-            bytes.truncate(target.max_len);
-            seeds.push(bytes);
-        }
+    for p in berth_fuzz::input_files(dir, target.name) {
+        let mut bytes = fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+        bytes.truncate(target.max_len);
+        seeds.push(bytes);
     }
     if seeds.is_empty() {
         seeds.push(Vec::new());
@@ -489,7 +480,7 @@ fn fuzz_target(
     let mut hasher = DefaultHasher::new();
     target.name.hash(&mut hasher);
     // `DefaultHasher::new()` is SipHash with fixed keys: the same on every run.
-    let mut rng = Rng::new(seed ^ hasher.finish());
+    let mut rng = TestRng::new(seed ^ hasher.finish());
     let started = Instant::now();
     let mut executions = 0u64;
     let mut longest = Duration::ZERO;
@@ -529,36 +520,14 @@ fn fuzz_target(
     }))
 }
 
-/// splitmix64: small, fast, and the same everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// A number in `0..n` (`n` > 0).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn chance(&mut self, one_in: usize) -> bool {
-        self.below(one_in) == 0
-    }
-    /// A length, mostly small.
-    fn len(&mut self, max: usize) -> usize {
-        let cap = match self.below(4) {
-            0 => max,
-            1 => 64.min(max),
-            _ => 8.min(max),
-        };
-        self.below(cap + 1)
-    }
+/// A length up to `max`, mostly small.
+fn small_len(rng: &mut TestRng, max: usize) -> usize {
+    let cap = match rng.below(4) {
+        0 => max,
+        1 => 64.min(max),
+        _ => 8.min(max),
+    };
+    rng.below(cap + 1)
 }
 
 const INTERESTING_8: &[u8] = &[0, 1, 0x7f, 0x80, 0xff, 16, 32, 64, 100, 127];
@@ -606,14 +575,14 @@ const NESTING: &[&str] = &[
 ];
 
 /// One mutation of `input`, in place.
-fn mutate(rng: &mut Rng, input: &mut Vec<u8>, corpus: &[Vec<u8>], target: &Target) {
+fn mutate(rng: &mut TestRng, input: &mut Vec<u8>, corpus: &[Vec<u8>], target: &Target) {
     let len = input.len();
     match rng.below(17) {
         // Structure-aware: change one node of a JSON document in the input.
         14..=16 => {
             if !mutate_json(rng, input) {
                 let at = rng.below(len + 1);
-                input.insert(at, rng.next() as u8);
+                input.insert(at, rng.next_u64() as u8);
             }
         }
         // Flip a bit.
@@ -624,7 +593,7 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, corpus: &[Vec<u8>], target: &Targe
         // Set a byte.
         1 if len > 0 => {
             let i = rng.below(len);
-            input[i] = rng.next() as u8;
+            input[i] = rng.next_u64() as u8;
         }
         // Add to a byte.
         2 if len > 0 => {
@@ -655,20 +624,20 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, corpus: &[Vec<u8>], target: &Targe
         // Insert random bytes.
         4 => {
             let at = rng.below(len + 1);
-            let n = 1 + rng.len(16);
-            let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+            let n = 1 + small_len(rng, 16);
+            let bytes: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
             input.splice(at..at, bytes);
         }
         // Delete a range.
         5 if len > 0 => {
             let at = rng.below(len);
-            let n = 1 + rng.len(len - at - 1);
+            let n = 1 + small_len(rng, len - at - 1);
             input.drain(at..(at + n).min(len));
         }
         // Duplicate a range somewhere.
         6 if len > 0 => {
             let from = rng.below(len);
-            let n = 1 + rng.len(len - from - 1);
+            let n = 1 + small_len(rng, len - from - 1);
             let copy = input[from..(from + n).min(len)].to_vec();
             let times = if rng.chance(8) { 1 + rng.below(64) } else { 1 };
             let at = rng.below(len + 1);
@@ -693,7 +662,7 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, corpus: &[Vec<u8>], target: &Targe
             let other = &corpus[rng.below(corpus.len())];
             if !other.is_empty() {
                 let from = rng.below(other.len());
-                let n = 1 + rng.len(other.len() - from - 1);
+                let n = 1 + small_len(rng, other.len() - from - 1);
                 let at = rng.below(len + 1);
                 input.splice(
                     at..at,
@@ -747,7 +716,7 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, corpus: &[Vec<u8>], target: &Targe
         13 if len > 0 => input.truncate(rng.below(len)),
         _ => {
             let at = rng.below(len + 1);
-            input.insert(at, rng.next() as u8);
+            input.insert(at, rng.next_u64() as u8);
         }
     }
 }
@@ -788,7 +757,7 @@ const ODD_STRINGS: &[&str] = &[
 /// Change one node of the first JSON document in the input (found at one of
 /// its `{` or `[`): a number or string for an odd one, a node deleted, copied
 /// or nested, a value of another type. False if no JSON document was found.
-fn mutate_json(rng: &mut Rng, input: &mut Vec<u8>) -> bool {
+fn mutate_json(rng: &mut TestRng, input: &mut Vec<u8>) -> bool {
     let starts: Vec<usize> = input
         .iter()
         .enumerate()
