@@ -7,12 +7,16 @@
 # - berth-scheduler-bench: in-process scheduling throughput (pods/s) at 1,000
 #   and 5,000 nodes.
 # - berth-scheduler-e2e-bench: scheduling throughput through the API server
-#   (SQLite): watch, schedule, bind.
+#   (SQLite) at 1,000 and 5,000 nodes (--quick: 100 and 500), the real
+#   berth-scheduler process: pods/s, its CPU and RSS.
 # - berth-storage-bench: API server storage create and watch throughput on
 #   SQLite and on a private etcd.
 # - berth-apiserver-bench: the berth-apiserver binary over HTTPS on SQLite and
 #   on a private etcd: pod creates/s (concurrency 1 and 16, p50/p99), watch
-#   events/s (live and replay), list latency, RSS idle and with N pods.
+#   events/s (live and replay), list latency, RSS idle and with N pods; watch
+#   fan-out to 1,000 watchers (--quick: 100); RSS with 10,000 and 50,000 pods
+#   stored (--quick: 2,000); 5,000 nodes renewing Leases every 10 s with the
+#   node lifecycle controller's pass timed (--quick: 500).
 # - berth-probe-bench: what probes cost the agent (and containerd): 110 pods
 #   (--quick: 20) without probes, with httpGet + tcpSocket + gRPC probes every
 #   second, and with one exec probe every second; agent CPU (% of one core)

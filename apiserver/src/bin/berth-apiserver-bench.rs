@@ -28,6 +28,26 @@
 //!   node reading a Secret a pod bound to it names (the Node authorizer,
 //!   which scans the namespace's N pods per request).
 //!
+//! Those are the `core` section. The others (`--sections`) each run on a
+//! fresh server (and, for etcd, a fresh private etcd):
+//!
+//! - `fanout`: 1,000 watches (`--quick`: 100) of one namespace's pods,
+//!   100 streams per HTTP/2 connection, opened before 200 creates (100) at
+//!   concurrency 16: events/s delivered in total, each watcher's last-event
+//!   lag behind the last create's response (p50/p99/max), server (and etcd)
+//!   CPU, RSS before, with the watches open, after delivery, after closing;
+//! - `leases`: 5,000 Ready nodes (500) with Leases, the server started with
+//!   `--metric-resolution 1h --node-monitor-grace-period 10m`: CPU and RSS
+//!   idle without nodes, idle with them (the node lifecycle controller's pass
+//!   every 5 s is then all the server does: it has no switch to turn the
+//!   controller off), and while every Lease is renewed every 10 s (a PUT with
+//!   its last resourceVersion, spread evenly: 500/s); then the controller's
+//!   `monitor_once` over the same number of nodes timed in this process on
+//!   the same kind of storage (wall and CPU per pass);
+//! - `scale`: RSS after 10,000 and 50,000 pods are stored (`--quick`:
+//!   2,000), created at concurrency 16, and after one walk of all of them in
+//!   pages of 500.
+//!
 //! Then it stops the server by PID (SIGINT, SIGKILL after 10 s). Figures, not
 //! assertions: one JSON object on stdout, progress on stderr. HTTP/2 on one
 //! connection per client by default (what client-go and kubectl do);
@@ -82,6 +102,60 @@ struct Cli {
     /// Backends to run, in order.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "sqlite,etcd")]
     storage: Vec<Backend>,
+    /// Sections to run per backend, in order; each but `core` on a fresh
+    /// server.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "core,fanout,leases,scale"
+    )]
+    sections: Vec<Section>,
+    /// Fan-out: watchers (default 1000; 100 with --quick).
+    #[arg(long)]
+    watchers: Option<usize>,
+    /// Fan-out: pods created while the watchers are open (default 200; 100
+    /// with --quick).
+    #[arg(long)]
+    fanout_pods: Option<usize>,
+    /// Scale: pods stored at which RSS is read (default 10000,50000; 2000
+    /// with --quick).
+    #[arg(long, value_delimiter = ',')]
+    scale: Option<Vec<usize>>,
+    /// Leases: nodes renewing their Lease every 10 s (default 5000; 500 with
+    /// --quick).
+    #[arg(long)]
+    lease_nodes: Option<usize>,
+    /// Leases: seconds of each idle window; the renewals run twice as long
+    /// (default 15; 5 with --quick).
+    #[arg(long)]
+    lease_window: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Section {
+    /// Creates, watches, lists, RSS and authorization (see the module docs).
+    Core,
+    /// Many watchers on one namespace's pods.
+    Fanout,
+    /// Node Leases renewed at upstream's interval; the node lifecycle
+    /// controller's pass.
+    Leases,
+    /// RSS with many pods stored.
+    Scale,
+}
+
+/// The sizes of one run.
+struct Params {
+    n: usize,
+    settle: Duration,
+    http1: bool,
+    sections: Vec<Section>,
+    watchers: usize,
+    fanout_pods: usize,
+    scale: Vec<usize>,
+    lease_nodes: usize,
+    lease_window: Duration,
 }
 
 /// Where the `berth-apiserver` binary is: `$BERTH_APISERVER_BIN`, else next to
@@ -362,10 +436,11 @@ impl Server {
         binary: &Path,
         etcd: Option<&str>,
         http1: bool,
+        extra: &[&str],
     ) -> anyhow::Result<(Server, Conn)> {
         let mut last = None;
         for _ in 0..3 {
-            match Self::try_start(binary, etcd, http1).await {
+            match Self::try_start(binary, etcd, http1, extra).await {
                 Ok(s) => return Ok(s),
                 Err(e) => {
                     eprintln!("apiserver-bench: start failed, retrying: {e:#}");
@@ -380,6 +455,7 @@ impl Server {
         binary: &Path,
         etcd: Option<&str>,
         http1: bool,
+        extra: &[&str],
     ) -> anyhow::Result<(Server, Conn)> {
         let dir = tempfile::Builder::new()
             .prefix("berth-apiserver-bench-")
@@ -396,6 +472,7 @@ impl Server {
             None => cmd.args(["--storage", "sqlite"]),
         };
         let child = cmd
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -686,6 +763,68 @@ async fn count_events(resp: Response<Incoming>, n: usize) -> anyhow::Result<Inst
     Ok(last)
 }
 
+/// Creates pods `first..first + n` in `ns` at `concurrency` (HTTP/2 streams
+/// on `conn`'s connection; with `--http1`, a connection per writer): each
+/// create's latency (sorted), and the largest response body.
+async fn create_pods(
+    conn: &Conn,
+    ns: &str,
+    first: usize,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<(Vec<Duration>, usize)> {
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let mut c = conn.for_worker().await?;
+        let ns = ns.to_string();
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(n / concurrency + 1);
+            let mut bytes = 0usize;
+            let path = format!("/api/v1/namespaces/{ns}/pods");
+            let mut i = w;
+            while i < n {
+                let t = Instant::now();
+                let body = c
+                    .call(
+                        Method::POST,
+                        &path,
+                        Some(pod_json(&ns, first + i)),
+                        StatusCode::CREATED,
+                    )
+                    .await?;
+                latencies.push(t.elapsed());
+                bytes = body.len();
+                i += concurrency;
+            }
+            anyhow::Ok((latencies, bytes))
+        }));
+    }
+    let mut latencies = Vec::with_capacity(n);
+    let mut bytes = 0;
+    for w in workers {
+        let (l, b) = tokio::time::timeout(STEP_TIMEOUT, w)
+            .await
+            .context("creates did not finish")???;
+        latencies.extend(l);
+        bytes = bytes.max(b);
+    }
+    latencies.sort();
+    Ok((latencies, bytes))
+}
+
+/// Creates namespace `ns`.
+async fn create_namespace(conn: &mut Conn, ns: &str) -> anyhow::Result<()> {
+    let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+    conn.call(
+        Method::POST,
+        "/api/v1/namespaces",
+        Some(body.to_string().into_bytes()),
+        StatusCode::CREATED,
+    )
+    .await?;
+    Ok(())
+}
+
 /// The current resourceVersion of the pods in `ns` (a list's revision).
 async fn current_rv(conn: &mut Conn, ns: &str) -> anyhow::Result<String> {
     let list = conn
@@ -706,17 +845,7 @@ async fn burst(
     n: usize,
     concurrency: usize,
 ) -> anyhow::Result<Value> {
-    conn.call(
-        Method::POST,
-        "/api/v1/namespaces",
-        Some(
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-                .to_string()
-                .into_bytes(),
-        ),
-        StatusCode::CREATED,
-    )
-    .await?;
+    create_namespace(conn, ns).await?;
     let rv = current_rv(conn, ns).await?;
     let watch_path = format!("/api/v1/namespaces/{ns}/pods?watch=1&resourceVersion={rv}");
 
@@ -726,44 +855,11 @@ async fn burst(
     let watcher = tokio::spawn(count_events(watch_resp, n));
 
     let start = Instant::now();
-    let mut workers = Vec::new();
-    for w in 0..concurrency {
-        let mut c = conn.for_worker().await?;
-        let ns = ns.to_string();
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(n / concurrency + 1);
-            let mut bytes = 0usize;
-            let mut i = w;
-            while i < n {
-                let path = format!("/api/v1/namespaces/{ns}/pods");
-                let t = Instant::now();
-                let body = c
-                    .call(
-                        Method::POST,
-                        &path,
-                        Some(pod_json(&ns, i)),
-                        StatusCode::CREATED,
-                    )
-                    .await?;
-                latencies.push(t.elapsed());
-                bytes = body.len();
-                i += concurrency;
-            }
-            anyhow::Ok((latencies, bytes))
-        }));
-    }
-    let mut latencies = Vec::with_capacity(n);
-    let mut pod_bytes = 0;
-    for w in workers {
-        let (l, b) = tokio::time::timeout(STEP_TIMEOUT, w)
-            .await
-            .with_context(|| format!("{label}: creates did not finish"))???;
-        latencies.extend(l);
-        pod_bytes = pod_bytes.max(b);
-    }
+    let (latencies, pod_bytes) = create_pods(conn, ns, 0, n, concurrency)
+        .await
+        .with_context(|| format!("{label}: creates"))?;
     let creates_done = Instant::now();
     let create_elapsed = creates_done - start;
-    latencies.sort();
     eprintln!(
         "apiserver-bench: {label}: {n} creates at concurrency {concurrency}: {:.2} s",
         create_elapsed.as_secs_f64()
@@ -902,6 +998,675 @@ async fn list_all(conn: &mut Conn, want: usize) -> anyhow::Result<Value> {
     }))
 }
 
+// ---------------------------------------------------------------------------
+// Process and machine figures
+
+/// utime + stime of `pid` in seconds, from /proc/PID/stat (in USER_HZ ticks,
+/// 100 per second on every Linux this runs on).
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name may hold spaces: count fields after its ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .with_context(|| format!("{path}: no command name"))?
+        .1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); utime is field 14, stime 15.
+    let tick = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{path}: field {}", i + 3))
+    };
+    Ok((tick(11)? + tick(12)?) as f64 / 100.0)
+}
+
+/// CPU time of `pid` in seconds with nanosecond resolution: the sum over its
+/// threads of /proc/PID/task/TID/schedstat's first field (time on a CPU, ns).
+/// For short spans (a controller pass of a few ms); threads that exit in
+/// between take their time with them.
+fn cpu_seconds_fine(pid: u32) -> anyhow::Result<f64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let path = task?.path().join("schedstat");
+        // A thread may exit between the listing and the read.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        ns += text
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .with_context(|| format!("{}: no CPU time", path.display()))?;
+    }
+    Ok(ns as f64 / 1e9)
+}
+
+/// CPU of one process over a window, in % of one core.
+struct CpuWindow {
+    pid: u32,
+    cpu: f64,
+    at: Instant,
+}
+
+impl CpuWindow {
+    fn start(pid: u32) -> anyhow::Result<CpuWindow> {
+        Ok(CpuWindow {
+            pid,
+            cpu: cpu_seconds(pid)?,
+            at: Instant::now(),
+        })
+    }
+
+    fn percent(&self) -> anyhow::Result<f64> {
+        let used = cpu_seconds(self.pid)? - self.cpu;
+        let pct = used / self.at.elapsed().as_secs_f64() * 100.0;
+        Ok((pct * 100.0).round() / 100.0)
+    }
+}
+
+/// What the figures depend on besides the code: CPUs, model, memory, kernel.
+fn machine() -> Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string());
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "cpu_model": model,
+        "memory_kib": status_kib(&read("/proc/meminfo"), "MemTotal"),
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Watch fan-out
+
+/// Watch streams per HTTP/2 connection in the fan-out (hyper's server allows
+/// 200 concurrent streams per connection; client-go multiplexes its watches
+/// the same way).
+const WATCHES_PER_CONN: usize = 100;
+
+/// The `type` of one watch event line without decoding the object (the
+/// server writes `{"object":…,"type":"ADDED"}`; either key order is accepted).
+fn event_type(line: &[u8]) -> Option<&[u8]> {
+    const KEY: &[u8] = b"\"type\":\"";
+    let find = |hay: &[u8]| hay.windows(KEY.len()).position(|w| w == KEY);
+    let tail = line.len().saturating_sub(40);
+    let at = find(&line[tail..])
+        .map(|p| tail + p)
+        .or_else(|| find(&line[..line.len().min(40)]))?;
+    let rest = &line[at + KEY.len()..];
+    let end = rest.iter().position(|&b| b == b'"')?;
+    Some(&rest[..end])
+}
+
+/// Like [`count_events`], for many watchers at once: scans lines instead of
+/// decoding them (a thousand decoding clients would measure this process).
+async fn count_added(resp: Response<Incoming>, n: usize) -> anyhow::Result<Instant> {
+    if resp.status() != StatusCode::OK {
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        bail!("watch: {status}: {}", String::from_utf8_lossy(&body));
+    }
+    let mut body = resp.into_body();
+    let mut buf: Vec<u8> = Vec::new();
+    let (mut count, mut last) = (0usize, Instant::now());
+    while count < n {
+        let frame = match body.frame().await {
+            Some(f) => f.context("reading the watch stream")?,
+            None => bail!("watch stream ended after {count} of {n} events"),
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        let mut start = 0;
+        while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
+            let line = &buf[start..start + pos];
+            match event_type(line) {
+                Some(b"ADDED") => {
+                    count += 1;
+                    last = Instant::now();
+                }
+                Some(b"ERROR") => bail!(
+                    "watch error after {count} events: {}",
+                    String::from_utf8_lossy(line)
+                ),
+                _ => {}
+            }
+            start += pos + 1;
+        }
+        buf.drain(..start);
+    }
+    Ok(last)
+}
+
+/// `watchers` watches on the pods of one namespace, then `n` creates there
+/// at concurrency 16: events/s delivered in total, the last event's lag per
+/// watcher (p50/p99/max), the server's RSS and CPU.
+async fn fanout(
+    conn: &mut Conn,
+    pids: Pids,
+    watchers: usize,
+    n: usize,
+    settle: Duration,
+) -> anyhow::Result<Value> {
+    let ns = "bench-fanout";
+    create_namespace(conn, ns).await?;
+    let rss_before = rss_json(pids.server)?;
+    let rv = current_rv(conn, ns).await?;
+    let path = format!("/api/v1/namespaces/{ns}/pods?watch=1&resourceVersion={rv}");
+    let connections = watchers.div_ceil(WATCHES_PER_CONN);
+    let mut pool = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        pool.push(conn.config.connect().await?);
+    }
+    let opened = Instant::now();
+    let mut opens = Vec::with_capacity(watchers);
+    for i in 0..watchers {
+        let mut c = pool[i % connections].for_worker().await?;
+        let path = path.clone();
+        opens.push(async move { c.send(Method::GET, &path, None).await });
+    }
+    let responses = tokio::time::timeout(STEP_TIMEOUT, futures::future::try_join_all(opens))
+        .await
+        .context("opening the watches")??;
+    let open_elapsed = opened.elapsed();
+    let tasks: Vec<_> = responses
+        .into_iter()
+        .map(|r| tokio::spawn(count_added(r, n)))
+        .collect();
+    tokio::time::sleep(settle).await;
+    let rss_open = rss_json(pids.server)?;
+    eprintln!(
+        "apiserver-bench: fan-out: {watchers} watches open on {connections} connections in {:.2} s",
+        open_elapsed.as_secs_f64()
+    );
+
+    let cpu = CpuWindow::start(pids.server)?;
+    let etcd_cpu = pids.etcd.map(CpuWindow::start).transpose()?;
+    let start = Instant::now();
+    let (latencies, _) = create_pods(conn, ns, 0, n, CONCURRENCY).await?;
+    let creates_done = Instant::now();
+    let mut lasts = Vec::with_capacity(watchers);
+    for t in tasks {
+        let last = tokio::time::timeout(STEP_TIMEOUT, t)
+            .await
+            .context("fan-out: a watcher did not get every event")???;
+        lasts.push(last);
+    }
+    let all_done = lasts.iter().max().copied().unwrap_or(creates_done);
+    let (cpu, etcd_cpu) = (cpu.percent()?, etcd_cpu.map(|c| c.percent()).transpose()?);
+    let rss_delivered = rss_json(pids.server)?;
+    let mut lags: Vec<Duration> = lasts
+        .iter()
+        .map(|l| l.saturating_duration_since(creates_done))
+        .collect();
+    lags.sort();
+    let delivered = watchers * n;
+    eprintln!(
+        "apiserver-bench: fan-out: {delivered} events in {:.2} s ({} creates in {:.2} s)",
+        (all_done - start).as_secs_f64(),
+        n,
+        (creates_done - start).as_secs_f64()
+    );
+    drop(pool);
+    tokio::time::sleep(settle).await;
+    let rss_closed = rss_json(pids.server)?;
+    Ok(json!({
+        "watchers": watchers,
+        "connections": connections,
+        "watches_per_connection": WATCHES_PER_CONN,
+        "http": if conn.config.http1 { "http/1.1" } else { "h2" },
+        "scope": "pods of one namespace, from the resourceVersion before the creates",
+        "pods_created": n,
+        "events_delivered": delivered,
+        "open_seconds": (open_elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        "seconds": ((all_done - start).as_secs_f64() * 1000.0).round() / 1000.0,
+        "events_per_sec": rate(delivered, all_done - start),
+        "creates_per_sec": rate(n, creates_done - start),
+        "create_p99_ms": ms(quantile(&latencies, 0.99)),
+        "last_event_lag_ms": {
+            "p50": ms(quantile(&lags, 0.5)),
+            "p99": ms(quantile(&lags, 0.99)),
+            "max": ms(lags.last().copied().unwrap_or_default()),
+        },
+        "server_cpu_percent_of_one_core": cpu,
+        "etcd_cpu_percent_of_one_core": etcd_cpu,
+        "rss_before_kib": rss_before["vm_rss_kib"],
+        "rss_watchers_open_kib": rss_open["vm_rss_kib"],
+        "rss_after_delivery_kib": rss_delivered["vm_rss_kib"],
+        "rss_watchers_closed_kib": rss_closed["vm_rss_kib"],
+        "rss_detail": {"before": rss_before, "watchers_open": rss_open,
+                       "after_delivery": rss_delivered, "watchers_closed": rss_closed},
+    }))
+}
+
+// ---------------------------------------------------------------------------
+// RSS with many pods
+
+/// On a fresh server: pods created (concurrency 16) until `targets` pods are
+/// stored, the server's RSS at each; then one walk of all pods in pages of
+/// [`PAGE`] (what an informer's initial list does) and the RSS after it.
+async fn scale(
+    conn: &mut Conn,
+    pids: Pids,
+    targets: &[usize],
+    settle: Duration,
+) -> anyhow::Result<Value> {
+    let ns = "bench-scale";
+    create_namespace(conn, ns).await?;
+    let rss_idle = rss_json(pids.server)?;
+    let mut stored = 0usize;
+    let mut points = Vec::new();
+    for &target in targets {
+        let n = target.saturating_sub(stored);
+        let t = Instant::now();
+        let (latencies, _) = create_pods(conn, ns, stored, n, CONCURRENCY).await?;
+        let elapsed = t.elapsed();
+        stored = target;
+        tokio::time::sleep(settle).await;
+        let rss = rss_json(pids.server)?;
+        eprintln!(
+            "apiserver-bench: scale: {target} pods stored ({n} created in {:.1} s), RSS {} KiB",
+            elapsed.as_secs_f64(),
+            rss["vm_rss_kib"]
+        );
+        let etcd_rss = pids.etcd.map(rss_kib).transpose()?;
+        points.push(json!({
+            "pods": target,
+            "created": n,
+            "creates_per_sec": rate(n, elapsed),
+            "create_p99_ms": ms(quantile(&latencies, 0.99)),
+            "rss_kib": rss["vm_rss_kib"],
+            "rss_detail": rss,
+            "etcd_rss_kib": etcd_rss,
+        }));
+    }
+    let (paged, pages) = paged_list(conn, stored).await?;
+    let rss_listed = rss_json(pids.server)?;
+    eprintln!(
+        "apiserver-bench: scale: {stored} pods in {pages} pages: {:.0} ms, RSS {} KiB",
+        ms(paged),
+        rss_listed["vm_rss_kib"]
+    );
+    Ok(json!({
+        "rss_idle_kib": rss_idle["vm_rss_kib"],
+        "points": points,
+        "paged_list": {
+            "pods": stored,
+            "page_limit": PAGE,
+            "pages": pages,
+            "ms": ms(paged),
+            "rss_after_kib": rss_listed["vm_rss_kib"],
+        },
+    }))
+}
+
+// ---------------------------------------------------------------------------
+// Node leases and the node lifecycle controller
+
+/// Upstream's node lease renewal interval (kubelet: a quarter of the 40 s
+/// lease duration, 10 s).
+const LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(10);
+/// Renewals in flight at once, at most.
+const LEASE_IN_FLIGHT: usize = 64;
+/// Connections the renewals share (HTTP/2).
+const LEASE_CONNECTIONS: usize = 8;
+
+/// Now as a Kubernetes MicroTime (`…T…:…:….ffffffZ`).
+fn micro_time() -> String {
+    format!("{:.6}", jiff::Timestamp::now())
+}
+
+fn node_object(name: &str, now: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "status": {
+            "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110"},
+            "allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "lastHeartbeatTime": now, "lastTransitionTime": now}]
+        }
+    })
+}
+
+fn lease_object(name: &str, rv: Option<&str>, now: &str) -> Value {
+    let mut lease = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": name, "namespace": LEASE_NS},
+        "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now}
+    });
+    if let Some(rv) = rv {
+        lease["metadata"]["resourceVersion"] = json!(rv);
+    }
+    lease
+}
+
+const LEASE_NS: &str = "kube-node-lease";
+
+fn node_name(i: usize) -> String {
+    format!("node-{i:05}")
+}
+
+/// Creates nodes `0..nodes` (Ready, heartbeat now) and their Leases at
+/// concurrency 16; the Leases' resourceVersions.
+async fn create_nodes(conn: &Conn, nodes: usize) -> anyhow::Result<Vec<String>> {
+    let leases = format!("/apis/coordination.k8s.io/v1/namespaces/{LEASE_NS}/leases");
+    let mut workers = Vec::new();
+    for w in 0..CONCURRENCY {
+        let mut c = conn.for_worker().await?;
+        let leases = leases.clone();
+        workers.push(tokio::spawn(async move {
+            let mut rvs = Vec::new();
+            for i in (w..nodes).step_by(CONCURRENCY) {
+                let (name, now) = (node_name(i), micro_time());
+                let node = node_object(&name, &now).to_string().into_bytes();
+                c.call(
+                    Method::POST,
+                    "/api/v1/nodes",
+                    Some(node),
+                    StatusCode::CREATED,
+                )
+                .await?;
+                let lease = lease_object(&name, None, &now).to_string().into_bytes();
+                let body = c
+                    .call(Method::POST, &leases, Some(lease), StatusCode::CREATED)
+                    .await?;
+                rvs.push((i, resource_version(&body)?));
+            }
+            anyhow::Ok(rvs)
+        }));
+    }
+    let mut rvs = vec![String::new(); nodes];
+    for w in workers {
+        let got = tokio::time::timeout(STEP_TIMEOUT, w)
+            .await
+            .context("creating nodes did not finish")???;
+        for (i, rv) in got {
+            rvs[i] = rv;
+        }
+    }
+    Ok(rvs)
+}
+
+fn resource_version(body: &[u8]) -> anyhow::Result<String> {
+    let v: Value = serde_json::from_slice(body).context("decoding a response")?;
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_string)
+        .context("response without metadata.resourceVersion")
+}
+
+/// The server's CPU and RSS over `window` with nothing asked of it.
+async fn idle_window(pids: Pids, window: Duration) -> anyhow::Result<Value> {
+    let cpu = CpuWindow::start(pids.server)?;
+    let etcd_cpu = pids.etcd.map(CpuWindow::start).transpose()?;
+    tokio::time::sleep(window).await;
+    Ok(json!({
+        "seconds": window.as_secs_f64(),
+        "server_cpu_percent_of_one_core": cpu.percent()?,
+        "etcd_cpu_percent_of_one_core": etcd_cpu.map(|c| c.percent()).transpose()?,
+        "rss_kib": rss_kib(pids.server)?,
+    }))
+}
+
+/// Every node renews its Lease once per [`LEASE_RENEW_INTERVAL`], spread
+/// evenly (nodes / 10 renewals per second), for `window`: PUTs with the
+/// resourceVersion of the Lease's previous write, as the kubelet does.
+async fn renew_leases(
+    conn: &Conn,
+    pids: Pids,
+    rvs: Vec<String>,
+    window: Duration,
+) -> anyhow::Result<Value> {
+    let nodes = rvs.len();
+    let interval = LEASE_RENEW_INTERVAL / nodes.max(1) as u32;
+    let total = (window.as_secs_f64() / interval.as_secs_f64()) as usize;
+    let rvs: Arc<Vec<std::sync::Mutex<String>>> =
+        Arc::new(rvs.into_iter().map(std::sync::Mutex::new).collect());
+    let mut pool = Vec::with_capacity(LEASE_CONNECTIONS);
+    for _ in 0..LEASE_CONNECTIONS {
+        pool.push(conn.config.connect().await?);
+    }
+    let slots = Arc::new(tokio::sync::Semaphore::new(LEASE_IN_FLIGHT));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cpu = CpuWindow::start(pids.server)?;
+    let etcd_cpu = pids.etcd.map(CpuWindow::start).transpose()?;
+    let own_cpu = CpuWindow::start(std::process::id())?;
+    let start = Instant::now();
+    let mut late = Vec::with_capacity(total);
+    for k in 0..total {
+        let due = start + interval * k as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let slot = slots.clone().acquire_owned().await?;
+        late.push(due.elapsed());
+        let i = k % nodes;
+        let mut c = pool[k % LEASE_CONNECTIONS].for_worker().await?;
+        let (rvs, tx) = (rvs.clone(), tx.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let name = node_name(i);
+            let rv = rvs[i].lock().map(|g| g.clone()).unwrap_or_default();
+            let lease = lease_object(&name, Some(&rv), &micro_time());
+            let path = format!("/apis/coordination.k8s.io/v1/namespaces/{LEASE_NS}/leases/{name}");
+            let t = Instant::now();
+            let r = c
+                .call(
+                    Method::PUT,
+                    &path,
+                    Some(lease.to_string().into_bytes()),
+                    StatusCode::OK,
+                )
+                .await
+                .and_then(|body| resource_version(&body));
+            let elapsed = t.elapsed();
+            if let (Ok(new), Ok(mut slot)) = (&r, rvs[i].lock()) {
+                *slot = new.clone();
+            }
+            let _ = tx.send(r.map(|_| elapsed));
+        });
+    }
+    drop(tx);
+    let mut latencies = Vec::with_capacity(total);
+    let mut failed = 0usize;
+    let mut first_error = None;
+    while let Some(r) = tokio::time::timeout(STEP_TIMEOUT, rx.recv())
+        .await
+        .context("lease renewals did not finish")?
+    {
+        match r {
+            Ok(d) => latencies.push(d),
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    let (cpu, own_cpu) = (cpu.percent()?, own_cpu.percent()?);
+    let etcd_cpu = etcd_cpu.map(|c| c.percent()).transpose()?;
+    latencies.sort();
+    late.sort();
+    eprintln!(
+        "apiserver-bench: leases: {} renewals of {nodes} leases in {:.1} s ({failed} failed), server CPU {cpu:.1}%",
+        latencies.len(),
+        elapsed.as_secs_f64()
+    );
+    Ok(json!({
+        "seconds": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        "renewals": latencies.len(),
+        "failed": failed,
+        "first_error": first_error,
+        "target_per_sec": rate(nodes, LEASE_RENEW_INTERVAL),
+        "renewals_per_sec": rate(latencies.len(), elapsed),
+        "p50_ms": ms(quantile(&latencies, 0.5)),
+        "p99_ms": ms(quantile(&latencies, 0.99)),
+        "max_ms": ms(latencies.last().copied().unwrap_or_default()),
+        "start_late_p99_ms": ms(quantile(&late, 0.99)),
+        "connections": LEASE_CONNECTIONS,
+        "max_in_flight": LEASE_IN_FLIGHT,
+        "server_cpu_percent_of_one_core": cpu,
+        "etcd_cpu_percent_of_one_core": etcd_cpu,
+        "bench_client_cpu_percent_of_one_core": own_cpu,
+        "rss_kib": rss_kib(pids.server)?,
+    }))
+}
+
+/// Passes of the node lifecycle controller timed in this process.
+const NLC_PASSES: usize = 5;
+
+/// The controller's pass ([`monitor_once`]) over `nodes` Ready nodes with
+/// fresh Leases, in this process on the same kind of storage (SQLite in a
+/// temporary directory, or `etcd` under a root of its own): wall time and
+/// CPU per pass, and what that CPU is at upstream's 5 s monitor period.
+async fn nlc_pass(etcd: Option<&str>, nodes: usize) -> anyhow::Result<Value> {
+    use berth_apiserver::api::{ApiConfig, ApiState};
+    use berth_apiserver::controllers::node_lifecycle::{NodeLifecycleConfig, monitor_once};
+    use berth_apiserver::storage::{Storage, object_key};
+    let dir = tempfile::Builder::new()
+        .prefix("berth-nlc-bench-")
+        .tempdir()?;
+    let storage: Arc<dyn Storage> = match etcd {
+        None => Arc::new(berth_apiserver::storage::sqlite::SqliteStorage::open(
+            dir.path(),
+            Default::default(),
+        )?),
+        Some(endpoint) => Arc::new(
+            berth_apiserver::storage::etcd::EtcdStorage::connect(
+                &[endpoint.to_string()],
+                "/berth-nlc-bench",
+            )
+            .await?,
+        ),
+    };
+    for i in 0..nodes {
+        let (name, now) = (node_name(i), micro_time());
+        let mut node = node_object(&name, &now);
+        node["metadata"]["creationTimestamp"] = json!(now);
+        storage
+            .create(
+                &object_key("nodes", None, &name)?,
+                serde_json::to_vec(&node)?,
+            )
+            .await?;
+        storage
+            .create(
+                &object_key("leases", Some(LEASE_NS), &name)?,
+                serde_json::to_vec(&lease_object(&name, None, &now))?,
+            )
+            .await?;
+    }
+    let state = ApiState::new(storage, ApiConfig::default());
+    let config = NodeLifecycleConfig::default();
+    let me = std::process::id();
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    for _ in 0..NLC_PASSES {
+        let (c0, t) = (cpu_seconds_fine(me)?, Instant::now());
+        let written = monitor_once(&state, &config, jiff::Timestamp::now()).await?;
+        wall.push(t.elapsed());
+        cpu.push(Duration::from_secs_f64(
+            (cpu_seconds_fine(me)? - c0).max(0.0),
+        ));
+        if written != 0 {
+            bail!("node lifecycle pass wrote {written} nodes; expected all Ready");
+        }
+    }
+    wall.sort();
+    cpu.sort();
+    let period = config.monitor_period;
+    let cpu_p50 = quantile(&cpu, 0.5);
+    eprintln!(
+        "apiserver-bench: node lifecycle pass over {nodes} nodes: {:.1} ms wall, {:.0} ms CPU",
+        ms(quantile(&wall, 0.5)),
+        ms(cpu_p50)
+    );
+    Ok(json!({
+        "nodes": nodes,
+        "passes": NLC_PASSES,
+        "pass_ms_p50": ms(quantile(&wall, 0.5)),
+        "pass_ms_max": ms(wall.last().copied().unwrap_or_default()),
+        "pass_cpu_ms_p50": ms(cpu_p50),
+        "monitor_period_seconds": period.as_secs_f64(),
+        "cpu_percent_of_one_core": ((cpu_p50.as_secs_f64() / period.as_secs_f64()) * 1e4).round() / 100.0,
+    }))
+}
+
+/// On a fresh server (`--metric-resolution 1h`, so the metrics scraper's
+/// rounds over the nodes stay out of the figures; `--node-monitor-grace-period
+/// 10m`, so no node goes stale between the phases): CPU and RSS idle without
+/// nodes, idle with `nodes` Ready nodes and fresh Leases (the node lifecycle
+/// controller's passes every 5 s are then all the server does), and while
+/// every node renews its Lease every 10 s.
+async fn leases(
+    conn: &mut Conn,
+    pids: Pids,
+    nodes: usize,
+    window: Duration,
+) -> anyhow::Result<Value> {
+    let no_nodes = idle_window(pids, window).await?;
+    let t = Instant::now();
+    let rvs = create_nodes(conn, nodes).await?;
+    let setup = t.elapsed();
+    eprintln!(
+        "apiserver-bench: leases: {nodes} nodes and leases created in {:.1} s",
+        setup.as_secs_f64()
+    );
+    let with_nodes = idle_window(pids, window).await?;
+    let renewing = renew_leases(conn, pids, rvs, window * 2).await?;
+    Ok(json!({
+        "nodes": nodes,
+        "server_flags": "--metric-resolution 1h --node-monitor-grace-period 10m",
+        "controller_disable_switch": false,
+        "setup_seconds": (setup.as_secs_f64() * 1000.0).round() / 1000.0,
+        "idle_no_nodes": no_nodes,
+        "idle_with_nodes": with_nodes,
+        "renewing": renewing,
+    }))
+}
+
+/// The server and (with etcd) the etcd process, for CPU and RSS.
+#[derive(Clone, Copy)]
+struct Pids {
+    server: u32,
+    etcd: Option<u32>,
+}
+
+/// Runs `section` on a fresh server (and the backend's etcd, if any).
+async fn on_fresh_server<F, Fut>(
+    binary: &Path,
+    etcd: Option<(&str, u32)>,
+    http1: bool,
+    extra: &[&str],
+    settle: Duration,
+    section: F,
+) -> anyhow::Result<Value>
+where
+    F: FnOnce(Conn, Pids) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Value>>,
+{
+    let (server, conn) = Server::start(binary, etcd.map(|e| e.0), http1, extra).await?;
+    let pids = Pids {
+        server: server.pid(),
+        etcd: etcd.map(|e| e.1),
+    };
+    tokio::time::sleep(settle).await;
+    match section(conn, pids).await {
+        Ok(v) => {
+            server.stop().await?;
+            Ok(v)
+        }
+        Err(e) => Err(e.context(format!("berth-apiserver log:\n{}", server.log()))),
+    }
+}
+
 /// Everything for one backend: `etcd` is the endpoint with `--storage etcd`.
 async fn run_backend(
     binary: &Path,
@@ -910,7 +1675,7 @@ async fn run_backend(
     settle: Duration,
     http1: bool,
 ) -> anyhow::Result<Value> {
-    let (server, mut conn) = Server::start(binary, etcd, http1).await?;
+    let (server, mut conn) = Server::start(binary, etcd, http1, &[]).await?;
     let pid = server.pid();
     eprintln!(
         "apiserver-bench: berth-apiserver pid {pid} on port {}",
@@ -966,6 +1731,111 @@ fn etcd_version(binary: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// A private etcd (none for SQLite): one per section, so no section sees
+/// another's objects. Dropping it kills that PID and removes its directory.
+async fn private_etcd(binary: Option<&Path>) -> anyhow::Result<Option<EtcdProcess>> {
+    let Some(binary) = binary else {
+        return Ok(None);
+    };
+    let etcd = EtcdProcess::start(binary)
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("starting etcd")?;
+    eprintln!(
+        "apiserver-bench: etcd pid {} at {}",
+        etcd.pid(),
+        etcd.endpoint()
+    );
+    Ok(Some(etcd))
+}
+
+/// The sections of `p` for one backend (`etcd_bin`: etcd's binary with
+/// `--storage etcd`).
+async fn run_sections(binary: &Path, etcd_bin: Option<&Path>, p: &Params) -> anyhow::Result<Value> {
+    let has = |s| p.sections.contains(&s);
+    let ep = |e: &Option<EtcdProcess>| e.as_ref().map(|e| (e.endpoint().to_string(), e.pid()));
+    let mut r = json!({});
+    if has(Section::Core) {
+        let etcd = private_etcd(etcd_bin).await?;
+        r = run_backend(
+            binary,
+            etcd.as_ref().map(|e| e.endpoint()),
+            p.n,
+            p.settle,
+            p.http1,
+        )
+        .await?;
+        if let Some(e) = &etcd {
+            r["etcd_rss_kib"] = json!(rss_kib(e.pid())?);
+        }
+    }
+    if has(Section::Fanout) {
+        let t = Instant::now();
+        let etcd = private_etcd(etcd_bin).await?;
+        let e = ep(&etcd);
+        r["fanout"] = on_fresh_server(
+            binary,
+            e.as_ref().map(|(a, b)| (a.as_str(), *b)),
+            p.http1,
+            &[],
+            p.settle,
+            |mut conn, pids| async move {
+                fanout(&mut conn, pids, p.watchers, p.fanout_pods, p.settle).await
+            },
+        )
+        .await
+        .context("fan-out")?;
+        r["fanout"]["section_seconds"] = json!(t.elapsed().as_secs());
+    }
+    if has(Section::Leases) {
+        let t = Instant::now();
+        let etcd = private_etcd(etcd_bin).await?;
+        let e = ep(&etcd);
+        let e = e.as_ref().map(|(a, b)| (a.as_str(), *b));
+        let extra = [
+            "--metric-resolution",
+            "1h",
+            "--node-monitor-grace-period",
+            "10m",
+        ];
+        r["leases"] =
+            on_fresh_server(
+                binary,
+                e,
+                p.http1,
+                &extra,
+                p.settle,
+                |mut conn, pids| async move {
+                    leases(&mut conn, pids, p.lease_nodes, p.lease_window).await
+                },
+            )
+            .await
+            .context("leases")?;
+        // The same etcd, under a root of its own.
+        r["leases"]["in_process_pass"] = nlc_pass(e.map(|e| e.0), p.lease_nodes)
+            .await
+            .context("node lifecycle pass")?;
+        r["leases"]["section_seconds"] = json!(t.elapsed().as_secs());
+    }
+    if has(Section::Scale) {
+        let t = Instant::now();
+        let etcd = private_etcd(etcd_bin).await?;
+        let e = ep(&etcd);
+        r["scale"] = on_fresh_server(
+            binary,
+            e.as_ref().map(|(a, b)| (a.as_str(), *b)),
+            p.http1,
+            &[],
+            p.settle,
+            |mut conn, pids| async move { scale(&mut conn, pids, &p.scale, p.settle).await },
+        )
+        .await
+        .context("scale")?;
+        r["scale"]["section_seconds"] = json!(t.elapsed().as_secs());
+    }
+    Ok(r)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -976,31 +1846,58 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let n = cli.pods.unwrap_or(if cli.quick { 300 } else { 1000 });
-    if n == 0 {
-        bail!("--pods must be at least 1");
+    let quick = cli.quick;
+    let p = Params {
+        n: cli.pods.unwrap_or(if quick { 300 } else { 1000 }),
+        settle: Duration::from_secs(if quick { 1 } else { 3 }),
+        http1: cli.http1,
+        sections: cli.sections.clone(),
+        watchers: cli.watchers.unwrap_or(if quick { 100 } else { 1000 }),
+        fanout_pods: cli.fanout_pods.unwrap_or(if quick { 100 } else { 200 }),
+        scale: cli.scale.clone().unwrap_or_else(|| {
+            if quick {
+                vec![2000]
+            } else {
+                vec![10_000, 50_000]
+            }
+        }),
+        lease_nodes: cli.lease_nodes.unwrap_or(if quick { 500 } else { 5000 }),
+        lease_window: Duration::from_secs(cli.lease_window.unwrap_or(if quick { 5 } else { 15 })),
+    };
+    if p.n == 0 || p.watchers == 0 || p.fanout_pods == 0 || p.lease_nodes == 0 {
+        bail!("--pods, --watchers, --fanout-pods and --lease-nodes must be at least 1");
     }
-    let settle = Duration::from_secs(if cli.quick { 1 } else { 3 });
+    if !p.scale.is_sorted() {
+        bail!("--scale: give the pod counts in increasing order");
+    }
     let Some(binary) = apiserver_binary() else {
         bail!(
             "berth-apiserver not found: run `cargo build -p berth-apiserver` or set BERTH_APISERVER_BIN"
         );
     };
 
+    let started = Instant::now();
     let mut out = json!({
         "bench": "apiserver",
-        "pods": n,
-        "http": if cli.http1 { "http/1.1" } else { "h2" },
+        "mode": match (quick, cli.pods.is_some() || cli.watchers.is_some() || cli.fanout_pods.is_some()
+            || cli.scale.is_some() || cli.lease_nodes.is_some() || cli.lease_window.is_some()) {
+            (_, true) => "custom",
+            (true, false) => "quick",
+            (false, false) => "full",
+        },
+        "sections": p.sections.iter().map(|s| format!("{s:?}").to_lowercase()).collect::<Vec<_>>(),
+        "pods": p.n,
+        "http": if p.http1 { "http/1.1" } else { "h2" },
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "machine": machine(),
+        "apiserver_version": env!("CARGO_PKG_VERSION"),
     });
     for backend in &cli.storage {
         match backend {
             Backend::Sqlite => {
-                eprintln!("apiserver-bench: sqlite, {n} pods per burst");
-                out["sqlite"] = run_backend(&binary, None, n, settle, cli.http1)
-                    .await
-                    .context("sqlite")?;
+                eprintln!("apiserver-bench: sqlite, {} pods per burst", p.n);
+                out["sqlite"] = run_sections(&binary, None, &p).await.context("sqlite")?;
             }
             Backend::Etcd => {
                 let Some(etcd_bin) = EtcdProcess::binary() else {
@@ -1010,27 +1907,16 @@ async fn main() -> anyhow::Result<()> {
                     out["etcd"] = Value::Null;
                     continue;
                 };
-                eprintln!("apiserver-bench: etcd, {n} pods per burst");
-                let etcd = EtcdProcess::start(&etcd_bin)
-                    .await
-                    .map_err(anyhow::Error::msg)
-                    .context("starting etcd")?;
-                eprintln!(
-                    "apiserver-bench: etcd pid {} at {}",
-                    etcd.pid(),
-                    etcd.endpoint()
-                );
-                let mut r = run_backend(&binary, Some(etcd.endpoint()), n, settle, cli.http1)
+                eprintln!("apiserver-bench: etcd, {} pods per burst", p.n);
+                let mut r = run_sections(&binary, Some(&etcd_bin), &p)
                     .await
                     .context("etcd")?;
-                r["etcd_rss_kib"] = json!(rss_kib(etcd.pid())?);
                 r["etcd_version"] = json!(etcd_version(&etcd_bin));
-                // Dropping EtcdProcess kills that PID and removes its directory.
-                drop(etcd);
                 out["etcd"] = r;
             }
         }
     }
+    out["seconds"] = json!(started.elapsed().as_secs());
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
@@ -1057,6 +1943,16 @@ mod tests {
         assert_eq!(quantile(&d, 0.99), Duration::from_millis(99));
         assert_eq!(quantile(&d[..1], 0.99), Duration::from_millis(1));
         assert_eq!(quantile(&[], 0.5), Duration::ZERO);
+    }
+
+    #[test]
+    fn watch_event_types_are_found_at_either_end() {
+        let sorted = br#"{"object":{"metadata":{"name":"p"}},"type":"ADDED"}"#;
+        assert_eq!(event_type(sorted), Some(&b"ADDED"[..]));
+        let first =
+            br#"{"type":"ERROR","object":{"code":410,"message":"gone, and a long message"}}"#;
+        assert_eq!(event_type(first), Some(&b"ERROR"[..]));
+        assert_eq!(event_type(b"{}"), None);
     }
 
     #[test]

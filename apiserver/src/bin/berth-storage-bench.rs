@@ -105,7 +105,9 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let mut n = if quick { 500 } else { 5000 };
+    let mut mode = if quick { "quick" } else { "full" };
     if let Some(pos) = args.iter().position(|a| a == "--objects") {
+        mode = "custom";
         n = args
             .get(pos + 1)
             .and_then(|v| v.parse().ok())
@@ -136,6 +138,10 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let out = json!({
+        "bench": "storage",
+        "mode": mode,
+        "machine": machine(),
+        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         "sqlite": sqlite_result,
         "sqlite_synchronous": if fsync { "FULL" } else { "NORMAL" },
         "etcd": etcd_result,
@@ -153,4 +159,24 @@ fn etcd_version(binary: &std::path::Path) -> String {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.lines().next().map(str::to_string))
         .unwrap_or_default()
+}
+
+/// What the figures depend on besides the code: CPUs, model, memory, kernel.
+fn machine() -> serde_json::Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let line = |text: &str, key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let memory_kib = line(&read("/proc/meminfo"), "MemTotal")
+        .and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok());
+    serde_json::json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "cpu_model": line(&cpuinfo, "model name"),
+        "memory_kib": memory_kib,
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+    })
 }

@@ -268,23 +268,26 @@ fn fu(x: Option<f64>, d: usize, unit: &str) -> String {
 type Col = (&'static str, &'static str, usize);
 const TEXT: usize = usize::MAX;
 
+/// One figure at `key` with `dec` decimals (`TEXT`: as is; `_kib`: in MiB).
+fn cell(d: &Doc, key: &str, dec: usize) -> Result<String> {
+    if dec == TEXT {
+        return Ok(d.text(key)?.unwrap_or_else(|| DASH.into()));
+    }
+    let x = d.num(key)?;
+    Ok(f(
+        if key.contains("_kib") {
+            x.map(|k| k / 1024.0)
+        } else {
+            x
+        },
+        dec,
+    ))
+}
+
 fn row(d: &Doc, cols: &[Col], n: &str) -> Result<Vec<String>> {
-    let cell = |&(_, key, dec): &Col| -> Result<String> {
-        let key = key.replace("{n}", n);
-        if dec == TEXT {
-            return Ok(d.text(&key)?.unwrap_or_else(|| DASH.into()));
-        }
-        let x = d.num(&key)?;
-        Ok(f(
-            if key.contains("_kib") {
-                x.map(|k| k / 1024.0)
-            } else {
-                x
-            },
-            dec,
-        ))
-    };
-    cols.iter().map(cell).collect()
+    cols.iter()
+        .map(|&(_, key, dec)| cell(d, &key.replace("{n}", n), dec))
+        .collect()
 }
 
 fn table(out: &mut String, head: &[&str], rows: &[Vec<String>]) -> Result<()> {
@@ -311,11 +314,25 @@ fn col_table(out: &mut String, d: &Doc, cols: &[Col], rows: &[String]) -> Result
 
 /// Metrics down, backends across.
 fn compare(out: &mut String, d: &Doc, backends: &[(&str, &str)], rows: &[Col]) -> Result<()> {
+    let rows: Vec<_> = rows
+        .iter()
+        .map(|&(name, key, dec)| (name.to_string(), key.to_string(), dec))
+        .collect();
+    compare_rows(out, d, backends, &rows)
+}
+
+/// [`compare`] with rows made at run time (`{n}` stands for the backend).
+fn compare_rows(
+    out: &mut String,
+    d: &Doc,
+    backends: &[(&str, &str)],
+    rows: &[(String, String, usize)],
+) -> Result<()> {
     let mut body = Vec::new();
-    for &(name, key, dec) in rows {
-        let mut r = vec![name.to_string()];
+    for (name, key, dec) in rows {
+        let mut r = vec![name.clone()];
         for (_, b) in backends {
-            r.extend(row(d, &[("", key, dec)], b)?);
+            r.push(cell(d, &key.replace("{n}", b), *dec)?);
         }
         body.push(r);
     }
@@ -417,7 +434,21 @@ fn header(out: &mut String, inputs: &[Input], env: &Env, input_rel: &str) -> Res
     )?;
     writeln!(out, "berth-bench-report --input {input_rel}\n```\n")?;
     let (mut profiles, mut etcd, mut containerd) = (Vec::new(), None, None);
+    let mut machines: Vec<String> = Vec::new();
     for d in inputs.iter().map(Input::doc) {
+        let m = d.at("machine")?;
+        if let Some(kernel) = m.text("kernel")? {
+            let model = m.text("cpu_model")?.unwrap_or("unknown CPU".into());
+            let mem = m.num("memory_kib")?.map(|k| k / 1024.0 / 1024.0);
+            let cpus = f(m.num("cpus")?, 0);
+            let text = format!(
+                "{model} × {cpus} CPUs, {} GiB RAM, Linux {kernel}",
+                f(mem, 1)
+            );
+            if !machines.contains(&text) {
+                machines.push(text);
+            }
+        }
         for p in [d.text("build_profile")?, d.text("build")?]
             .into_iter()
             .flatten()
@@ -441,6 +472,13 @@ fn header(out: &mut String, inputs: &[Input], env: &Env, input_rel: &str) -> Res
         "- **Machine** (where this report was generated): {}",
         env.machine
     )?;
+    if !machines.is_empty() {
+        writeln!(
+            out,
+            "- **Machine** (where the benches ran, from the JSON that records it): {}",
+            machines.join("; ")
+        )?;
+    }
     let containerd = containerd.or(here).unwrap_or(DASH.into());
     writeln!(
         out,
@@ -462,6 +500,7 @@ fn header(out: &mut String, inputs: &[Input], env: &Env, input_rel: &str) -> Res
             (None, None) => "not run",
         };
         let cpus = i.doc().num("host_cpus")?.or(i.doc().num("cpus")?);
+        let cpus = cpus.or(i.doc().num("machine/cpus")?);
         let written = i.modified.map_or(DASH.into(), utc);
         rows.push(vec![
             format!("`{}`", i.file),
@@ -727,14 +766,26 @@ const SCHEDULER: [Col; 6] = [
     ("p99 (µs)", "cases/{n}/p99_us", 1),
     ("unschedulable", "cases/{n}/unschedulable", 0),
 ];
-const E2E: [Col; 7] = [
-    ("nodes", "nodes", 0),
-    ("pods", "pods", 0),
-    ("storage", "storage", TEXT),
-    ("pods/s", "pods_per_sec", 1),
-    ("seconds", "seconds", 3),
-    ("parallel binds", "parallel_binds", 0),
-    ("events", "events", TEXT),
+/// Scheduler through the API server, one row per case (`cases`); files
+/// from before cases keep one row at the top level (`{n}` empty).
+const E2E: [Col; 9] = [
+    ("nodes", "{n}nodes", 0),
+    ("pods", "{n}pods", 0),
+    ("pods/s", "{n}pods_per_sec", 1),
+    ("seconds", "{n}seconds", 3),
+    ("setup (s)", "{n}setup_seconds", 1),
+    (
+        "scheduler CPU (% of one core)",
+        "{n}scheduler_cpu_percent_of_one_core",
+        1,
+    ),
+    ("scheduler CPU (s)", "{n}scheduler_cpu_seconds", 2),
+    ("scheduler RSS peak (MiB)", "{n}scheduler_rss_peak_kib", 1),
+    (
+        "scheduler idle CPU after (%)",
+        "{n}scheduler_idle_cpu_percent_of_one_core",
+        2,
+    ),
 ];
 const STORAGE: [Col; 5] = [
     ("objects", "{n}/objects", 0),
@@ -813,6 +864,145 @@ const APISERVER: [Col; 15] = [
     ("etcd RSS (MiB)", "{n}/etcd_rss_kib", 1),
 ];
 
+const FANOUT: [Col; 15] = [
+    ("watchers", "{n}/fanout/watchers", 0),
+    ("HTTP/2 connections", "{n}/fanout/connections", 0),
+    ("pods created", "{n}/fanout/pods_created", 0),
+    ("events delivered", "{n}/fanout/events_delivered", 0),
+    ("events/s delivered, total", "{n}/fanout/events_per_sec", 0),
+    (
+        "last-event lag p50 (ms)",
+        "{n}/fanout/last_event_lag_ms/p50",
+        1,
+    ),
+    (
+        "last-event lag p99 (ms)",
+        "{n}/fanout/last_event_lag_ms/p99",
+        1,
+    ),
+    (
+        "last-event lag max (ms)",
+        "{n}/fanout/last_event_lag_ms/max",
+        1,
+    ),
+    ("creates/s meanwhile", "{n}/fanout/creates_per_sec", 0),
+    (
+        "server CPU (% of one core)",
+        "{n}/fanout/server_cpu_percent_of_one_core",
+        1,
+    ),
+    (
+        "etcd CPU (% of one core)",
+        "{n}/fanout/etcd_cpu_percent_of_one_core",
+        1,
+    ),
+    ("RSS before (MiB)", "{n}/fanout/rss_before_kib", 1),
+    (
+        "RSS, watchers open (MiB)",
+        "{n}/fanout/rss_watchers_open_kib",
+        1,
+    ),
+    (
+        "RSS after delivery (MiB)",
+        "{n}/fanout/rss_after_delivery_kib",
+        1,
+    ),
+    (
+        "RSS, watchers closed (MiB)",
+        "{n}/fanout/rss_watchers_closed_kib",
+        1,
+    ),
+];
+
+const LEASES: [Col; 18] = [
+    ("nodes", "{n}/leases/nodes", 0),
+    (
+        "renewals/s, target",
+        "{n}/leases/renewing/target_per_sec",
+        0,
+    ),
+    (
+        "renewals/s, achieved",
+        "{n}/leases/renewing/renewals_per_sec",
+        1,
+    ),
+    ("renewal PUT p50 (ms)", "{n}/leases/renewing/p50_ms", 2),
+    ("renewal PUT p99 (ms)", "{n}/leases/renewing/p99_ms", 2),
+    ("renewals failed", "{n}/leases/renewing/failed", 0),
+    (
+        "server CPU idle, no nodes (%)",
+        "{n}/leases/idle_no_nodes/server_cpu_percent_of_one_core",
+        2,
+    ),
+    (
+        "server CPU idle, N nodes (%)",
+        "{n}/leases/idle_with_nodes/server_cpu_percent_of_one_core",
+        2,
+    ),
+    (
+        "server CPU, N nodes renewing (%)",
+        "{n}/leases/renewing/server_cpu_percent_of_one_core",
+        1,
+    ),
+    (
+        "etcd CPU, N nodes renewing (%)",
+        "{n}/leases/renewing/etcd_cpu_percent_of_one_core",
+        1,
+    ),
+    (
+        "bench client CPU, renewing (%)",
+        "{n}/leases/renewing/bench_client_cpu_percent_of_one_core",
+        1,
+    ),
+    (
+        "RSS idle, no nodes (MiB)",
+        "{n}/leases/idle_no_nodes/rss_kib",
+        1,
+    ),
+    (
+        "RSS idle, N nodes (MiB)",
+        "{n}/leases/idle_with_nodes/rss_kib",
+        1,
+    ),
+    (
+        "RSS, N nodes renewing (MiB)",
+        "{n}/leases/renewing/rss_kib",
+        1,
+    ),
+    (
+        "controller pass, wall p50 (ms)",
+        "{n}/leases/in_process_pass/pass_ms_p50",
+        1,
+    ),
+    (
+        "controller pass, wall max (ms)",
+        "{n}/leases/in_process_pass/pass_ms_max",
+        1,
+    ),
+    (
+        "controller pass, CPU p50 (ms)",
+        "{n}/leases/in_process_pass/pass_cpu_ms_p50",
+        1,
+    ),
+    (
+        "controller CPU at 5 s period (%)",
+        "{n}/leases/in_process_pass/cpu_percent_of_one_core",
+        2,
+    ),
+];
+
+/// Whether either backend of the API server bench has `section`: files from
+/// before a section was added say so instead of a table of dashes.
+fn has_section(out: &mut String, d: &Doc, section: &str) -> Result<bool> {
+    if d.get(&format!("sqlite/{section}"))?.is_some()
+        || d.get(&format!("etcd/{section}"))?.is_some()
+    {
+        return Ok(true);
+    }
+    writeln!(out, "*Not measured* (no `{section}` in `{}`).\n", d.file)?;
+    Ok(false)
+}
+
 fn control_plane(out: &mut String, inputs: &[Input]) -> Result<()> {
     writeln!(out, "## Control plane\n\n### Scheduler, in process\n")?;
     if let Some(d) = ran(out, &inputs[2])? {
@@ -821,7 +1011,21 @@ fn control_plane(out: &mut String, inputs: &[Input]) -> Result<()> {
     }
     writeln!(out, "### Scheduler through the API server\n")?;
     if let Some(d) = ran(out, &inputs[3])? {
-        col_table(out, &d, &E2E, &[String::new()])?;
+        let text = |k: &str| Ok::<_, anyhow::Error>(d.text(k)?.unwrap_or(DASH.into()));
+        writeln!(
+            out,
+            "Storage {}; scheduler: {}; {} binds in flight; events posted: {}. CPU: utime + stime from the scheduler's start to the last bind, over that time; idle: the following {}.\n",
+            text("storage")?,
+            text("scheduler")?,
+            text("parallel_binds")?,
+            text("events")?,
+            fu(d.num("cases/0/idle_seconds")?, 0, "s"),
+        )?;
+        let rows: Vec<_> = match d.list("cases")?.len() {
+            0 => vec![String::new()],
+            n => (0..n).map(|i| format!("cases/{i}/")).collect(),
+        };
+        col_table(out, &d, &E2E, &rows)?;
     }
     writeln!(out, "### Storage\n")?;
     if let Some(d) = ran(out, &inputs[4])? {
@@ -829,18 +1033,91 @@ fn control_plane(out: &mut String, inputs: &[Input]) -> Result<()> {
         let sqlite = format!("SQLite (synchronous={sync})");
         compare(out, &d, &[(&sqlite, "sqlite"), ("etcd", "etcd")], &STORAGE)?;
     }
+    let backends = [("SQLite", "sqlite"), ("etcd", "etcd")];
     writeln!(out, "### API server over HTTPS\n")?;
     if let Some(d) = ran(out, &inputs[5])? {
         let (pods, http) = (f(d.num("pods")?, 0), d.text("http")?.unwrap_or(DASH.into()));
         writeln!(out, "N = {pods} pods per burst, {http}.\n")?;
-        compare(
+        compare(out, &d, &backends, &APISERVER)?;
+    }
+    writeln!(out, "### API server watch fan-out\n")?;
+    if let Some(d) = ran(out, &inputs[5])?
+        && has_section(out, &d, "fanout")?
+    {
+        writeln!(
             out,
-            &d,
-            &[("SQLite", "sqlite"), ("etcd", "etcd")],
-            &APISERVER,
+            "Each watcher is its own watch of one namespace's pods, many multiplexed on each HTTP/2 connection (as client-go does), opened before the creates (concurrency 16). Lag: the last event's arrival behind the last create's response, per watcher. A fresh server; CPU over the creates and the delivery.\n"
         )?;
+        compare(out, &d, &backends, &FANOUT)?;
+    }
+    writeln!(out, "### API server RSS with many pods\n")?;
+    if let Some(d) = ran(out, &inputs[5])?
+        && has_section(out, &d, "scale")?
+    {
+        scale_table(out, &d, &backends)?;
+    }
+    writeln!(out, "### Node leases and the node lifecycle controller\n")?;
+    if let Some(d) = ran(out, &inputs[5])?
+        && has_section(out, &d, "leases")?
+    {
+        writeln!(
+            out,
+            "A fresh server (`{}`) with N Ready nodes, each renewing its Lease every 10 s (as the kubelet does: a PUT with the last resourceVersion), spread evenly. Idle with N nodes, the node lifecycle controller's pass every 5 s is all the server does (the server has no switch to turn the controller off; the idle rows side by side stand in for it). The pass rows: the controller's own pass over the same N nodes and Leases, timed in the bench process on the same kind of storage. CPU in % of one core.\n",
+            d.text("sqlite/leases/server_flags")?
+                .or(d.text("etcd/leases/server_flags")?)
+                .unwrap_or(DASH.into())
+        )?;
+        compare(out, &d, &backends, &LEASES)?;
     }
     Ok(())
+}
+
+/// RSS after each pod count of the scale section (the counts of the first
+/// backend that has them), then after a paged walk of them all.
+fn scale_table(out: &mut String, d: &Doc, backends: &[(&str, &str)]) -> Result<()> {
+    let mut points = d.list("sqlite/scale/points")?;
+    if points.is_empty() {
+        points = d.list("etcd/scale/points")?;
+    }
+    let mut rows = vec![(
+        "RSS idle (MiB)".to_string(),
+        "{n}/scale/rss_idle_kib".to_string(),
+        1,
+    )];
+    for (i, p) in points.iter().enumerate() {
+        let pods = f(p.num("pods")?, 0);
+        let at = format!("{{n}}/scale/points/{i}");
+        rows.push((
+            format!("RSS, {pods} pods stored (MiB)"),
+            format!("{at}/rss_kib"),
+            1,
+        ));
+        rows.push((
+            format!("creates/s up to {pods}"),
+            format!("{at}/creates_per_sec"),
+            0,
+        ));
+        rows.push((
+            format!("etcd RSS, {pods} pods (MiB)"),
+            format!("{at}/etcd_rss_kib"),
+            1,
+        ));
+    }
+    rows.push((
+        "paged list of all, pages of 500 (ms)".into(),
+        "{n}/scale/paged_list/ms".into(),
+        0,
+    ));
+    rows.push((
+        "RSS after the paged list (MiB)".into(),
+        "{n}/scale/paged_list/rss_after_kib".into(),
+        1,
+    ));
+    writeln!(
+        out,
+        "A fresh server; pods created at concurrency 16 until the count is stored, RSS (VmRSS) read after a short settle.\n"
+    )?;
+    compare_rows(out, d, backends, &rows)
 }
 
 const PROBE_PHASES: [Col; 8] = [
@@ -1295,7 +1572,7 @@ mod tests {
             date: "d".into(),
         };
         let md = render(&inputs, &env, ("target", "docs/bench"), false)?;
-        assert_eq!(md.matches("*Not run*").count(), 9, "{md}");
+        assert_eq!(md.matches("*Not run*").count(), 12, "{md}");
         assert_eq!(
             relative(Path::new("."), Path::new("docs/bench"))?,
             "docs/bench"

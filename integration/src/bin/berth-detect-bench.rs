@@ -409,7 +409,14 @@ fn main() -> anyhow::Result<()> {
         "agent_binary": berth_integration::agent_binary()?.display().to_string(),
         "runtime": "containerd (private instance)",
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "relist_period": "1s (default)",
+        "mode": if args.pods.is_some() || args.kills.is_some() {
+            "custom"
+        } else if args.quick {
+            "quick"
+        } else {
+            "full"
+        },
+        "relist_period": "1s (default; events mode: 5s while containerd's events are followed)",
         "kill": "SIGKILL to the container's task (init process); detected = GET /pods/{ns}/{name} (every 2 ms) no longer shows that container running",
         "idle_seconds": args.idle_secs,
         "modes": modes,

@@ -788,6 +788,13 @@ fn main() -> anyhow::Result<()> {
     let runtime_over = over("runtime_cpu_percent_of_one_core");
     let report = json!({
         "benchmark": "berth-agent probe cost",
+        "mode": if args.pods.is_some() {
+            "custom"
+        } else if args.quick {
+            "quick"
+        } else {
+            "full"
+        },
         "build_profile": if cfg!(debug_assertions) { "dev" } else { "release" },
         "agent_binary": berth_integration::agent_binary()?.display().to_string(),
         "runtime": "containerd (private instance)",

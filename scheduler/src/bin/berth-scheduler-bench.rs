@@ -220,22 +220,32 @@ fn run(nodes: usize, pods: usize) -> serde_json::Value {
 fn main() -> ExitCode {
     let mut pods = 10_000usize;
     let mut nodes = vec![1000usize, 5000];
+    let mut mode = "full";
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let parsed = match arg.as_str() {
             "--quick" => {
                 pods = 1000;
+                if mode == "full" {
+                    mode = "quick";
+                }
                 Ok(())
             }
             "--pods" => args
                 .next()
                 .and_then(|v| v.parse().ok())
-                .map(|v| pods = v)
+                .map(|v| {
+                    pods = v;
+                    mode = "custom";
+                })
                 .ok_or("--pods needs a number"),
             "--nodes" => args
                 .next()
                 .and_then(|v| v.split(',').map(|n| n.trim().parse().ok()).collect())
-                .map(|v| nodes = v)
+                .map(|v| {
+                    nodes = v;
+                    mode = "custom";
+                })
                 .ok_or("--nodes needs a comma-separated list of numbers"),
             _ => Err("usage: berth-scheduler-bench [--pods N] [--nodes a,b] [--quick]"),
         };
@@ -247,7 +257,33 @@ fn main() -> ExitCode {
     let cases: Vec<_> = nodes.iter().map(|&n| run(n, pods)).collect();
     println!(
         "{}",
-        serde_json::json!({ "benchmark": "berth-scheduler SchedulingBasic-like", "cases": cases })
+        serde_json::json!({
+            "benchmark": "berth-scheduler SchedulingBasic-like",
+            "mode": mode,
+            "machine": machine(),
+            "build": if cfg!(debug_assertions) { "debug" } else { "release" },
+            "cases": cases,
+        })
     );
     ExitCode::SUCCESS
+}
+
+/// What the figures depend on besides the code: CPUs, model, memory, kernel.
+fn machine() -> serde_json::Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let line = |text: &str, key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let memory_kib = line(&read("/proc/meminfo"), "MemTotal")
+        .and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok());
+    serde_json::json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "cpu_model": line(&cpuinfo, "model name"),
+        "memory_kib": memory_kib,
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+    })
 }
