@@ -257,7 +257,8 @@ if pid=$(running "$AGENT_PID" berth-agent); then
 else
   say "starting berth-agent, log $AGENT_LOG"
   echo "=== $(date -u +%FT%TZ) up.sh: starting $AGENT_BIN" >>"$AGENT_LOG"
-  NO_COLOR=1 nohup setsid "$AGENT_BIN" \
+  # MALLOC_ARENA_MAX=2: as systemd/berth-agent.service runs it (see there).
+  NO_COLOR=1 MALLOC_ARENA_MAX=2 nohup setsid "$AGENT_BIN" \
     --container-runtime-endpoint "unix://$CD_SOCKET" \
     --pod-manifest-path "$MANIFESTS" \
     --root-dir "$AGENT_ROOT" \

@@ -196,7 +196,13 @@ impl Subscriber {
 
     /// Follow the events until cancelled, or until the runtime says it has
     /// no event service.
-    pub async fn run(mut self, cancel: CancellationToken) {
+    pub async fn run(self, cancel: CancellationToken) {
+        let metrics = self.metrics.clone();
+        self.follow(cancel).await;
+        metrics.set_following(false);
+    }
+
+    async fn follow(mut self, cancel: CancellationToken) {
         let mut state = State::Subscribing {
             delay: Duration::ZERO,
         };
@@ -211,6 +217,10 @@ impl Subscriber {
                     let request = SubscribeRequest {
                         filters: filters(&self.namespace),
                     };
+                    // In flight, the subscription is live on the server (it
+                    // answers with the first event); a runtime that is down
+                    // or lacks the service fails it at once.
+                    self.metrics.set_following(true);
                     // containerd (grpc-go) sends the response headers with the
                     // first event, so this may wait until something exits; the
                     // subscription is live on the server meanwhile.
@@ -233,6 +243,7 @@ impl Subscriber {
                             }
                         }
                         Err(status) if unsupported(&status) => {
+                            self.metrics.set_following(false);
                             tracing::info!(
                                 code = ?status.code(),
                                 "runtime has no containerd event service; relist alone notices container exits"
@@ -240,6 +251,7 @@ impl Subscriber {
                             return;
                         }
                         Err(status) => {
+                            self.metrics.set_following(false);
                             self.metrics.inc("stream_error");
                             if !failing {
                                 tracing::warn!(error = %status, "cannot subscribe to containerd's task events; retrying with back-off, relist meanwhile");
@@ -264,6 +276,7 @@ impl Subscriber {
                             State::Following { stream, delay }
                         }
                         ended => {
+                            self.metrics.set_following(false);
                             self.metrics.inc("stream_error");
                             let error = ended.err().map(|s| s.to_string()).unwrap_or_default();
                             tracing::warn!(%error, "containerd's task event stream ended; subscribing again, relist meanwhile");
@@ -708,6 +721,7 @@ mod tests {
         let m = metrics();
         let (poke, cancel, task) = spawn(&events.endpoint(), &m);
         events.wait_subscribes(1).await;
+        assert!(m.following(), "a live subscription is followed");
 
         events.end_streams();
         events.wait_subscribes(2).await;
@@ -719,9 +733,11 @@ mod tests {
         assert!(poked(&poke, Duration::from_secs(5)).await);
         assert_eq!(m.get("task_exit"), 1);
         assert_eq!(m.get("subscribed"), 2);
+        assert!(m.following());
 
         cancel.cancel();
         task.await.unwrap();
+        assert!(!m.following(), "a stopped subscriber follows nothing");
     }
 
     #[tokio::test]
@@ -734,6 +750,15 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(m.get("stream_error") >= 2, "{}", m.get("stream_error"));
         assert!(!task.is_finished());
+        // Between attempts nothing is followed (the PLEG relists at its own
+        // period); an attempt in flight is brief against a missing socket.
+        let followed = (0..20)
+            .filter(|_| {
+                std::thread::sleep(Duration::from_millis(2));
+                m.following()
+            })
+            .count();
+        assert!(followed < 20, "not followed while the runtime is away");
         cancel.cancel();
         task.await.unwrap();
     }
@@ -750,6 +775,7 @@ mod tests {
             .unwrap();
         assert_eq!(m.get("stream_error"), 0);
         assert_eq!(m.get("subscribed"), 0);
+        assert!(!m.following(), "the relist alone: at its own period");
         assert!(!poked(&poke, Duration::from_millis(50)).await);
     }
 

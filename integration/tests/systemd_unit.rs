@@ -65,6 +65,8 @@ fn unit_declares_what_the_agent_relies_on() -> anyhow::Result<()> {
         ("Service", "RestartSec", "5"),
         ("Service", "OOMScoreAdjust", "-999"),
         ("Service", "Delegate", "no"),
+        // The tests and benchmarks run the agent with it too (integration::agent).
+        ("Service", "Environment", "MALLOC_ARENA_MAX=2"),
         (
             "Service",
             "ExecStart",

@@ -10,11 +10,12 @@
 //! crate does not see, is removed too.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use cgroups_rs::fs::cpu::CpuController;
 use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::pid::PidController;
-use cgroups_rs::fs::{Cgroup, Controller, MaxValue, hierarchies};
+use cgroups_rs::fs::{Cgroup, Controller, Hierarchy, MaxValue, Subsystem, hierarchies};
 
 use super::resources::shares_to_weight;
 use super::{CgroupError, CgroupManager, CgroupName, Driver, Mode, ResourceConfig};
@@ -23,16 +24,50 @@ use super::{CgroupError, CgroupManager, CgroupName, Driver, Mode, ResourceConfig
 #[derive(Debug)]
 pub struct FsManager {
     mode: Mode,
+    hierarchy: Arc<dyn Hierarchy>,
+}
+
+/// The host's hierarchies, found once. `hierarchies::auto()` reads and parses
+/// `/proc/self/mountinfo` at every call on v1, a table that grows with every
+/// pod's mounts, and the agent loads a pod's cgroup at every sync: at 100
+/// pods that was a steady share of the agent's idle CPU. Where the
+/// controllers are mounted does not change while the agent runs.
+#[derive(Debug, Clone)]
+struct SharedHierarchy(Arc<dyn Hierarchy>);
+
+impl Hierarchy for SharedHierarchy {
+    fn subsystems(&self) -> Vec<Subsystem> {
+        self.0.subsystems()
+    }
+    fn root(&self) -> PathBuf {
+        self.0.root()
+    }
+    fn root_control_group(&self) -> Cgroup {
+        self.0.root_control_group()
+    }
+    fn parent_control_group(&self, path: &str) -> Cgroup {
+        self.0.parent_control_group(path)
+    }
+    fn v2(&self) -> bool {
+        self.0.v2()
+    }
 }
 
 impl FsManager {
     /// The driver for this host's cgroup mode.
     pub fn new(mode: Mode) -> Self {
-        FsManager { mode }
+        FsManager {
+            mode,
+            hierarchy: Arc::from(hierarchies::auto()),
+        }
+    }
+
+    fn hierarchy(&self) -> Box<dyn Hierarchy> {
+        Box::new(SharedHierarchy(Arc::clone(&self.hierarchy)))
     }
 
     fn load(&self, name: &CgroupName) -> Cgroup {
-        Cgroup::load(hierarchies::auto(), name.relative())
+        Cgroup::load(self.hierarchy(), name.relative())
     }
 
     fn io(name: &CgroupName, what: &str, e: impl std::fmt::Display) -> CgroupError {
@@ -157,7 +192,7 @@ impl CgroupManager for FsManager {
     }
 
     fn create(&self, name: &CgroupName, config: &ResourceConfig) -> Result<(), CgroupError> {
-        let cg = Cgroup::new(hierarchies::auto(), name.relative())
+        let cg = Cgroup::new(self.hierarchy(), name.relative())
             .map_err(|e| Self::io(name, "creating", e))?;
         self.set(name, &cg, config)
     }

@@ -83,6 +83,9 @@ struct KindLabels {
 pub struct RuntimeEventMetrics {
     events: Family<KindLabels, Counter>,
     sink: Arc<RwLock<Option<Arc<dyn ExitSink>>>>,
+    /// True while the subscriber has a live subscription (see
+    /// [`following`](Self::following)).
+    following: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for RuntimeEventMetrics {
@@ -128,5 +131,18 @@ impl RuntimeEventMetrics {
     /// The installed exit sink, if any.
     pub fn exit_sink(&self) -> Option<Arc<dyn ExitSink>> {
         self.sink.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Say whether containerd's task events are followed: a subscription
+    /// in flight or streaming (set by the subscriber).
+    pub fn set_following(&self, following: bool) {
+        self.following
+            .store(following, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether exits reach the agent as events now (the PLEG then relists
+    /// less often: upstream's Evented PLEG does the same).
+    pub fn following(&self) -> bool {
+        self.following.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -11,7 +11,7 @@ pub mod file;
 pub mod manifest;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -175,6 +175,16 @@ impl PodConfig {
             .get(source)
             .map(|pods| pods.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// `f(uid, pod, file)` for each pod of `source`, without copying the pods.
+    pub fn for_each_source_pod(&self, source: &str, mut f: impl FnMut(&Uid, &Pod, &Path)) {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(pods) = state.sources.get(source) {
+            for (uid, sp) in pods {
+                f(uid, &sp.pod, &sp.file);
+            }
+        }
     }
 
     /// Every desired pod, by UID.
