@@ -271,13 +271,16 @@ impl Agent {
             }
             None => Command::new(&self.binary),
         };
+        // As systemd/berth-agent.service runs it (fewer malloc arenas, less
+        // RSS), so tests and benchmarks see the agent as installed; a
+        // MALLOC_ARENA_MAX of the caller's is kept (to compare).
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            cmd.env("MALLOC_ARENA_MAX", "2");
+        }
         let child = cmd
             .args(&self.args)
             // Plain log lines in agent.log (tracing-subscriber honours NO_COLOR).
             .env("NO_COLOR", "1")
-            // As systemd/berth-agent.service runs it (fewer malloc arenas, less
-            // RSS), so tests and benchmarks see the agent as installed.
-            .env("MALLOC_ARENA_MAX", "2")
             .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
