@@ -337,7 +337,12 @@ pub fn scan_if_changed(
     // (one at a time, the bytes dropped at once: a directory of large
     // manifests is never held in memory together): unchanged, nothing more
     // is done.
-    if let Some(last) = &seen.last_reading {
+    // (A listing that failed for an entry is read in full: its error is new.)
+    if let Some(last) = seen
+        .last_reading
+        .as_ref()
+        .filter(|_| snapshot.errors.is_empty())
+    {
         let mut now = Vec::with_capacity(files.len());
         for path in &files {
             if let Some(key) = seen.reading_key(&read_manifest(path)) {
@@ -379,7 +384,6 @@ pub fn scan_if_changed(
         }
     }
     seen.retain_parsed(&read);
-    seen.last_reading = Some(reading);
 
     // Who keeps each name: the incumbent by UID, then by file, then the
     // lexically first (`parsed` is in file order; ties keep the first).
@@ -463,6 +467,9 @@ pub fn scan_if_changed(
     snapshot
         .errors
         .sort_by(|a, b| (&a.file, &a.field).cmp(&(&b.file, &b.field)));
+    // Remembered last, once the result is complete (a scan that panicked
+    // midway is not taken for one that was applied).
+    seen.last_reading = Some(reading);
     Some((snapshot, ignored))
 }
 
